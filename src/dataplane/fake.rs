@@ -1,0 +1,137 @@
+//! An in-memory data plane for unit tests: it records links like the kernel
+//! would and can be told to fail an operation.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use super::{BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, Result, VethSpec};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeLink {
+    pub kind: LinkKind,
+    pub mtu: u32,
+    pub addresses: Vec<IpNet>,
+    pub controller: Option<String>,
+    pub up: bool,
+    /// The other end of a veth pair: deleting either end deletes both.
+    pub peer: Option<String>,
+}
+
+#[derive(Default)]
+pub struct FakeDataPlane {
+    pub links: Mutex<BTreeMap<String, FakeLink>>,
+    pub host_prefixes: Mutex<Vec<IpNet>>,
+    /// Name of an operation ("create_veth", "ensure_bridge") that fails once.
+    pub fail_next: Mutex<Option<&'static str>>,
+}
+
+impl FakeDataPlane {
+    fn should_fail(&self, op: &'static str) -> bool {
+        let mut fail = self.fail_next.lock().unwrap();
+        if *fail == Some(op) {
+            *fail = None;
+            return true;
+        }
+        false
+    }
+
+    pub fn link(&self, name: &str) -> Option<FakeLink> {
+        self.links.lock().unwrap().get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.links.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl DataPlane for FakeDataPlane {
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<bool> {
+        if self.should_fail("ensure_bridge") {
+            return Err(DataPlaneError::new("create bridge", &spec.name, "injected failure"));
+        }
+        let mut links = self.links.lock().unwrap();
+        let created = !links.contains_key(&spec.name);
+        let link = links.entry(spec.name.clone()).or_insert(FakeLink {
+            kind: LinkKind::Bridge,
+            mtu: 1500,
+            addresses: vec![],
+            controller: None,
+            up: false,
+            peer: None,
+        });
+        if link.kind != LinkKind::Bridge {
+            return Err(DataPlaneError::new("create bridge", &spec.name, "a non-bridge link has that name"));
+        }
+        link.mtu = spec.mtu;
+        for addr in &spec.addresses {
+            if !link.addresses.contains(addr) {
+                link.addresses.push(*addr);
+            }
+        }
+        link.up = true;
+        Ok(created)
+    }
+
+    async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()> {
+        if let Some(link) = self.links.lock().unwrap().get_mut(name) {
+            link.addresses.retain(|a| !addresses.contains(a));
+        }
+        Ok(())
+    }
+
+    async fn create_veth(&self, spec: &VethSpec) -> Result<()> {
+        if self.should_fail("create_veth") {
+            return Err(DataPlaneError::new("create veth", &spec.host_name, "injected failure"));
+        }
+        let mut links = self.links.lock().unwrap();
+        if !links.contains_key(&spec.bridge) {
+            return Err(DataPlaneError::new("attach veth", &spec.host_name, format!("bridge {} not found", spec.bridge)));
+        }
+        for name in [&spec.host_name, &spec.peer_name] {
+            if links.contains_key(name) {
+                return Err(DataPlaneError::new("create veth", name, "File exists (os error 17)"));
+            }
+        }
+        let veth = |controller: Option<String>, up, peer: &String| FakeLink {
+            kind: LinkKind::Veth,
+            mtu: spec.mtu,
+            addresses: vec![],
+            controller,
+            up,
+            peer: Some(peer.clone()),
+        };
+        links.insert(spec.host_name.clone(), veth(Some(spec.bridge.clone()), true, &spec.peer_name));
+        links.insert(spec.peer_name.clone(), veth(None, false, &spec.host_name));
+        Ok(())
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<()> {
+        let mut links = self.links.lock().unwrap();
+        if let Some(FakeLink { peer: Some(peer), .. }) = links.remove(name) {
+            links.remove(&peer);
+        }
+        Ok(())
+    }
+
+    async fn link_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.links.lock().unwrap().contains_key(name))
+    }
+
+    async fn list_links(&self) -> Result<Vec<Link>> {
+        Ok(self
+            .links
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, l)| Link { name: name.clone(), kind: l.kind.clone() })
+            .collect())
+    }
+
+    async fn host_prefixes(&self) -> Result<Vec<IpNet>> {
+        Ok(self.host_prefixes.lock().unwrap().clone())
+    }
+}

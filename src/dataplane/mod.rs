@@ -1,0 +1,72 @@
+//! The data plane: the few kernel operations the driver needs, behind a narrow
+//! trait so driver logic can be tested against a fake and the netlink layer
+//! can be tested alone in a throwaway network namespace.
+
+pub mod fake;
+pub mod netlink;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub mtu: u32,
+    /// Gateway addresses with the subnet's prefix length.
+    pub addresses: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethSpec {
+    pub host_name: String,
+    pub peer_name: String,
+    pub bridge: String,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    Veth,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub kind: LinkKind,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[error("{action} {name}: {message}")]
+pub struct DataPlaneError {
+    pub action: &'static str,
+    pub name: String,
+    pub message: String,
+}
+
+impl DataPlaneError {
+    pub fn new(action: &'static str, name: &str, message: impl ToString) -> Self {
+        DataPlaneError { action, name: name.to_string(), message: message.to_string() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DataPlaneError>;
+
+#[async_trait]
+pub trait DataPlane: Send + Sync {
+    /// Creates the bridge if missing, then makes MTU, addresses and state match.
+    /// Returns true when it had to create the bridge.
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<bool>;
+    /// Removes addresses from a bridge the plugin adopted but does not own.
+    async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()>;
+    /// Creates a veth pair in the host namespace, host end on the bridge and up.
+    async fn create_veth(&self, spec: &VethSpec) -> Result<()>;
+    /// Deletes a link; a link that is already gone is success.
+    async fn delete_link(&self, name: &str) -> Result<()>;
+    async fn link_exists(&self, name: &str) -> Result<bool>;
+    async fn list_links(&self) -> Result<Vec<Link>>;
+    /// Prefixes already used on the host (routes and interface addresses), so
+    /// IPAM never hands out a pool that would collide with them.
+    async fn host_prefixes(&self) -> Result<Vec<IpNet>>;
+}

@@ -1,0 +1,294 @@
+//! The data plane over rtnetlink: no `ip` binary, one netlink socket.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::{BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, Result, VethSpec};
+
+const ENODEV: i32 = libc_errno::ENODEV;
+const EEXIST: i32 = libc_errno::EEXIST;
+const EADDRNOTAVAIL: i32 = libc_errno::EADDRNOTAVAIL;
+
+/// errno values we react to (from <asm-generic/errno-base.h>, stable kernel ABI).
+mod libc_errno {
+    pub const EEXIST: i32 = 17;
+    pub const ENODEV: i32 = 19;
+    pub const EADDRNOTAVAIL: i32 = 99;
+}
+
+pub struct NetlinkDataPlane {
+    handle: Handle,
+}
+
+impl NetlinkDataPlane {
+    /// Opens a netlink socket in the current network namespace.
+    pub fn connect() -> std::io::Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(NetlinkDataPlane { handle })
+    }
+
+    async fn find_link(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut links = self.handle.link().get().match_name(name).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(DataPlaneError::new("look up link", name, describe(&e))),
+        }
+    }
+
+    async fn link_index(&self, action: &'static str, name: &str) -> Result<u32> {
+        match self.find_link(name).await? {
+            Some(link) => Ok(link.header.index),
+            None => Err(DataPlaneError::new(action, name, "No such device (os error 19)")),
+        }
+    }
+
+    async fn addresses_of(&self, index: u32) -> Result<Vec<(IpNet, AddressMessage)>> {
+        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| DataPlaneError::new("list addresses of link", &index.to_string(), describe(&e)))?
+        {
+            if msg.header.index != index {
+                continue;
+            }
+            if let Some(ip) = address_of(&msg) {
+                if let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
+                    out.push((net, msg));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_link(&self, action: &'static str, name: &str, message: LinkMessage) -> Result<()> {
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| DataPlaneError::new(action, name, describe(&e)))
+    }
+
+    async fn route_prefixes(&self, builder: RouteMessage, out: &mut Vec<IpNet>) -> Result<()> {
+        let mut routes = self.handle.route().get(builder).execute();
+        while let Some(route) = routes
+            .try_next()
+            .await
+            .map_err(|e| DataPlaneError::new("list routes", "main", describe(&e)))?
+        {
+            if route.header.table != RouteHeader::RT_TABLE_MAIN || route.header.destination_prefix_length == 0 {
+                continue;
+            }
+            if let Some(dst) = route_destination(&route) {
+                if let Ok(net) = IpNet::new(dst, route.header.destination_prefix_length) {
+                    out.push(net.trunc());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DataPlane for NetlinkDataPlane {
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<bool> {
+        let name = spec.name.as_str();
+        let (index, created) = match self.find_link(name).await? {
+            Some(link) => {
+                if link_kind(&link) != LinkKind::Bridge {
+                    return Err(DataPlaneError::new("use bridge", name, "a link of that name exists and is not a bridge"));
+                }
+                (link.header.index, false)
+            }
+            None => {
+                self.handle
+                    .link()
+                    .add(LinkBridge::new(name).mtu(spec.mtu).build())
+                    .execute()
+                    .await
+                    .map_err(|e| DataPlaneError::new("create bridge", name, describe(&e)))?;
+                (self.link_index("create bridge", name).await?, true)
+            }
+        };
+        let result = self.configure_bridge(index, spec).await;
+        if result.is_err() && created {
+            let _ = self.delete_link(name).await;
+        }
+        result.map(|_| created)
+    }
+
+    async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()> {
+        let Some(link) = self.find_link(name).await? else { return Ok(()) };
+        for (net, msg) in self.addresses_of(link.header.index).await? {
+            if addresses.contains(&net) {
+                match self.handle.address().del(msg).execute().await {
+                    Ok(()) => {}
+                    Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
+                    Err(e) => return Err(DataPlaneError::new("remove address from bridge", name, format!("{net}: {}", describe(&e)))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_veth(&self, spec: &VethSpec) -> Result<()> {
+        let bridge_index = self.link_index("attach veth to bridge", &spec.bridge).await?;
+        self.handle
+            .link()
+            .add(LinkVeth::new(&spec.host_name, &spec.peer_name).mtu(spec.mtu).build())
+            .execute()
+            .await
+            .map_err(|e| DataPlaneError::new("create veth", &spec.host_name, describe(&e)))?;
+        let result = self.configure_veth(spec, bridge_index).await;
+        if result.is_err() {
+            let _ = self.delete_link(&spec.host_name).await;
+        }
+        result
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<()> {
+        let Some(link) = self.find_link(name).await? else { return Ok(()) };
+        match self.handle.link().del(link.header.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(DataPlaneError::new("delete link", name, describe(&e))),
+        }
+    }
+
+    async fn link_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.find_link(name).await?.is_some())
+    }
+
+    async fn list_links(&self) -> Result<Vec<Link>> {
+        let mut stream = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(link) = stream
+            .try_next()
+            .await
+            .map_err(|e| DataPlaneError::new("list links", "all", describe(&e)))?
+        {
+            if let Some(name) = link_name(&link) {
+                out.push(Link { name, kind: link_kind(&link) });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn host_prefixes(&self) -> Result<Vec<IpNet>> {
+        let mut out = Vec::new();
+        self.route_prefixes(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), &mut out).await?;
+        self.route_prefixes(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(), &mut out).await?;
+        let mut stream = self.handle.address().get().execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
+        {
+            if let Some(ip) = address_of(&msg) {
+                if let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
+                    out.push(net.trunc());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+impl NetlinkDataPlane {
+    async fn configure_bridge(&self, index: u32, spec: &BridgeSpec) -> Result<()> {
+        let name = spec.name.as_str();
+        let present: Vec<IpNet> = self.addresses_of(index).await?.into_iter().map(|(n, _)| n).collect();
+        for addr in spec.addresses.iter().filter(|a| !present.contains(a)) {
+            match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(DataPlaneError::new("add address to bridge", name, format!("{addr}: {}", describe(&e)))),
+            }
+        }
+        let message = LinkUnspec::new_with_index(index).mtu(spec.mtu).up().build();
+        self.set_link("set bridge mtu and up", name, message).await
+    }
+
+    async fn configure_veth(&self, spec: &VethSpec, bridge_index: u32) -> Result<()> {
+        let peer = LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).build();
+        self.set_link("set veth mtu", &spec.peer_name, peer).await?;
+        let host_index = self.link_index("attach veth to bridge", &spec.host_name).await?;
+        let host = LinkUnspec::new_with_index(host_index).controller(bridge_index).mtu(spec.mtu).up().build();
+        self.set_link("attach veth to bridge", &spec.host_name, host).await
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// "File exists (os error 17)" rather than the crate's "Received a netlink error message …".
+fn describe(e: &rtnetlink::Error) -> String {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+fn link_kind(link: &LinkMessage) -> LinkKind {
+    let kind = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(kind) => Some(kind.clone()),
+            _ => None,
+        }),
+        _ => None,
+    });
+    match kind {
+        Some(InfoKind::Bridge) => LinkKind::Bridge,
+        Some(InfoKind::Veth) => LinkKind::Veth,
+        _ => LinkKind::Other,
+    }
+}
+
+fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+    // IFA_LOCAL is the interface's own address on point-to-point links; IFA_ADDRESS otherwise.
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        })
+        .or_else(|| {
+            msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        })
+}
+
+fn route_destination(route: &RouteMessage) -> Option<IpAddr> {
+    use netlink_packet_route::route::RouteAddress;
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    })
+}

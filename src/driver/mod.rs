@@ -1,0 +1,121 @@
+//! Driver logic: turns protocol calls into plans, applies them through the
+//! data plane, the firewall and the store, and undoes what it did when a step
+//! fails, so nothing half-made survives.
+//!
+//! One lock serialises every call that reads or changes state: dockerd sends
+//! calls concurrently (notably at shutdown), and each call is short.
+
+pub mod ipam;
+pub mod network;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::dataplane::DataPlane;
+use crate::firewall::{Firewall, FwNetwork};
+use crate::ipam::{DefaultPool, Ipam};
+use crate::state::{EndpointRecord, NetworkRecord, Store};
+
+/// An error dockerd shows to the user, as `Err` (network) or `Error` (IPAM).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct PluginError(pub String);
+
+impl PluginError {
+    pub fn new(message: impl Into<String>) -> Self {
+        PluginError(message.into())
+    }
+}
+
+macro_rules! impl_from_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for PluginError {
+            fn from(e: $t) -> Self { PluginError(e.to_string()) }
+        }
+    )*};
+}
+impl_from_error!(
+    crate::dataplane::DataPlaneError,
+    crate::firewall::FirewallError,
+    crate::state::StoreError,
+    crate::ipam::IpamError,
+    crate::options::OptionError
+);
+
+pub type Result<T> = std::result::Result<T, PluginError>;
+
+/// Everything the plugin knows, mirrored from the store.
+pub struct State {
+    pub networks: BTreeMap<String, NetworkRecord>,
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+    pub ipam: Ipam,
+}
+
+pub struct Plugin {
+    pub state: Mutex<State>,
+    pub dataplane: Arc<dyn DataPlane>,
+    pub firewall: Arc<dyn Firewall>,
+    pub store: Store,
+}
+
+impl Plugin {
+    /// Loads the persisted state; the plugin serves nothing before this returns.
+    pub fn load(
+        store: Store,
+        dataplane: Arc<dyn DataPlane>,
+        firewall: Arc<dyn Firewall>,
+        default_pools: Vec<DefaultPool>,
+    ) -> Result<Plugin> {
+        let snapshot = store.load()?;
+        let mut ipam = Ipam::new(default_pools);
+        for pool in snapshot.pools {
+            let id = pool.id.clone();
+            ipam.restore_pool(pool).map_err(|e| PluginError::new(format!("restore pool {id}: {e}")))?;
+        }
+        for (pool, addr) in snapshot.addresses {
+            ipam.restore_address(&pool, addr)
+                .map_err(|e| PluginError::new(format!("restore address {addr} of pool {pool}: {e}")))?;
+        }
+        let state = State {
+            networks: snapshot.networks.into_iter().map(|n| (n.id.clone(), n)).collect(),
+            endpoints: snapshot.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            ipam,
+        };
+        Ok(Plugin { state: Mutex::new(state), dataplane, firewall, store })
+    }
+}
+
+impl State {
+    /// The firewall's view of every network, in a stable order.
+    pub fn firewall_networks(&self) -> Vec<FwNetwork> {
+        self.networks.values().map(firewall_network).collect()
+    }
+}
+
+pub fn firewall_network(n: &NetworkRecord) -> FwNetwork {
+    FwNetwork {
+        bridge: n.bridge.clone(),
+        subnets: n.ipv4.iter().chain(&n.ipv6).map(|s| s.pool).collect(),
+        internal: n.options.internal,
+        icc: n.options.enable_icc,
+        masquerade: n.options.enable_ip_masquerade,
+        snat_ipv4: n.options.host_ipv4,
+        snat_ipv6: n.options.host_ipv6,
+    }
+}
+
+/// dockerd's IDs are 64 hex characters; names are derived from their start.
+pub fn validate_id(field: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(PluginError::new(format!("{field} is missing")));
+    }
+    if id.len() < 12 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(PluginError::new(format!("{field} {id:?} is not a Docker ID (at least 12 hex characters)")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

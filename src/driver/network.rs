@@ -1,0 +1,452 @@
+//! NetworkDriver calls.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use super::{Plugin, PluginError, Result, State, firewall_network, validate_id};
+use crate::api::{self, *};
+use crate::dataplane::{BridgeSpec, VethSpec};
+use crate::options::{GatewayMode, NetworkOptions, parse_network_options};
+use crate::state::{Change, EndpointRecord, NetworkRecord, SubnetRecord};
+
+/// Prefix of bridges named after the network ID; anything else is only adopted.
+pub const BRIDGE_PREFIX: &str = "rb-";
+/// Host end of an endpoint's veth pair.
+pub const HOST_VETH_PREFIX: &str = "rbh-";
+/// Peer end, moved into the container by dockerd.
+pub const PEER_VETH_PREFIX: &str = "rbc-";
+const ID_CHARS_IN_BRIDGE: usize = 12;
+const ID_CHARS_IN_VETH: usize = 11;
+
+pub fn default_bridge_name(network_id: &str) -> String {
+    format!("{BRIDGE_PREFIX}{}", &network_id[..ID_CHARS_IN_BRIDGE])
+}
+
+pub fn veth_names(endpoint_id: &str) -> (String, String) {
+    let short = &endpoint_id[..ID_CHARS_IN_VETH];
+    (format!("{HOST_VETH_PREFIX}{short}"), format!("{PEER_VETH_PREFIX}{short}"))
+}
+
+/// A name the plugin would have derived itself (so it may delete it when no state knows it).
+pub fn is_owned_bridge_name(name: &str) -> bool {
+    name.strip_prefix(BRIDGE_PREFIX)
+        .is_some_and(|rest| rest.len() == ID_CHARS_IN_BRIDGE && rest.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+pub fn is_owned_veth_name(name: &str) -> bool {
+    [HOST_VETH_PREFIX, PEER_VETH_PREFIX].iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() == ID_CHARS_IN_VETH && rest.chars().all(|c| c.is_ascii_hexdigit()))
+    })
+}
+
+impl Plugin {
+    pub fn capabilities(&self) -> CapabilitiesResponse {
+        CapabilitiesResponse { scope: "local", connectivity_scope: "local" }
+    }
+
+    pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<()> {
+        validate_id("NetworkID", &req.network_id)?;
+        let options = parse_network_options(req.options.as_ref())?;
+        let ipv4 = parse_ipam_data("IPv4Data", req.ipv4_data.as_deref(), false, &options)?;
+        let ipv6 = parse_ipam_data("IPv6Data", req.ipv6_data.as_deref(), true, &options)?;
+        let mut state = self.state.lock().await;
+        if let Some(existing) = state.networks.get(&req.network_id) {
+            // dockerd retried after losing our answer: make sure the bridge is there.
+            let spec = bridge_spec(existing);
+            self.dataplane.ensure_bridge(&spec).await?;
+            return Ok(());
+        }
+        let bridge = options.bridge_name.clone().unwrap_or_else(|| default_bridge_name(&req.network_id));
+        check_conflicts(&state, &req.network_id, &bridge, ipv4.iter().chain(&ipv6))?;
+        let mut record = NetworkRecord {
+            id: req.network_id.clone(),
+            bridge,
+            bridge_created: true,
+            options,
+            ipv4,
+            ipv6,
+        };
+        record.bridge_created = self.dataplane.ensure_bridge(&bridge_spec(&record)).await?;
+        if let Err(e) = self.commit_network(&mut state, record.clone()).await {
+            self.undo_bridge(&record).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Adds the network to the firewall and the store; undoes the firewall if the store fails.
+    async fn commit_network(&self, state: &mut State, record: NetworkRecord) -> Result<()> {
+        let mut networks = state.firewall_networks();
+        networks.push(firewall_network(&record));
+        self.firewall.sync(&networks).await?;
+        if let Err(e) = self.store.commit(vec![Change::PutNetwork(record.clone())]) {
+            let _ = self.firewall.sync(&state.firewall_networks()).await;
+            return Err(e.into());
+        }
+        state.networks.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    async fn undo_bridge(&self, record: &NetworkRecord) {
+        if record.bridge_created {
+            let _ = self.dataplane.delete_link(&record.bridge).await;
+        } else {
+            let _ = self.dataplane.remove_bridge_addresses(&record.bridge, &bridge_addresses(record)).await;
+        }
+    }
+
+    pub async fn delete_network(&self, req: NetworkRequest) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let Some(record) = state.networks.get(&req.network_id).cloned() else { return Ok(()) };
+        let endpoints: Vec<EndpointRecord> =
+            state.endpoints.values().filter(|e| e.network_id == record.id).cloned().collect();
+        for endpoint in &endpoints {
+            self.dataplane.delete_link(&endpoint.host_veth).await?;
+        }
+        let remaining: Vec<_> =
+            state.networks.values().filter(|n| n.id != record.id).map(firewall_network).collect();
+        self.firewall.sync(&remaining).await?;
+        if record.bridge_created {
+            self.dataplane.delete_link(&record.bridge).await?;
+        } else {
+            self.dataplane.remove_bridge_addresses(&record.bridge, &bridge_addresses(&record)).await?;
+        }
+        let mut changes = vec![Change::DeleteNetwork(record.id.clone())];
+        changes.extend(endpoints.iter().map(|e| Change::DeleteEndpoint(e.id.clone())));
+        self.store.commit(changes)?;
+        state.networks.remove(&record.id);
+        for endpoint in endpoints {
+            state.endpoints.remove(&endpoint.id);
+        }
+        Ok(())
+    }
+
+    pub async fn create_endpoint(&self, req: CreateEndpointRequest) -> Result<CreateEndpointResponse> {
+        validate_id("NetworkID", &req.network_id)?;
+        validate_id("EndpointID", &req.endpoint_id)?;
+        let mut state = self.state.lock().await;
+        let network = state
+            .networks
+            .get(&req.network_id)
+            .ok_or_else(|| PluginError::new(format!("network {} not found", short(&req.network_id))))?;
+        let interface = req.interface.unwrap_or_default();
+        let address = parse_endpoint_address("Interface.Address", &interface.address, &network.ipv4)?;
+        let address_v6 = parse_endpoint_address("Interface.AddressIPv6", &interface.address_ipv6, &network.ipv6)?;
+        if let Some(existing) = state.endpoints.get(&req.endpoint_id) {
+            if existing.network_id != req.network_id {
+                return Err(PluginError::new(format!(
+                    "endpoint {} already exists on network {}",
+                    short(&req.endpoint_id),
+                    short(&existing.network_id)
+                )));
+            }
+            return Ok(endpoint_response(existing, &interface.mac_address));
+        }
+        let mac = match interface.mac_address.as_str() {
+            "" => generate_mac(&state)?,
+            given => parse_mac("Interface.MacAddress", given)?,
+        };
+        let (host_veth, container_veth) = veth_names(&req.endpoint_id);
+        let options = req.options.unwrap_or_default();
+        let record = EndpointRecord {
+            id: req.endpoint_id.clone(),
+            network_id: req.network_id.clone(),
+            address,
+            address_v6,
+            mac,
+            host_veth,
+            container_veth,
+            joined: false,
+            port_bindings: port_bindings(&options)?,
+            exposed_ports: exposed_ports(&options)?,
+        };
+        self.store.commit(vec![Change::PutEndpoint(record.clone())])?;
+        let response = endpoint_response(&record, &interface.mac_address);
+        state.endpoints.insert(record.id.clone(), record);
+        Ok(response)
+    }
+
+    pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
+        self.dataplane.delete_link(&endpoint.host_veth).await?;
+        self.store.commit(vec![Change::DeleteEndpoint(endpoint.id.clone())])?;
+        state.endpoints.remove(&endpoint.id);
+        Ok(())
+    }
+
+    pub async fn endpoint_oper_info(&self, req: EndpointRequest) -> Result<EndpointOperInfoResponse> {
+        let state = self.state.lock().await;
+        let mut value = BTreeMap::new();
+        if let Some(e) = state.endpoints.get(&req.endpoint_id) {
+            value.insert("MacAddress".to_string(), Value::String(e.mac.clone()));
+            value.insert("HostVeth".to_string(), Value::String(e.host_veth.clone()));
+            if let Some(n) = state.networks.get(&e.network_id) {
+                value.insert("Bridge".to_string(), Value::String(n.bridge.clone()));
+            }
+        }
+        Ok(EndpointOperInfoResponse { value })
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
+        let mut state = self.state.lock().await;
+        let endpoint = state
+            .endpoints
+            .get(&req.endpoint_id)
+            .cloned()
+            .ok_or_else(|| PluginError::new(format!("endpoint {} not found", short(&req.endpoint_id))))?;
+        let network = state
+            .networks
+            .get(&endpoint.network_id)
+            .cloned()
+            .ok_or_else(|| PluginError::new(format!("network {} not found", short(&endpoint.network_id))))?;
+        // A repeated Join (dockerd retrying) starts from a clean pair.
+        self.dataplane.delete_link(&endpoint.host_veth).await?;
+        let spec = VethSpec {
+            host_name: endpoint.host_veth.clone(),
+            peer_name: endpoint.container_veth.clone(),
+            bridge: network.bridge.clone(),
+            mtu: network.options.mtu,
+        };
+        self.dataplane.create_veth(&spec).await?;
+        let joined = EndpointRecord { joined: true, ..endpoint };
+        if let Err(e) = self.store.commit(vec![Change::PutEndpoint(joined.clone())]) {
+            let _ = self.dataplane.delete_link(&joined.host_veth).await;
+            return Err(e.into());
+        }
+        let response = join_response(&network, &joined);
+        state.endpoints.insert(joined.id.clone(), joined);
+        Ok(response)
+    }
+
+    pub async fn leave(&self, req: EndpointRequest) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
+        self.dataplane.delete_link(&endpoint.host_veth).await?;
+        if endpoint.joined {
+            let left = EndpointRecord { joined: false, ..endpoint };
+            self.store.commit(vec![Change::PutEndpoint(left.clone())])?;
+            state.endpoints.insert(left.id.clone(), left);
+        }
+        Ok(())
+    }
+
+    /// Port publishing is the driver's job (dockerd adds no rule for remote
+    /// drivers); the bindings are kept with the endpoint.
+    pub async fn program_external_connectivity(&self, req: EndpointRequest) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else {
+            return Err(PluginError::new(format!("endpoint {} not found", short(&req.endpoint_id))));
+        };
+        let options = req.options.unwrap_or_default();
+        let updated = EndpointRecord {
+            port_bindings: port_bindings(&options)?,
+            exposed_ports: exposed_ports(&options)?,
+            ..endpoint
+        };
+        self.store.commit(vec![Change::PutEndpoint(updated.clone())])?;
+        state.endpoints.insert(updated.id.clone(), updated);
+        Ok(())
+    }
+
+    pub async fn revoke_external_connectivity(&self, req: EndpointRequest) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
+        if endpoint.port_bindings.is_empty() {
+            return Ok(());
+        }
+        let updated = EndpointRecord { port_bindings: vec![], ..endpoint };
+        self.store.commit(vec![Change::PutEndpoint(updated.clone())])?;
+        state.endpoints.insert(updated.id.clone(), updated);
+        Ok(())
+    }
+
+    /// Docker 28: which gateway addresses dockerd should not allocate.
+    pub fn gw_alloc_check(&self, req: GwAllocCheckRequest) -> Result<GwAllocCheckResponse> {
+        let options = parse_network_options(req.options.as_ref())?;
+        Ok(GwAllocCheckResponse {
+            skip_ipv4: options.gateway_mode_ipv4 == GatewayMode::Isolated,
+            skip_ipv6: options.gateway_mode_ipv6 == GatewayMode::Isolated,
+        })
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn parse_ipam_data(field: &str, data: Option<&[IpamData]>, v6: bool, options: &NetworkOptions) -> Result<Vec<SubnetRecord>> {
+    let mut out = Vec::new();
+    for (i, d) in data.unwrap_or_default().iter().enumerate() {
+        let pool: IpNet = d
+            .pool
+            .parse()
+            .map_err(|_| PluginError::new(format!("{field}[{i}].Pool {:?} is not a subnet in CIDR form", d.pool)))?;
+        if pool.trunc() != pool {
+            return Err(PluginError::new(format!("{field}[{i}].Pool {pool} has host bits set (did you mean {}?)", pool.trunc())));
+        }
+        if matches!(pool, IpNet::V6(_)) != v6 {
+            return Err(PluginError::new(format!("{field}[{i}].Pool {pool} is of the wrong IP family")));
+        }
+        let gateway = match d.gateway.as_str() {
+            "" => None,
+            text => Some(parse_gateway(&format!("{field}[{i}].Gateway"), text, pool)?),
+        };
+        let isolated = if v6 { options.gateway_mode_ipv6 } else { options.gateway_mode_ipv4 } == GatewayMode::Isolated;
+        out.push(SubnetRecord { pool, gateway: if isolated { None } else { gateway } });
+    }
+    Ok(out)
+}
+
+/// Gateways arrive as "10.0.0.1/24"; a bare address takes the pool's prefix length.
+fn parse_gateway(field: &str, text: &str, pool: IpNet) -> Result<IpNet> {
+    let addr: IpAddr = match text.parse::<IpNet>() {
+        Ok(net) => net.addr(),
+        Err(_) => text
+            .parse()
+            .map_err(|_| PluginError::new(format!("{field} {text:?} is not an IP address")))?,
+    };
+    if !pool.contains(&addr) {
+        return Err(PluginError::new(format!("{field} {addr} is outside the subnet {pool}")));
+    }
+    Ok(IpNet::new(addr, pool.prefix_len()).expect("prefix length taken from the pool"))
+}
+
+fn check_conflicts<'a>(
+    state: &State,
+    network_id: &str,
+    bridge: &str,
+    subnets: impl Iterator<Item = &'a SubnetRecord>,
+) -> Result<()> {
+    if let Some(other) = state.networks.values().find(|n| n.bridge == bridge) {
+        return Err(PluginError::new(format!(
+            "bridge name {bridge} is already used by rustbridge network {}",
+            short(&other.id)
+        )));
+    }
+    for subnet in subnets {
+        for other in state.networks.values().filter(|n| n.id != network_id) {
+            if let Some(clash) = other.ipv4.iter().chain(&other.ipv6).find(|s| overlaps(s.pool, subnet.pool)) {
+                return Err(PluginError::new(format!(
+                    "subnet {} overlaps subnet {} of rustbridge network {}",
+                    subnet.pool,
+                    clash.pool,
+                    short(&other.id)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn overlaps(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn bridge_addresses(record: &NetworkRecord) -> Vec<IpNet> {
+    let v4 = record.ipv4.iter().filter(|_| !record.options.inhibit_ipv4);
+    v4.chain(&record.ipv6).filter_map(|s| s.gateway).collect()
+}
+
+pub fn bridge_spec(record: &NetworkRecord) -> BridgeSpec {
+    BridgeSpec { name: record.bridge.clone(), mtu: record.options.mtu, addresses: bridge_addresses(record) }
+}
+
+fn parse_endpoint_address(field: &str, text: &str, subnets: &[SubnetRecord]) -> Result<Option<IpNet>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let addr: IpNet = text
+        .parse()
+        .map_err(|_| PluginError::new(format!("{field} {text:?} is not an address in CIDR form")))?;
+    if !subnets.iter().any(|s| s.pool.contains(&addr.addr())) {
+        let known: Vec<String> = subnets.iter().map(|s| s.pool.to_string()).collect();
+        return Err(PluginError::new(format!(
+            "{field} {addr} is not inside the network's subnets [{}]",
+            known.join(", ")
+        )));
+    }
+    Ok(Some(addr))
+}
+
+fn parse_mac(field: &str, text: &str) -> Result<String> {
+    let bytes: Vec<Option<u8>> = text.split(':').map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None }).collect();
+    if bytes.len() != 6 || bytes.iter().any(Option::is_none) {
+        return Err(PluginError::new(format!("{field} {text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// A locally administered unicast MAC no other endpoint has.
+fn generate_mac(state: &State) -> Result<String> {
+    for _ in 0..16 {
+        let mut bytes = [0u8; 6];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| PluginError::new(format!("generate MAC address: read /dev/urandom: {e}")))?;
+        bytes[0] = (bytes[0] & 0xfc) | 0x02;
+        let mac = bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        if !state.endpoints.values().any(|e| e.mac == mac) {
+            return Ok(mac);
+        }
+    }
+    Err(PluginError::new("generate MAC address: no unique address after 16 tries"))
+}
+
+/// Fills only what dockerd left empty: echoing a field it set makes it roll back.
+fn endpoint_response(record: &EndpointRecord, requested_mac: &str) -> CreateEndpointResponse {
+    if !requested_mac.is_empty() {
+        return CreateEndpointResponse { interface: None };
+    }
+    CreateEndpointResponse {
+        interface: Some(EndpointInterfaceResponse { mac_address: record.mac.clone(), ..Default::default() }),
+    }
+}
+
+fn join_response(network: &NetworkRecord, endpoint: &EndpointRecord) -> JoinResponse {
+    // A returned Gateway becomes the default route, even on --internal networks.
+    let routed = !network.options.internal;
+    let gateway_of = |subnets: &[SubnetRecord], has_address: bool| {
+        subnets
+            .iter()
+            .filter(|_| routed && has_address)
+            .find_map(|s| s.gateway)
+            .map(|g| g.addr().to_string())
+            .unwrap_or_default()
+    };
+    JoinResponse {
+        interface_name: InterfaceName {
+            src_name: endpoint.container_veth.clone(),
+            dst_prefix: network.options.iface_prefix.clone(),
+        },
+        gateway: gateway_of(&network.ipv4, endpoint.address.is_some()),
+        gateway_ipv6: gateway_of(&network.ipv6, endpoint.address_v6.is_some()),
+        disable_gateway_service: false,
+    }
+}
+
+fn port_bindings(options: &Options) -> Result<Vec<PortBinding>> {
+    decode_list(options, api::OPT_PORTMAP)
+}
+
+fn exposed_ports(options: &Options) -> Result<Vec<TransportPort>> {
+    decode_list(options, api::OPT_EXPOSED_PORTS)
+}
+
+/// Port lists arrive in varying order; they are sets.
+fn decode_list<T: serde::de::DeserializeOwned + Ord>(options: &Options, key: &str) -> Result<Vec<T>> {
+    let Some(value) = options.get(key) else { return Ok(vec![]) };
+    if value.is_null() {
+        return Ok(vec![]);
+    }
+    let mut list: Vec<T> = serde_json::from_value(value.clone())
+        .map_err(|e| PluginError::new(format!("option {key}: {e}")))?;
+    list.sort();
+    list.dedup();
+    Ok(list)
+}

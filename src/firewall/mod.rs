@@ -1,0 +1,73 @@
+//! The firewall: rules derived from state, rendered as plain data
+//! ([`rules`]), applied in one atomic batch per change by a backend
+//! ([`iptables`]) in the same iptables flavour dockerd uses.
+//!
+//! dockerd leaves the FORWARD policy at DROP with br_netfilter on, so even
+//! traffic between two containers on one plugin bridge needs an ACCEPT in the
+//! iptables filter FORWARD path (an accept in a separate nftables table would
+//! not override dockerd's drop).
+
+pub mod iptables;
+pub mod rules;
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+/// What the firewall needs to know about one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FwNetwork {
+    pub bridge: String,
+    pub subnets: Vec<IpNet>,
+    pub internal: bool,
+    pub icc: bool,
+    pub masquerade: bool,
+    /// SNAT source instead of MASQUERADE (`com.docker.network.host_ipv4` / `host_ipv6`).
+    pub snat_ipv4: Option<IpAddr>,
+    pub snat_ipv6: Option<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[error("firewall ({tool}): {message}")]
+pub struct FirewallError {
+    pub tool: String,
+    pub message: String,
+}
+
+#[async_trait]
+pub trait Firewall: Send + Sync {
+    /// Makes the plugin's chains hold exactly the rules for `networks`
+    /// (removing the chains and their jumps when there are none). Idempotent.
+    async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError>;
+    /// True when the rules in the kernel still match what `sync` last wrote
+    /// (someone may have flushed them, or dockerd restarted and reordered FORWARD).
+    async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError>;
+}
+
+/// Records what it was asked to apply; for driver unit tests.
+#[derive(Default)]
+pub struct FakeFirewall {
+    pub applied: Mutex<Vec<FwNetwork>>,
+    pub syncs: Mutex<usize>,
+    pub fail_next: Mutex<bool>,
+}
+
+#[async_trait]
+impl Firewall for FakeFirewall {
+    async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError> {
+        let mut fail = self.fail_next.lock().unwrap();
+        if *fail {
+            *fail = false;
+            return Err(FirewallError { tool: "fake".into(), message: "injected failure".into() });
+        }
+        *self.applied.lock().unwrap() = networks.to_vec();
+        *self.syncs.lock().unwrap() += 1;
+        Ok(())
+    }
+
+    async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError> {
+        Ok(*self.applied.lock().unwrap() == networks)
+    }
+}

@@ -1,0 +1,14 @@
+//! rustbridge: a Docker network and IPAM driver plugin backed by real Linux
+//! bridges, veth pairs and firewall rules. See docs/ARCHITECTURE.md.
+
+pub mod api;
+pub mod config;
+pub mod dataplane;
+pub mod driver;
+pub mod firewall;
+pub mod ipam;
+pub mod log;
+pub mod options;
+pub mod reconcile;
+pub mod server;
+pub mod state;

@@ -1,0 +1,90 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use slog::{Logger, error, info};
+use tokio::signal::unix::{SignalKind, signal};
+
+use rustbridge::config::{Cli, Command, ServeArgs};
+use rustbridge::dataplane::netlink::NetlinkDataPlane;
+use rustbridge::driver::Plugin;
+use rustbridge::firewall::iptables::IptablesFirewall;
+use rustbridge::state::Store;
+use rustbridge::{log, reconcile, server};
+
+/// SIGTERM must end the process within a second: in-flight calls get this long.
+const DRAIN: Duration = Duration::from_millis(700);
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("rustbridge {}", env!("CARGO_PKG_VERSION"));
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            let log = log::build(args.log_level, args.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let result = runtime.block_on(serve(args, log.clone()));
+            let code = match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(message) => {
+                    error!(log, "rustbridge stopped"; "error" => &message);
+                    eprintln!("rustbridge: {message}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            drop(log);
+            code
+        }
+    }
+}
+
+async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let store = Store::open(&args.state_dir).map_err(|e| e.to_string())?;
+    let dataplane = Arc::new(NetlinkDataPlane::connect().map_err(|e| format!("netlink socket: {e}"))?);
+    let firewall = IptablesFirewall::detect(args.iptables).await;
+    info!(log, "starting"; "version" => env!("CARGO_PKG_VERSION"), "state_dir" => %args.state_dir.display(),
+        "iptables" => firewall.describe());
+    let plugin = Arc::new(
+        Plugin::load(store, dataplane, Arc::new(firewall), args.default_pools.clone()).map_err(|e| e.to_string())?,
+    );
+    {
+        let state = plugin.state.lock().await;
+        info!(log, "state loaded"; "networks" => state.networks.len(), "endpoints" => state.endpoints.len());
+    }
+    // Reconcile before listening: dockerd may call as soon as the socket exists.
+    if let Err(e) = reconcile::at_start(&plugin, &log).await {
+        error!(log, "start-up reconcile incomplete; will retry periodically"; "error" => %e);
+    }
+    let mut listeners = Vec::new();
+    let paths: Vec<PathBuf> = std::iter::once(args.socket.clone()).chain(args.also_listen.iter().cloned()).collect();
+    for path in &paths {
+        let listener = server::bind(path).map_err(|e| format!("listen on {}: {e}", path.display()))?;
+        info!(log, "listening"; "socket" => %path.display());
+        listeners.push((path.clone(), listener));
+    }
+    let reconciler = tokio::spawn(reconcile::run_periodically(
+        plugin.clone(),
+        log.clone(),
+        Duration::from_secs(args.reconcile_seconds),
+    ));
+    let shutdown = async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    server::serve(listeners, plugin.clone(), log.clone(), shutdown, DRAIN).await;
+    reconciler.abort();
+    for path in &paths {
+        let _ = std::fs::remove_file(path);
+    }
+    // Networks stay up: containers keep their traffic while the plugin is away.
+    info!(log, "stopped; networks left in place");
+    Ok(())
+}

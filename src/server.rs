@@ -1,0 +1,264 @@
+//! HTTP/1.1 over Unix sockets: routing, body limits, per-call deadlines and
+//! the error shapes dockerd reads (`Err` for NetworkDriver, `Error` for IpamDriver).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use slog::{Logger, debug, error, info, warn};
+use tokio::net::UnixListener;
+
+use crate::api::*;
+use crate::driver::{Plugin, PluginError};
+
+/// Far above any real request (the largest fixture is a few KiB).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// dockerd sets no timeout on plugin calls; every answer comes within this.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(25);
+const CONTENT_TYPE_V1: &str = "application/vnd.docker.plugins.v1+json";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ErrorKey {
+    /// NetworkDriver and Plugin calls.
+    Err,
+    /// IpamDriver calls: with `Err`, dockerd hides the message.
+    Error,
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    outcome: Result<(), String>,
+}
+
+impl Reply {
+    fn ok(body: impl Serialize) -> Reply {
+        Reply { status: StatusCode::OK, body: serde_json::to_value(body).expect("responses serialize"), outcome: Ok(()) }
+    }
+
+    fn error(key: ErrorKey, status: StatusCode, message: String) -> Reply {
+        let body = match key {
+            ErrorKey::Err => json!({ "Err": message }),
+            ErrorKey::Error => json!({ "Error": message }),
+        };
+        Reply { status, body, outcome: Err(message) }
+    }
+}
+
+/// Binds a socket, replacing a stale file (dockerd retries a dead socket for ~15 s per call).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight calls finish (bounded by `drain`).
+pub async fn serve(
+    listeners: Vec<(PathBuf, UnixListener)>,
+    plugin: Arc<Plugin>,
+    log: Logger,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
+    let mut accept_tasks = Vec::new();
+    for (path, listener) in listeners {
+        let tx = conn_tx.clone();
+        let log = log.clone();
+        accept_tasks.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        if tx.send(stream).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(log, "accept failed"; "socket" => %path.display(), "error" => %e);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    drop(conn_tx);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            Some(stream) = conn_rx.recv() => {
+                let plugin = plugin.clone();
+                let call_log = log.clone();
+                let service = service_fn(move |req| handle(plugin.clone(), call_log.clone(), req));
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                let log = log.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(log, "connection ended with an error"; "error" => %e);
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    for task in accept_tasks {
+        task.abort();
+    }
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        warn!(log, "in-flight calls did not finish in time"; "waited_ms" => drain.as_millis() as u64);
+    }
+}
+
+async fn handle(plugin: Arc<Plugin>, log: Logger, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    let key = if path.starts_with("/IpamDriver.") { ErrorKey::Error } else { ErrorKey::Err };
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let message = format!("request body refused: {e} (limit {MAX_BODY_BYTES} bytes)");
+            let reply = Reply::error(key, StatusCode::PAYLOAD_TOO_LARGE, message);
+            return Ok(finish(&log, &path, &[], reply, started));
+        }
+    };
+    let reply = match tokio::time::timeout(CALL_DEADLINE, dispatch(&plugin, &path, &body, key)).await {
+        Ok(reply) => reply,
+        Err(_) => Reply::error(
+            key,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{path}: no answer within {}s (see the plugin's log)", CALL_DEADLINE.as_secs()),
+        ),
+    };
+    Ok(finish(&log, &path, &body, reply, started))
+}
+
+fn finish(log: &Logger, path: &str, body: &[u8], reply: Reply, started: Instant) -> Response<Full<Bytes>> {
+    let ids = ids_of(body);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match &reply.outcome {
+        Ok(()) => info!(log, "call"; "method" => path, "network" => &ids.0, "endpoint" => &ids.1, "pool" => &ids.2,
+            "duration_ms" => format!("{ms:.1}"), "outcome" => "ok"),
+        Err(message) => error!(log, "call"; "method" => path, "network" => &ids.0, "endpoint" => &ids.1, "pool" => &ids.2,
+            "duration_ms" => format!("{ms:.1}"), "outcome" => "error", "error" => message),
+    }
+    debug!(log, "call bodies"; "method" => path, "request" => String::from_utf8_lossy(body).into_owned(),
+        "response" => reply.body.to_string());
+    Response::builder()
+        .status(reply.status)
+        .header(CONTENT_TYPE, CONTENT_TYPE_V1)
+        .body(Full::new(Bytes::from(reply.body.to_string())))
+        .expect("static response parts are valid")
+}
+
+/// Short network, endpoint and pool IDs for the log line.
+fn ids_of(body: &[u8]) -> (String, String, String) {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let field = |name: &str, len: usize| {
+        value.get(name).and_then(Value::as_str).map(|s| s.chars().take(len).collect()).unwrap_or_default()
+    };
+    (field("NetworkID", 12), field("EndpointID", 12), field("PoolID", 64))
+}
+
+/// Empty bodies mean "no arguments"; a missing Content-Type is normal.
+fn decode<T: DeserializeOwned + Default>(path: &str, body: &[u8]) -> Result<T, PluginError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| PluginError::new(format!("{path}: malformed request body: {e}")))
+}
+
+async fn dispatch(plugin: &Plugin, path: &str, body: &[u8], key: ErrorKey) -> Reply {
+    let result = route(plugin, path, body).await;
+    match result {
+        Ok(reply) => reply,
+        Err(RouteError::NotFound) => Reply::error(
+            key,
+            StatusCode::NOT_FOUND,
+            format!("{path}: unknown method (rustbridge implements Plugin.Activate, NetworkDriver.* and IpamDriver.*)"),
+        ),
+        Err(RouteError::Plugin(e)) => Reply::error(key, StatusCode::INTERNAL_SERVER_ERROR, e.0),
+    }
+}
+
+enum RouteError {
+    NotFound,
+    Plugin(PluginError),
+}
+
+impl From<PluginError> for RouteError {
+    fn from(e: PluginError) -> Self {
+        RouteError::Plugin(e)
+    }
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteError> {
+    macro_rules! call {
+        ($method:ident) => {{
+            let req = decode(path, body)?;
+            Reply::ok(plugin.$method(req).await?)
+        }};
+        ($method:ident, empty) => {{
+            let req = decode(path, body)?;
+            plugin.$method(req).await?;
+            Reply::ok(Empty {})
+        }};
+    }
+    let reply = match path {
+        "/Plugin.Activate" => Reply::ok(ActivateResponse { implements: vec!["NetworkDriver", "IpamDriver"] }),
+        "/NetworkDriver.GetCapabilities" => Reply::ok(plugin.capabilities()),
+        "/NetworkDriver.CreateNetwork" => call!(create_network, empty),
+        "/NetworkDriver.DeleteNetwork" => call!(delete_network, empty),
+        "/NetworkDriver.CreateEndpoint" => call!(create_endpoint),
+        "/NetworkDriver.DeleteEndpoint" => call!(delete_endpoint, empty),
+        "/NetworkDriver.EndpointOperInfo" => call!(endpoint_oper_info),
+        "/NetworkDriver.Join" => call!(join),
+        "/NetworkDriver.Leave" => call!(leave, empty),
+        "/NetworkDriver.ProgramExternalConnectivity" => call!(program_external_connectivity, empty),
+        "/NetworkDriver.RevokeExternalConnectivity" => call!(revoke_external_connectivity, empty),
+        "/NetworkDriver.GwAllocCheck" => Reply::ok(plugin.gw_alloc_check(decode(path, body)?)?),
+        "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => {
+            decode::<DiscoveryRequest>(path, body)?;
+            Reply::ok(Empty {})
+        }
+        "/NetworkDriver.AllocateNetwork" => {
+            decode::<AllocateNetworkRequest>(path, body)?;
+            Reply::ok(AllocateNetworkResponse::default())
+        }
+        "/NetworkDriver.FreeNetwork" => {
+            decode::<NetworkRequest>(path, body)?;
+            Reply::ok(Empty {})
+        }
+        "/IpamDriver.GetCapabilities" => Reply::ok(plugin.ipam_capabilities()),
+        "/IpamDriver.GetDefaultAddressSpaces" => Reply::ok(plugin.default_address_spaces()),
+        "/IpamDriver.RequestPool" => call!(request_pool),
+        "/IpamDriver.ReleasePool" => call!(release_pool, empty),
+        "/IpamDriver.RequestAddress" => call!(request_address),
+        "/IpamDriver.ReleaseAddress" => call!(release_address, empty),
+        _ => return Err(RouteError::NotFound),
+    };
+    Ok(reply)
+}
