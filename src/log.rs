@@ -25,14 +25,15 @@ pub fn parse_level(s: &str) -> Result<Level, String> {
     Level::from_str(s).map_err(|_| format!("log level {s:?}: expected error, warn, info, debug or trace"))
 }
 
-/// Logs go to stderr: dockerd copies a managed plugin's stderr into its own log.
+/// Logs go to stdout: dockerd copies a managed plugin's stdout into its own log
+/// at level info (stderr would show every line as level=error).
 pub fn build(level: Level, format: Format) -> Logger {
     let drain = match format {
         Format::Text => {
-            let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+            let decorator = slog_term::PlainSyncDecorator::new(std::io::stdout());
             slog_term::FullFormat::new(decorator).build().fuse().ignore_res().boxed_drain()
         }
-        Format::Json => slog_json::Json::default(std::io::stderr()).fuse().ignore_res().boxed_drain(),
+        Format::Json => slog_json::Json::default(std::io::stdout()).fuse().ignore_res().boxed_drain(),
     };
     let drain = slog_async::Async::new(drain.filter_level(level).fuse()).chan_size(4096).build().fuse();
     Logger::root(drain, o!())

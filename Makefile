@@ -1,0 +1,60 @@
+# rustbridge — see README.md.
+PLUGIN      ?= rustbridge/rustbridge:latest
+DOCKERD     ?= dockerd
+DATA_ROOT   ?= /var/lib/docker
+REGISTRY    ?=
+TARGET      := x86_64-unknown-linux-gnu
+STATIC_BIN  := target/$(TARGET)/release/rustbridge
+PLUGIN_DIR  := plugin/build
+
+.PHONY: all build static deps dockerd plugin install uninstall publish demo test test-unit test-e2e bench clean
+
+all: build
+
+build:
+	cargo build --release
+
+# Statically linked (glibc, crt-static): the plugin rootfs needs no libc for it.
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target $(TARGET)
+
+deps:
+	scripts/install-deps.sh
+
+dockerd: deps
+	scripts/dockerd.sh start $(DOCKERD) $(DATA_ROOT)
+
+plugin: static
+	scripts/build-rootfs.sh $(STATIC_BIN) $(PLUGIN_DIR)
+	scripts/plugin.sh create $(PLUGIN) $(PLUGIN_DIR)
+
+install: dockerd plugin
+	scripts/plugin.sh enable $(PLUGIN)
+
+uninstall:
+	scripts/plugin.sh remove $(PLUGIN)
+
+publish: static
+	@test -n "$(REGISTRY)" || { echo "usage: make publish REGISTRY=host:port"; exit 2; }
+	scripts/build-rootfs.sh $(STATIC_BIN) $(PLUGIN_DIR)
+	scripts/plugin.sh publish $(REGISTRY)/$(PLUGIN) $(PLUGIN_DIR)
+
+demo: install
+	scripts/test-image.sh
+	tests/e2e/user_story.sh --demo
+
+test-unit: deps
+	cargo test --release -- --test-threads=2
+
+test-e2e: install
+	scripts/test-image.sh
+	tests/e2e/run.sh
+
+test: test-unit test-e2e
+
+bench:
+	cargo bench --bench ipam
+
+clean:
+	cargo clean
+	rm -rf $(PLUGIN_DIR)

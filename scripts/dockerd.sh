@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Starts or stops a dockerd for the demo and the tests.
+#   scripts/dockerd.sh start [DOCKERD_BIN] [DATA_ROOT]
+#   scripts/dockerd.sh stop            (stops only a dockerd this script started)
+#   scripts/dockerd.sh restart         (restarts the dockerd this script started, or any running one)
+# DOCKERD_BIN defaults to `dockerd` on PATH, DATA_ROOT to /var/lib/docker.
+set -euo pipefail
+
+state_dir=/run/rustbridge-test
+pidfile=$state_dir/dockerd.pid
+argsfile=$state_dir/dockerd.args
+mkdir -p "$state_dir"
+
+docker_ready() { timeout 5 docker info >/dev/null 2>&1; }
+
+wait_ready() {
+  for _ in $(seq 1 120); do
+    docker_ready && return 0
+    sleep 0.5
+  done
+  echo "dockerd did not become ready; last log lines:" >&2
+  tail -n 30 "${1:-/var/log/dockerd.log}" >&2 || true
+  return 1
+}
+
+start() {
+  local bin=${1:-dockerd} root=${2:-/var/lib/docker}
+  if docker_ready; then
+    echo "dockerd already running"
+    return 0
+  fi
+  local log=/var/log/dockerd-rustbridge.log
+  echo "$bin" > "$argsfile"; echo "$root" >> "$argsfile"
+  # setsid: dockerd must outlive the shell that started it.
+  setsid "$bin" --data-root "$root" >"$log" 2>&1 </dev/null &
+  echo $! > "$pidfile"
+  wait_ready "$log"
+  echo "dockerd started ($bin, data root $root)"
+}
+
+stop_pid() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.5
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+stop() {
+  [ -f "$pidfile" ] || { echo "no dockerd started by this script"; return 0; }
+  stop_pid "$(cat "$pidfile")"
+  rm -f "$pidfile"
+  echo "dockerd stopped"
+}
+
+restart() {
+  local pid bin root
+  if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile"); bin=$(sed -n 1p "$argsfile"); root=$(sed -n 2p "$argsfile")
+  else
+    pid=$(pidof dockerd | awk '{print $1}'); bin=$(readlink -f "/proc/$pid/exe"); root=/var/lib/docker
+  fi
+  stop_pid "$pid"
+  rm -f "$pidfile"
+  start "$bin" "$root"
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  start) start "$@" ;;
+  stop) stop ;;
+  restart) restart ;;
+  *) echo "usage: $0 start [DOCKERD_BIN] [DATA_ROOT] | stop | restart" >&2; exit 2 ;;
+esac

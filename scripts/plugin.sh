@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Managed-plugin chores, so the Makefile and the tests share one way to do them.
+#   scripts/plugin.sh create  NAME DIR   (re)create NAME from DIR (config.json + rootfs/)
+#   scripts/plugin.sh enable  NAME       enable NAME and wait until -d rustbridge answers
+#   scripts/plugin.sh remove  NAME       disable and remove NAME if present
+#   scripts/plugin.sh publish REF DIR    create REF (a registry reference) from DIR and push it
+set -euo pipefail
+
+exists() { docker plugin inspect "$1" >/dev/null 2>&1; }
+enabled() { [ "$(docker plugin inspect -f '{{.Enabled}}' "$1" 2>/dev/null)" = true ]; }
+
+remove() {
+  local name=$1
+  exists "$name" || return 0
+  enabled "$name" && docker plugin disable -f "$name" >/dev/null
+  docker plugin rm -f "$name" >/dev/null
+  echo "removed plugin $name"
+}
+
+create() {
+  local name=$1 dir=$2
+  remove "$name"
+  docker plugin create "$name" "$dir" >/dev/null
+  echo "created plugin $name ($(du -sh "$dir/rootfs" | cut -f1) rootfs)"
+}
+
+# The legacy socket the plugin serves appears once the plugin runs.
+wait_for_socket() {
+  for _ in $(seq 1 100); do
+    [ -S /run/docker/plugins/rustbridge.sock ] && return 0
+    sleep 0.1
+  done
+  echo "plugin enabled but /run/docker/plugins/rustbridge.sock did not appear" >&2
+  return 1
+}
+
+enable() {
+  local name=$1
+  enabled "$name" || docker plugin enable "$name" >/dev/null
+  wait_for_socket
+  echo "enabled plugin $name"
+}
+
+publish() {
+  local ref=$1 dir=$2
+  # dockerd refuses a rootfs byte-identical to an installed plugin's: mark this one.
+  echo "$ref" > "$dir/rootfs/etc/rustbridge-reference"
+  remove "$ref"
+  docker plugin create "$ref" "$dir" >/dev/null
+  docker plugin push "$ref"
+  echo "pushed $ref"
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  create|enable|remove|publish) "$cmd" "$@" ;;
+  *) echo "usage: $0 create NAME DIR | enable NAME | remove NAME | publish REF DIR" >&2; exit 2 ;;
+esac

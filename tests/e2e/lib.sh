@@ -1,0 +1,87 @@
+# Shared helpers for the end-to-end tests (sourced, not run).
+# Every check counts as passed or failed; cleanups registered with `cleanup`
+# run on exit, also after a failure or an interrupt.
+
+PASSED=0
+FAILED=0
+FAILURES=()
+CLEANUPS=()
+DEMO=${DEMO:-0}
+PLUGIN=${PLUGIN:-rustbridge/rustbridge:latest}
+IMAGE=${IMAGE:-rustbridge-test/busybox:latest}
+PREFIX=${PREFIX:-rbe2e$$}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+cleanup() { CLEANUPS+=("$*"); }
+
+run_cleanups() {
+  local i
+  for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do
+    eval "${CLEANUPS[$i]}" >/dev/null 2>&1 || true
+  done
+  CLEANUPS=()
+}
+trap run_cleanups EXIT
+trap 'exit 130' INT TERM
+
+step() {
+  if [ "$DEMO" = 1 ]; then printf '\n\033[1m== %s\033[0m\n' "$*"; else echo "-- $*"; fi
+}
+
+# show CMD...: in demo mode, print the command and its output.
+show() {
+  if [ "$DEMO" = 1 ]; then
+    printf '$ %s\n' "$*"
+    "$@" 2>&1 | sed 's/^/  /'
+    return "${PIPESTATUS[0]}"
+  fi
+  "$@" >/dev/null 2>&1
+}
+
+pass() { PASSED=$((PASSED + 1)); echo "  ok   $1"; }
+fail() { FAILED=$((FAILED + 1)); FAILURES+=("$1"); echo "  FAIL $1${2:+: $2}"; }
+
+# expect DESC CMD...: CMD must succeed.
+expect() {
+  local desc=$1 out; shift
+  if out=$("$@" 2>&1); then pass "$desc"; else fail "$desc" "$(echo "$out" | tail -n 3 | tr '\n' ' ')"; fi
+}
+
+# refuse DESC CMD...: CMD must fail.
+refuse() {
+  local desc=$1; shift
+  if "$@" >/dev/null 2>&1; then fail "$desc" "succeeded but should not have"; else pass "$desc"; fi
+}
+
+# eventually DESC SECONDS CMD...: CMD must succeed within SECONDS.
+eventually() {
+  local desc=$1 secs=$2 deadline; shift 2
+  deadline=$((SECONDS + secs))
+  while ! "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then fail "$desc" "not within ${secs}s"; return 1; fi
+    sleep 0.5
+  done
+  pass "$desc"
+}
+
+# equal DESC EXPECTED ACTUAL
+equal() {
+  if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "expected [$2], got [$3]"; fi
+}
+
+summary() {
+  echo
+  if [ "$FAILED" -gt 0 ]; then
+    printf 'failed: %s\n' "${FAILURES[@]}"
+  fi
+  echo "$(basename "$0" .sh): $PASSED passed, $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+}
+
+ping_ok() { docker exec "$1" ping -c 1 -W 2 "$2"; }
+ping_blocked() { ! docker exec "$1" ping -c 1 -W 1 "$2"; }
+ip_of() { docker inspect -f "{{(index .NetworkSettings.Networks \"$2\").IPAddress}}" "$1"; }
+plugin_pid() { pgrep -f '^/usr/bin/rustbridge serve' | head -n 1; }
+network_id() { docker network inspect -f '{{.Id}}' "$1"; }
+bridge_of() { echo "rb-$(network_id "$1" | cut -c1-12)"; }
+rustbridge_rule_count() { { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'RUSTBRIDGE' || true; }

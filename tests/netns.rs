@@ -1,0 +1,594 @@
+//! End-to-end tests of the real binary in throwaway network namespaces: the
+//! plugin runs inside a namespace prepared like a dockerd host (FORWARD policy
+//! DROP, br_netfilter on), "containers" are further namespaces wired up the
+//! way dockerd does after a Join, and traffic only flows between them.
+//!
+//! Needs root; without it the tests print "skipped: needs root", except with
+//! CI=true where they fail. Run: `cargo test --test netns -- --test-threads=2`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Netns, Plugin, fake_container, random_id, ready_or_skip, wait_until};
+use serde_json::{Value, json};
+
+macro_rules! require_root {
+    () => {
+        if !ready_or_skip(std::thread::current().name().unwrap_or("netns")) {
+            return;
+        }
+    };
+}
+
+fn bridge_name(network_id: &str) -> String {
+    format!("rb-{}", &network_id[..12])
+}
+
+fn host_veth(endpoint_id: &str) -> String {
+    format!("rbh-{}", &endpoint_id[..11])
+}
+
+/// A CreateNetwork body as dockerd 20.10–28 sends it.
+fn network_request(id: &str, pool: &str, gateway: &str, generic: Value, extra: Value) -> Value {
+    let mut options = json!({
+        "com.docker.network.enable_ipv6": false,
+        "com.docker.network.enable_ipv4": true,
+        "com.docker.network.generic": generic,
+    });
+    if let Value::Object(extra) = extra {
+        options.as_object_mut().unwrap().extend(extra);
+    }
+    json!({
+        "NetworkID": id,
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": pool, "Gateway": gateway, "AuxAddresses": {}}],
+        "IPv6Data": [],
+        "Options": options,
+    })
+}
+
+fn create_network(p: &Plugin, id: &str, pool: &str, gateway: &str, generic: Value) {
+    p.ok("/NetworkDriver.CreateNetwork", network_request(id, pool, gateway, generic, json!({})));
+}
+
+/// What a CreateEndpoint + Join pair answered.
+struct Joined {
+    id: String,
+    network: String,
+    address: String,
+    mac: String,
+    peer: String,
+    gateway: Option<String>,
+    join_reply: Value,
+}
+
+fn create_and_join(p: &Plugin, network: &str, address: &str) -> Joined {
+    let id = random_id();
+    let created = p.ok(
+        "/NetworkDriver.CreateEndpoint",
+        json!({
+            "NetworkID": network, "EndpointID": id,
+            "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": ""},
+            "Options": {"com.docker.network.endpoint.exposedports": [], "com.docker.network.portmap": []},
+        }),
+    );
+    let mac = created["Interface"]["MacAddress"]
+        .as_str()
+        .unwrap_or_else(|| panic!("CreateEndpoint with an empty MacAddress must return one: {created}"))
+        .to_string();
+    let join_reply = p.ok(
+        "/NetworkDriver.Join",
+        json!({
+            "NetworkID": network, "EndpointID": id,
+            "SandboxKey": format!("/var/run/docker/netns/{}", &id[..12]), "Options": {},
+        }),
+    );
+    let peer = join_reply["InterfaceName"]["SrcName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("Join must return InterfaceName.SrcName: {join_reply}"))
+        .to_string();
+    assert_eq!(join_reply["InterfaceName"]["DstPrefix"], "eth", "{join_reply}");
+    let gateway = join_reply.get("Gateway").and_then(Value::as_str).map(str::to_string);
+    Joined { id, network: network.to_string(), address: address.to_string(), mac, peer, gateway, join_reply }
+}
+
+fn leave_and_delete(p: &Plugin, e: &Joined) {
+    let body = json!({"NetworkID": e.network, "EndpointID": e.id});
+    p.ok("/NetworkDriver.Leave", body.clone());
+    p.ok("/NetworkDriver.DeleteEndpoint", body);
+}
+
+/// Moves a joined endpoint's peer into a new fake container, as dockerd would.
+fn container_for(host: &Netns, e: &Joined) -> Netns {
+    fake_container(host, &e.peer, Some(&e.mac), &e.address, e.gateway.as_deref())
+}
+
+fn flags(link: &Value) -> Vec<String> {
+    link["flags"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(str::to_string)).collect()
+}
+
+fn assert_forward_policy_drop(ns: &Netns) {
+    let rules = ns.iptables_chain("filter", "FORWARD").expect("FORWARD chain");
+    assert!(rules.iter().any(|r| r == "-P FORWARD DROP"), "FORWARD policy must be DROP: {rules:?}");
+    let nf = ns.exec(&["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"]).expect_ok();
+    assert_eq!(nf.stdout.trim(), "1", "bridged traffic must go through iptables");
+}
+
+fn assert_no_plugin_traces(ns: &Netns) {
+    let leftovers: Vec<String> = ns
+        .link_names()
+        .into_iter()
+        .filter(|n| n.starts_with("rb-") || n.starts_with("rbh-") || n.starts_with("rbc-"))
+        .collect();
+    assert!(leftovers.is_empty(), "links left behind: {leftovers:?}");
+    let saved = ns.iptables_save();
+    assert!(!saved.contains("RUSTBRIDGE"), "rules left behind:\n{saved}");
+}
+
+/// Rules in RUSTBRIDGE-FORWARD and exactly one jump to it from FORWARD.
+fn forward_rules_in_place(ns: &Netns, bridge: &str) -> bool {
+    let Some(chain) = ns.iptables_chain("filter", "RUSTBRIDGE-FORWARD") else { return false };
+    let forward = ns.iptables_chain("filter", "FORWARD").unwrap_or_default();
+    let jumps = forward.iter().filter(|r| *r == "-A FORWARD -j RUSTBRIDGE-FORWARD").count();
+    let intra = format!("-A RUSTBRIDGE-FORWARD -i {bridge} -o {bridge} -j ACCEPT");
+    jumps == 1 && chain.iter().any(|r| *r == intra)
+}
+
+// ---------------------------------------------------------------------- tests
+
+#[test]
+fn bridge_veth_and_ping() {
+    require_root!();
+    let host = Netns::host();
+    let p = Plugin::start(&host);
+    let net = random_id();
+    let bridge = bridge_name(&net);
+    create_network(&p, &net, "10.77.0.0/24", "10.77.0.1/24", json!({"com.docker.network.driver.mtu": "1400"}));
+
+    let link = host.link(&bridge).unwrap_or_else(|| panic!("bridge {bridge} missing: {:?}", host.link_names()));
+    assert_eq!(link["linkinfo"]["info_kind"], "bridge", "{link}");
+    assert!(flags(&link).contains(&"UP".to_string()), "bridge not up: {link}");
+    assert_eq!(link["mtu"], 1400, "{link}");
+    assert_eq!(host.ipv4_addresses(&bridge), vec!["10.77.0.1/24"]);
+
+    let a = create_and_join(&p, &net, "10.77.0.2/24");
+    let b = create_and_join(&p, &net, "10.77.0.3/24");
+    for e in [&a, &b] {
+        assert_eq!(e.gateway.as_deref(), Some("10.77.0.1"), "{}", e.join_reply);
+        assert_eq!(e.peer, format!("rbc-{}", &e.id[..11]));
+        let veth = host.link(&host_veth(&e.id)).unwrap_or_else(|| panic!("host veth missing: {:?}", host.link_names()));
+        assert_eq!(veth["master"], bridge.as_str(), "{veth}");
+        assert!(flags(&veth).contains(&"UP".to_string()), "host veth not up: {veth}");
+        assert_eq!(veth["mtu"], 1400, "{veth}");
+        let peer = host.link(&e.peer).expect("peer is created in the plugin's namespace");
+        assert_eq!(peer["mtu"], 1400, "{peer}");
+    }
+    assert_ne!(a.mac, b.mac);
+
+    let ca = container_for(&host, &a);
+    let cb = container_for(&host, &b);
+    let eth0 = ca.link("eth0").expect("eth0 in container");
+    assert_eq!(eth0["address"], a.mac.as_str(), "{eth0}");
+    assert_eq!(eth0["mtu"], 1400, "{eth0}");
+
+    // dockerd's host firewall is in place, so only the plugin's accepts let this through.
+    assert_forward_policy_drop(&host);
+    assert!(ca.ping_ok("10.77.0.3", 3), "a cannot ping b");
+    assert!(cb.ping_ok("10.77.0.2", 3), "b cannot ping a");
+    assert!(ca.ping_ok("10.77.0.1", 3), "a cannot ping its gateway");
+    assert!(cb.ping_ok("10.77.0.1", 3), "b cannot ping its gateway");
+
+    leave_and_delete(&p, &a);
+    leave_and_delete(&p, &b);
+    assert!(!ca.has_link("eth0"), "Leave must remove the veth pair");
+    p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+    assert!(!host.has_link(&bridge), "bridge still there after DeleteNetwork");
+    assert_no_plugin_traces(&host);
+}
+
+#[test]
+fn isolation_between_networks() {
+    require_root!();
+    let host = Netns::host();
+    let p = Plugin::start(&host);
+    let (n1, n2) = (random_id(), random_id());
+    create_network(&p, &n1, "10.78.1.0/24", "10.78.1.1/24", json!({}));
+    create_network(&p, &n2, "10.78.2.0/24", "10.78.2.1/24", json!({}));
+    let a = create_and_join(&p, &n1, "10.78.1.2/24");
+    let b = create_and_join(&p, &n2, "10.78.2.2/24");
+    let ca = container_for(&host, &a);
+    let cb = container_for(&host, &b);
+
+    assert!(ca.ping_ok("10.78.1.1", 3), "a cannot ping its own gateway");
+    assert!(cb.ping_ok("10.78.2.1", 3), "b cannot ping its own gateway");
+    assert_forward_policy_drop(&host);
+    assert!(!ca.ping_once("10.78.2.2", 2), "a reached b across networks");
+    assert!(!cb.ping_once("10.78.1.2", 2), "b reached a across networks");
+
+    // With the FORWARD policy at ACCEPT only the plugin's own rules stand
+    // between the networks (routing and forwarding would carry the packets).
+    host.exec(&["iptables", "-P", "FORWARD", "ACCEPT"]).expect_ok();
+    assert!(!ca.ping_once("10.78.2.2", 2), "a reached b across networks with FORWARD policy ACCEPT");
+    assert!(!cb.ping_once("10.78.1.2", 2), "b reached a across networks with FORWARD policy ACCEPT");
+    assert!(ca.ping_ok("10.78.1.1", 3) && cb.ping_ok("10.78.2.1", 3), "gateways unreachable with policy ACCEPT");
+}
+
+#[test]
+fn internal_network_has_no_gateway() {
+    require_root!();
+    let host = Netns::host();
+    let p = Plugin::start(&host);
+    let net = random_id();
+    let bridge = bridge_name(&net);
+    p.ok(
+        "/NetworkDriver.CreateNetwork",
+        network_request(&net, "10.79.0.0/24", "10.79.0.1/24", json!({}), json!({"com.docker.network.internal": true})),
+    );
+    let e = create_and_join(&p, &net, "10.79.0.2/24");
+    assert!(e.join_reply.get("Gateway").is_none(), "internal network's Join must not carry a Gateway: {}", e.join_reply);
+    assert!(e.join_reply.get("GatewayIPv6").is_none(), "{}", e.join_reply);
+    assert!(host.has_link(&e.peer), "the peer still exists for dockerd to move");
+    let chain = host.iptables_chain("filter", "RUSTBRIDGE-FORWARD").expect("RUSTBRIDGE-FORWARD chain");
+    let drop_out = format!("-A RUSTBRIDGE-FORWARD -i {bridge} -j DROP");
+    assert!(chain.contains(&drop_out), "internal network must not forward out: {chain:?}");
+    let masq = host.iptables_chain("nat", "RUSTBRIDGE-POSTROUTING").unwrap_or_default();
+    assert!(!masq.iter().any(|r| r.contains("10.79.0.0/24")), "no NAT for an internal network: {masq:?}");
+}
+
+#[test]
+fn kill9_and_restart_continue() {
+    require_root!();
+    let host = Netns::host();
+    let mut p = Plugin::start(&host);
+
+    // Network create as dockerd does it with the plugin as IPAM driver too.
+    let spaces = p.ok("/IpamDriver.GetDefaultAddressSpaces", Value::Null);
+    let space = spaces["LocalDefaultAddressSpace"].as_str().expect("local address space").to_string();
+    let pool_reply = p.ok(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": space, "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let pool_id = pool_reply["PoolID"].as_str().expect("PoolID").to_string();
+    let pool = pool_reply["Pool"].as_str().expect("Pool").to_string();
+    let request_address = |p: &Plugin| -> String {
+        let reply = p.ok("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "", "Options": null}));
+        reply["Address"].as_str().expect("Address").to_string()
+    };
+    let gateway = p.ok(
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+    )["Address"]
+        .as_str()
+        .expect("gateway Address")
+        .to_string();
+    let net = random_id();
+    let bridge = bridge_name(&net);
+    let create = json!({
+        "NetworkID": net,
+        "IPv4Data": [{"AddressSpace": space, "Pool": pool, "Gateway": gateway, "AuxAddresses": {}}],
+        "IPv6Data": [],
+        "Options": {"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}},
+    });
+    p.ok("/NetworkDriver.CreateNetwork", create.clone());
+    let mut handed_out = vec![gateway.clone()];
+    for _ in 0..3 {
+        handed_out.push(request_address(&p));
+    }
+    let e = create_and_join(&p, &net, &handed_out[1]);
+    let (ep_host, ep_peer) = (host_veth(&e.id), e.peer.clone());
+
+    p.kill9();
+    host.ip(&["link", "del", &bridge]).expect_ok();
+    host.ip(&["link", "add", "rb-0123456789ab", "type", "bridge"]).expect_ok();
+    host.ip(&["link", "add", "rbh-0123456789a", "type", "veth", "peer", "name", "rbc-0123456789a"]).expect_ok();
+    p.restart();
+
+    let link = host.link(&bridge).unwrap_or_else(|| panic!("bridge not recreated: {:?}", host.link_names()));
+    assert!(flags(&link).contains(&"UP".to_string()), "{link}");
+    assert_eq!(host.ipv4_addresses(&bridge), vec![gateway.clone()], "recreated bridge must carry the gateway");
+    for stray in ["rb-0123456789ab", "rbh-0123456789a", "rbc-0123456789a"] {
+        assert!(!host.has_link(stray), "stray {stray} not removed: {:?}", host.link_names());
+    }
+    assert!(host.has_link(&ep_host) && host.has_link(&ep_peer), "a joined endpoint's veths must be kept");
+    assert!(forward_rules_in_place(&host, &bridge), "firewall rules after restart:\n{}", host.iptables_save());
+
+    let next = request_address(&p);
+    assert!(!handed_out.contains(&next), "{next} was handed out before the restart: {handed_out:?}");
+    handed_out.push(next);
+    p.ok("/NetworkDriver.CreateNetwork", create); // dockerd retrying: idempotent
+    assert!(host.has_link(&bridge));
+
+    // Second crash, this time in the middle of a stream of calls.
+    let granted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(Mutex::new(0usize));
+    let worker = {
+        let (socket, pool_id, granted, failures) = (p.socket.clone(), pool_id.clone(), granted.clone(), failures.clone());
+        std::thread::spawn(move || {
+            let body = json!({"PoolID": pool_id, "Address": "", "Options": null}).to_string();
+            for _ in 0..20 {
+                match common::http_post(&socket, "/IpamDriver.RequestAddress", body.as_bytes()) {
+                    Ok((200, reply)) if reply["Address"].is_string() => {
+                        granted.lock().unwrap().push(reply["Address"].as_str().unwrap().to_string());
+                    }
+                    _ => *failures.lock().unwrap() += 1,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let midway = wait_until(Duration::from_secs(10), || granted.lock().unwrap().len() >= 5);
+    assert!(midway.is_some(), "the first 5 calls did not succeed in 10 s");
+    p.kill9();
+    worker.join().expect("worker thread");
+    let before_kill = granted.lock().unwrap().clone();
+    assert!(*failures.lock().unwrap() > 0, "kill -9 came too late: all 20 calls succeeded ({before_kill:?})");
+    p.restart();
+    handed_out.extend(before_kill);
+    for _ in 0..5 {
+        handed_out.push(request_address(&p));
+    }
+    let distinct: BTreeSet<&String> = handed_out.iter().collect();
+    assert_eq!(distinct.len(), handed_out.len(), "an address was handed out twice: {handed_out:?}");
+    assert!(host.has_link(&bridge));
+}
+
+#[test]
+fn sigterm_is_fast_and_keeps_networks() {
+    require_root!();
+    let host = Netns::host();
+    let mut p = Plugin::start(&host);
+    let net = random_id();
+    let bridge = bridge_name(&net);
+    create_network(&p, &net, "10.80.0.0/24", "10.80.0.1/24", json!({}));
+
+    let (took, status) = p.sigterm();
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(!p.socket.exists(), "socket {} left behind", p.socket.display());
+    assert!(host.has_link(&bridge), "networks must stay while the plugin is away");
+    assert_eq!(host.ipv4_addresses(&bridge), vec!["10.80.0.1/24"]);
+    assert!(forward_rules_in_place(&host, &bridge), "rules must stay while the plugin is away");
+
+    p.restart();
+    let caps = p.ok("/NetworkDriver.GetCapabilities", Value::Null);
+    assert_eq!(caps["Scope"], "local", "{caps}");
+    create_network(&p, &net, "10.80.0.0/24", "10.80.0.1/24", json!({}));
+    let e = create_and_join(&p, &net, "10.80.0.2/24");
+    assert_eq!(e.gateway.as_deref(), Some("10.80.0.1"), "state survived the restart: {}", e.join_reply);
+    assert!(host.has_link(&host_veth(&e.id)));
+}
+
+#[test]
+fn firewall_rules_come_back_after_flush() {
+    require_root!();
+    let host = Netns::host();
+    let p = Plugin::start(&host);
+    let net = random_id();
+    let bridge = bridge_name(&net);
+    create_network(&p, &net, "10.81.0.0/24", "10.81.0.1/24", json!({}));
+    assert!(forward_rules_in_place(&host, &bridge), "rules after CreateNetwork:\n{}", host.iptables_save());
+
+    host.exec(&["iptables", "-F", "RUSTBRIDGE-FORWARD"]).expect_ok();
+    host.exec(&["iptables", "-D", "FORWARD", "-j", "RUSTBRIDGE-FORWARD"]).expect_ok();
+    assert!(!forward_rules_in_place(&host, &bridge));
+    let back = wait_until(Duration::from_secs(4), || forward_rules_in_place(&host, &bridge));
+    assert!(back.is_some(), "rules not restored within 4 s:\n{}", host.iptables_save());
+    eprintln!("forward rules restored after {:?}", back.unwrap());
+
+    // The NAT chain too.
+    let masq = "-A RUSTBRIDGE-POSTROUTING -s 10.81.0.0/24 ! -o ".to_string() + &bridge + " -j MASQUERADE";
+    assert!(host.iptables_chain("nat", "RUSTBRIDGE-POSTROUTING").unwrap_or_default().contains(&masq));
+    host.exec(&["iptables", "-t", "nat", "-F", "RUSTBRIDGE-POSTROUTING"]).expect_ok();
+    let back = wait_until(Duration::from_secs(4), || {
+        host.iptables_chain("nat", "RUSTBRIDGE-POSTROUTING").unwrap_or_default().contains(&masq)
+    });
+    assert!(back.is_some(), "NAT rules not restored within 4 s:\n{}", host.iptables_save());
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    require_root!();
+    let host = Netns::host();
+    let p = Plugin::start(&host);
+    let links_before = host.link_names();
+    let assert_unchanged = |what: &str| {
+        assert_eq!(host.link_names(), links_before, "{what} changed the links");
+        let saved = host.iptables_save();
+        assert!(!saved.contains("RUSTBRIDGE"), "{what} left rules:\n{saved}");
+    };
+    let expect_err = |body: Value, needle: &str| {
+        let (status, reply) = p.call("/NetworkDriver.CreateNetwork", body.clone());
+        let err = reply["Err"].as_str().unwrap_or_else(|| panic!("no Err for {body}: {status} {reply}"));
+        assert_ne!(status, 200, "{reply}");
+        assert!(err.contains(needle), "Err should name {needle:?}: {err}");
+        assert_unchanged(needle);
+    };
+
+    let net = random_id();
+    expect_err(network_request(&net, "10.82.0.0/24", "10.82.1.1/24", json!({}), json!({})), "Gateway");
+    expect_err(network_request(&net, "10.82.0.0/24", "10.82.0.1/24", json!({"com.docker.network.driver.mtu": "abc"}), json!({})), "com.docker.network.driver.mtu");
+    expect_err(network_request(&net, "10.82.0.0/24", "10.82.0.1/24", json!({"com.docker.network.driver.mtu": "20"}), json!({})), "com.docker.network.driver.mtu");
+    expect_err(network_request(&net, "10.82.0.0/24", "10.82.0.1/24", json!({"com.example.bogus": "1"}), json!({})), "com.example.bogus");
+    expect_err(network_request(&net, "10.82.0.0/33", "10.82.0.1/24", json!({}), json!({})), "Pool");
+    expect_err(network_request("not-hex", "10.82.0.0/24", "10.82.0.1/24", json!({}), json!({})), "NetworkID");
+
+    // IPAM errors use "Error" (dockerd hides an "Err" as "No address returned").
+    for bad in ["10.0.0.0/33", "not-a-subnet"] {
+        let (status, reply) = p.call(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace": "", "Pool": bad, "SubPool": "", "Options": {}, "V6": false}),
+        );
+        assert_ne!(status, 200, "{reply}");
+        let error = reply["Error"].as_str().unwrap_or_else(|| panic!("IPAM error must use Error: {reply}"));
+        assert!(error.contains("Pool"), "{error}");
+        assert!(reply.get("Err").is_none(), "{reply}");
+    }
+
+    let (status, reply) = p.call("/NetworkDriver.NoSuchMethod", json!({}));
+    assert_eq!(status, 404, "{reply}");
+    assert!(reply["Err"].as_str().is_some_and(|e| e.contains("unknown method")), "{reply}");
+    let (status, reply) = p.call("/IpamDriver.NoSuchMethod", json!({}));
+    assert_eq!(status, 404, "{reply}");
+    assert!(reply["Error"].is_string(), "{reply}");
+
+    // Over 1 MiB: refused before it is parsed; a valid request otherwise.
+    let mut huge = network_request(&random_id(), "10.83.0.0/24", "10.83.0.1/24", json!({}), json!({}));
+    huge["Padding"] = Value::String("x".repeat((1 << 20) + 1024));
+    let (status, reply) = p.call("/NetworkDriver.CreateNetwork", huge);
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply["Err"].as_str().is_some_and(|e| e.contains("refused")), "{reply}");
+    assert_unchanged("an oversized body");
+
+    // dockerd sends no body at all on argument-less calls.
+    let (status, reply) = p.try_call_raw("/Plugin.Activate", b"").expect("Activate");
+    assert_eq!(status, 200, "{reply}");
+    let implements: Vec<&str> = reply["Implements"].as_array().expect("Implements").iter().filter_map(Value::as_str).collect();
+    assert_eq!(implements, ["NetworkDriver", "IpamDriver"]);
+    let (status, reply) = p.try_call_raw("/NetworkDriver.GetCapabilities", b"").expect("GetCapabilities");
+    assert_eq!((status, reply["Scope"].as_str()), (200, Some("local")), "{reply}");
+    let (status, reply) = p.try_call_raw("/IpamDriver.GetCapabilities", b"").expect("IPAM GetCapabilities");
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.get("RequiresMACAddress").is_some(), "{reply}");
+
+    // Endpoint calls: an address outside the subnet, an unknown endpoint.
+    create_network(&p, &net, "10.82.0.0/24", "10.82.0.1/24", json!({}));
+    let links_with_network = host.link_names();
+    let ep = random_id();
+    let (status, reply) = p.call(
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": "10.99.0.2/24", "AddressIPv6": "", "MacAddress": ""}}),
+    );
+    assert!(status != 200 && reply["Err"].as_str().is_some_and(|e| e.contains("Interface.Address")), "{status} {reply}");
+    let (status, reply) = p.call("/NetworkDriver.Join", json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": "", "Options": {}}));
+    assert!(status != 200 && reply["Err"].as_str().is_some_and(|e| e.contains("not found")), "{status} {reply}");
+    assert_eq!(host.link_names(), links_with_network, "failed endpoint calls changed the links");
+    p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+    assert_unchanged("DeleteNetwork");
+
+    // And the plugin still works.
+    create_network(&p, &net, "10.82.0.0/24", "10.82.0.1/24", json!({}));
+    assert!(host.has_link(&bridge_name(&net)));
+}
+
+#[test]
+fn deleted_bridge_comes_back_while_running() {
+    require_root!();
+    let host = Netns::host();
+    let p = Plugin::start(&host);
+    let net = random_id();
+    let bridge = bridge_name(&net);
+    create_network(&p, &net, "10.84.0.0/24", "10.84.0.1/24", json!({"mtu": "1450"}));
+    host.ip(&["link", "del", &bridge]).expect_ok();
+    let back = wait_until(Duration::from_secs(4), || host.has_link(&bridge));
+    assert!(back.is_some(), "bridge not recreated within 4 s (reconcile every 1 s)");
+    let link = host.link(&bridge).unwrap();
+    assert!(flags(&link).contains(&"UP".to_string()), "{link}");
+    assert_eq!(link["mtu"], 1450, "{link}");
+    assert_eq!(host.ipv4_addresses(&bridge), vec!["10.84.0.1/24"]);
+    assert!(forward_rules_in_place(&host, &bridge), "{}", host.iptables_save());
+}
+
+/// Once the bridge is gone, its ports (the host ends of joined endpoints) are
+/// detached; recreating the bridge without them leaves containers cut off.
+#[test]
+#[ignore = "bug: src/reconcile.rs (at_start and pass) recreates a missing bridge but never re-attaches the joined endpoints' host veths (rbh-*) to it, so containers stay cut off"]
+fn recreated_bridge_takes_back_joined_endpoints() {
+    require_root!();
+    let host = Netns::host();
+    let mut p = Plugin::start(&host);
+    let net = random_id();
+    let bridge = bridge_name(&net);
+    create_network(&p, &net, "10.86.0.0/24", "10.86.0.1/24", json!({}));
+    let a = create_and_join(&p, &net, "10.86.0.2/24");
+    let b = create_and_join(&p, &net, "10.86.0.3/24");
+    let ca = container_for(&host, &a);
+    let _cb = container_for(&host, &b);
+    assert!(ca.ping_ok("10.86.0.3", 3), "no traffic to start with");
+    let attached = |host: &Netns| {
+        [&a, &b].iter().all(|e| host.link(&host_veth(&e.id)).is_some_and(|l| l["master"] == bridge.as_str()))
+    };
+
+    // Bridge deleted while the plugin runs: the periodic pass brings it back.
+    host.ip(&["link", "del", &bridge]).expect_ok();
+    assert!(wait_until(Duration::from_secs(4), || host.has_link(&bridge)).is_some(), "bridge not recreated");
+    assert!(
+        wait_until(Duration::from_secs(4), || attached(&host)).is_some(),
+        "host veths not re-attached to the recreated bridge: {:?}",
+        [&a, &b].map(|e| host.link(&host_veth(&e.id)).map(|l| l["master"].clone()))
+    );
+    assert!(ca.ping_ok("10.86.0.3", 3), "containers cut off after the bridge came back");
+
+    // Bridge deleted while the plugin is down: start-up brings it back.
+    p.kill9();
+    host.ip(&["link", "del", &bridge]).expect_ok();
+    p.restart();
+    assert!(host.has_link(&bridge), "bridge not recreated at start");
+    assert!(attached(&host), "host veths not re-attached at start");
+    assert!(ca.ping_ok("10.86.0.3", 3), "containers cut off after restart");
+}
+
+/// `Ipam::restore_address` (src/ipam/mod.rs) promises that after a restart
+/// "a restart does not hand out an address released just before it".
+#[test]
+#[ignore = "bug: src/ipam/allocator.rs restore() puts the next-fit cursor after the highest *still allocated* address, so the highest address released just before a restart is the first one handed out after it (10.85.0.4 here, 10.85.0.5 without the restart)"]
+fn released_address_not_reused_after_restart() {
+    require_root!();
+    let host = Netns::host();
+    let mut p = Plugin::start(&host);
+    let pool = p.ok(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "", "Pool": "10.85.0.0/24", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+    let request = |p: &Plugin| {
+        p.ok("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "", "Options": null}))["Address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let got: Vec<String> = (0..4).map(|_| request(&p)).collect();
+    assert_eq!(got, ["10.85.0.1/24", "10.85.0.2/24", "10.85.0.3/24", "10.85.0.4/24"]);
+    p.ok("/IpamDriver.ReleaseAddress", json!({"PoolID": pool_id, "Address": "10.85.0.4"}));
+    p.kill9();
+    p.restart();
+    let next = request(&p);
+    assert_ne!(next, "10.85.0.4/24", "the address released just before the restart was handed out again");
+}
+
+#[test]
+fn concurrent_endpoints_on_one_network() {
+    require_root!();
+    let host = Netns::host();
+    let p = Plugin::start(&host);
+    let net = random_id();
+    let bridge = bridge_name(&net);
+    create_network(&p, &net, "10.87.0.0/24", "10.87.0.1/24", json!({}));
+    let joined: Vec<Joined> = std::thread::scope(|s| {
+        let handles: Vec<_> = (2..10)
+            .map(|i| {
+                let (p, net) = (&p, &net);
+                s.spawn(move || create_and_join(p, net, &format!("10.87.0.{i}/24")))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("join thread")).collect()
+    });
+    for e in &joined {
+        let veth = host.link(&host_veth(&e.id)).unwrap_or_else(|| panic!("veth of {} missing", &e.id[..12]));
+        assert_eq!(veth["master"], bridge.as_str(), "{veth}");
+        assert!(host.has_link(&e.peer));
+    }
+    let macs: BTreeSet<&str> = joined.iter().map(|e| e.mac.as_str()).collect();
+    assert_eq!(macs.len(), joined.len(), "MAC addresses must be distinct");
+    std::thread::scope(|s| {
+        for e in &joined {
+            let p = &p;
+            s.spawn(move || leave_and_delete(p, e));
+        }
+    });
+    let left: Vec<String> = host.link_names().into_iter().filter(|n| n.starts_with("rbh-") || n.starts_with("rbc-")).collect();
+    assert!(left.is_empty(), "veths left after concurrent Leave/DeleteEndpoint: {left:?}");
+    p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+    assert_no_plugin_traces(&host);
+}
