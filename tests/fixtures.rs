@@ -76,9 +76,12 @@ fn recordings(dir: &Path) -> Vec<(String, Vec<Recorded>)> {
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, l)| {
-                    let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}:{}: not JSON: {e}", i + 1));
-                    let path = v["path"].as_str().unwrap_or_else(|| panic!("{name}:{}: no \"path\"", i + 1)).to_string();
-                    let request = v.get("request").cloned().unwrap_or_else(|| panic!("{name}:{}: no \"request\"", i + 1));
+                    let v: Value =
+                        serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}:{}: not JSON: {e}", i + 1));
+                    let path =
+                        v["path"].as_str().unwrap_or_else(|| panic!("{name}:{}: no \"path\"", i + 1)).to_string();
+                    let request =
+                        v.get("request").cloned().unwrap_or_else(|| panic!("{name}:{}: no \"request\"", i + 1));
                     Recorded { line: i + 1, path, request }
                 })
                 .collect();
@@ -110,7 +113,10 @@ fn ipam_data_matches(field: &str, raw: &Value, decoded: &Option<Vec<IpamData>>) 
         return Err(format!("{field}: {} entries recorded, {} decoded", raw_list.len(), decoded.len()));
     }
     for (r, d) in raw_list.iter().zip(&decoded) {
-        if raw_str(r, "Pool") != d.pool || raw_str(r, "Gateway") != d.gateway || raw_str(r, "AddressSpace") != d.address_space {
+        if raw_str(r, "Pool") != d.pool
+            || raw_str(r, "Gateway") != d.gateway
+            || raw_str(r, "AddressSpace") != d.address_space
+        {
             return Err(format!("{field}: {r} decoded as {d:?}"));
         }
         let aux = r.get("AuxAddresses").and_then(Value::as_object).map(|o| o.len()).unwrap_or(0);
@@ -320,7 +326,9 @@ async fn dispatch(plugin: &Plugin, path: &str, request: &Value) -> Result<Value,
         "/NetworkDriver.ProgramExternalConnectivity" => call!(program_external_connectivity, empty),
         "/NetworkDriver.RevokeExternalConnectivity" => call!(revoke_external_connectivity, empty),
         "/NetworkDriver.GwAllocCheck" => plugin.gw_alloc_check(decode(request)?).map(to_value).map_err(|e| e.0),
-        "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => decode::<DiscoveryRequest>(request).map(|_| json!({})),
+        "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => {
+            decode::<DiscoveryRequest>(request).map(|_| json!({}))
+        }
         "/NetworkDriver.AllocateNetwork" => {
             decode::<AllocateNetworkRequest>(request).map(|_| to_value(AllocateNetworkResponse::default()))
         }
@@ -372,10 +380,13 @@ fn parse_recorded_pool_id(id: &str) -> Option<(IpNet, Option<IpNet>)> {
         Some((pool, sub)) => (pool, Some(sub)),
         None => (rest, None),
     };
-    Some((pool.parse().ok()?, match sub {
-        Some(s) => Some(s.parse().ok()?),
-        None => None,
-    }))
+    Some((
+        pool.parse().ok()?,
+        match sub {
+            Some(s) => Some(s.parse().ok()?),
+            None => None,
+        },
+    ))
 }
 
 fn to_u128(addr: IpAddr) -> u128 {
@@ -404,8 +415,29 @@ fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// User options (`-o`) the recordings carry that rustbridge refuses by design: anything
+/// outside the `com.docker.network.` namespace and its short aliases, except the
+/// recorder's own `recorder.fail`, whose failures dockerd's later calls assume.
+fn is_refused_user_option(key: &str) -> bool {
+    !(key.starts_with("com.docker.network.") || key == "mtu" || key == "bridge" || key == "recorder.fail")
+}
+
+fn has_recorder_fail(request: &Value) -> bool {
+    request["Options"][OPT_GENERIC].get("recorder.fail").is_some()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    /// The bodies exactly as recorded.
+    AsRecorded,
+    /// With the user options rustbridge refuses by design removed, so that the networks
+    /// carrying them (and everything on them) are exercised too.
+    RefusedOptionsRemoved,
+}
+
 struct Replay {
     file: String,
+    variant: Variant,
     plugin: Option<Arc<Plugin>>,
     fake: Arc<FakeDataPlane>,
     fw: Arc<FakeFirewall>,
@@ -429,13 +461,14 @@ struct Replay {
 }
 
 impl Replay {
-    fn new(file: &str) -> Replay {
+    fn new(file: &str, variant: Variant) -> Replay {
         let dir = TempDir::new(file);
         let fake = Arc::new(FakeDataPlane::default());
         let fw = Arc::new(FakeFirewall::default());
         let plugin = Some(Arc::new(load(&dir, &fake, &fw)));
         Replay {
             file: file.to_string(),
+            variant,
             plugin,
             fake,
             fw,
@@ -500,6 +533,13 @@ impl Replay {
     fn rewrite(&mut self, path: &str, request: &Value) -> Value {
         let mut request = request.clone();
         match path {
+            "/NetworkDriver.CreateNetwork" | "/NetworkDriver.GwAllocCheck"
+                if self.variant == Variant::RefusedOptionsRemoved =>
+            {
+                if let Some(generic) = request["Options"].get_mut(OPT_GENERIC).and_then(Value::as_object_mut) {
+                    generic.retain(|key, _| !is_refused_user_option(key));
+                }
+            }
             "/IpamDriver.RequestPool" => {
                 // The recording plugin's address space means our local default one.
                 let ours = self.plugin().default_address_spaces().local;
@@ -553,6 +593,65 @@ impl Replay {
             }
         }
         self.check(rec, &request, &result);
+        self.check_consistency(rec).await;
+    }
+
+    /// After every call, the plugin's state and the fake kernel agree with the model
+    /// built from the answers so far.
+    async fn check_consistency(&mut self, rec: &Recorded) {
+        let plugin = self.plugin();
+        let state = plugin.state.lock().await;
+        let mut problems = Vec::new();
+        if !state.networks.keys().eq(self.networks.keys()) {
+            problems.push(format!(
+                "networks {:?} vs model {:?}",
+                state.networks.keys().collect::<Vec<_>>(),
+                self.networks.keys().collect::<Vec<_>>()
+            ));
+        }
+        if !state.endpoints.keys().eq(self.endpoints.keys()) {
+            problems.push(format!(
+                "endpoints {:?} vs model {:?}",
+                state.endpoints.keys().collect::<Vec<_>>(),
+                self.endpoints.keys().collect::<Vec<_>>()
+            ));
+        }
+        for (id, e) in &self.endpoints {
+            if state.endpoints.get(id).is_some_and(|r| r.joined != e.joined) {
+                problems.push(format!("endpoint {} joined={} in state, {} in model", &id[..12], !e.joined, e.joined));
+            }
+        }
+        let pools: BTreeSet<&String> = state.ipam.pools().map(|p| &p.id).collect();
+        if !pools.iter().copied().eq(self.our_pools.keys()) {
+            problems.push(format!("pools {pools:?} vs model {:?}", self.our_pools.keys().collect::<Vec<_>>()));
+        }
+        drop(state);
+        let veths: BTreeSet<String> = self
+            .fake
+            .links
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.kind == LinkKind::Veth)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if veths != self.expected_veths() {
+            problems.push(format!("veths {veths:?} vs joined endpoints' {:?}", self.expected_veths()));
+        }
+        for p in problems {
+            self.violations.push(format!("after line {} {}: {p}", rec.line, rec.path));
+        }
+    }
+
+    fn expected_veths(&self) -> BTreeSet<String> {
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| e.joined)
+            .flat_map(|(id, _)| {
+                let (host, peer) = veth_names(id);
+                [host, peer]
+            })
+            .collect()
     }
 
     /// Holds each answer against what the recording and our own earlier answers demand,
@@ -572,7 +671,15 @@ impl Replay {
         match path {
             "/NetworkDriver.CreateNetwork" => {
                 if live_network && result.is_err() {
-                    violation(format!("repeated CreateNetwork of a live network failed: {}", result.as_ref().unwrap_err()));
+                    violation(format!(
+                        "repeated CreateNetwork of a live network failed: {}",
+                        result.as_ref().unwrap_err()
+                    ));
+                }
+                if let Err(e) = result {
+                    if self.variant == Variant::RefusedOptionsRemoved && !has_recorder_fail(request) {
+                        violation(format!("CreateNetwork without refused options failed: {e}"));
+                    }
                 }
                 if result.is_ok() && !live_network {
                     let subnets = ["IPv4Data", "IPv6Data"]
@@ -630,9 +737,7 @@ impl Replay {
             "/NetworkDriver.Join" => {
                 let known = self.endpoints.get(&endpoint).is_some_and(|e| e.network == network);
                 match result {
-                    Err(e) if live_network && known => {
-                        violation(format!("Join of a live endpoint failed: {e}"))
-                    }
+                    Err(e) if live_network && known => violation(format!("Join of a live endpoint failed: {e}")),
                     Ok(answer) => {
                         let (_, peer) = veth_names(&endpoint);
                         if answer["InterfaceName"]["SrcName"] != json!(peer) {
@@ -689,10 +794,8 @@ impl Replay {
                                 return;
                             }
                         };
-                        if let Some((other_id, _)) = self
-                            .our_pools
-                            .iter()
-                            .find(|(_, (held, _))| overlaps(*held, pool) && wanted.is_empty())
+                        if let Some((other_id, _)) =
+                            self.our_pools.iter().find(|(_, (held, _))| overlaps(*held, pool) && wanted.is_empty())
                         {
                             violation(format!("automatic pool {pool} overlaps held pool {other_id}"));
                         }
@@ -719,7 +822,9 @@ impl Replay {
                 match (result, held) {
                     (Err(e), Some(_)) if !explicit => violation(format!("RequestAddress in our pool {id} failed: {e}")),
                     (Ok(answer), Some((pool, _))) => {
-                        let inside = raw_str(answer, "Address").parse::<IpNet>().is_ok_and(|a| pool.contains(&a.addr()) && a.prefix_len() == pool.prefix_len());
+                        let inside = raw_str(answer, "Address")
+                            .parse::<IpNet>()
+                            .is_ok_and(|a| pool.contains(&a.addr()) && a.prefix_len() == pool.prefix_len());
                         if !inside {
                             violation(format!("answered {answer} outside our pool {pool}"));
                         }
@@ -743,7 +848,8 @@ impl Replay {
     /// the state on disk is what the replay left.
     async fn finish(mut self) -> (String, BTreeMap<String, Tally>, Vec<String>, Vec<String>, usize) {
         let links = self.fake.links.lock().unwrap().clone();
-        let veths: BTreeSet<String> = links.iter().filter(|(_, l)| l.kind == LinkKind::Veth).map(|(n, _)| n.clone()).collect();
+        let veths: BTreeSet<String> =
+            links.iter().filter(|(_, l)| l.kind == LinkKind::Veth).map(|(n, _)| n.clone()).collect();
         for id in &self.deleted_endpoints {
             let (host, peer) = veth_names(id);
             for name in [host, peer] {
@@ -752,15 +858,7 @@ impl Replay {
                 }
             }
         }
-        let expected_veths: BTreeSet<String> = self
-            .endpoints
-            .iter()
-            .filter(|(_, e)| e.joined)
-            .flat_map(|(id, _)| {
-                let (host, peer) = veth_names(id);
-                [host, peer]
-            })
-            .collect();
+        let expected_veths = self.expected_veths();
         if veths != expected_veths {
             self.violations.push(format!(
                 "end: veths {:?} but joined endpoints need {:?}",
@@ -788,7 +886,8 @@ impl Replay {
         if pools != model_pools {
             self.violations.push(format!("end: stored pools {pools:?}, expected {model_pools:?}"));
         }
-        let bridges: BTreeSet<String> = links.iter().filter(|(_, l)| l.kind == LinkKind::Bridge).map(|(n, _)| n.clone()).collect();
+        let bridges: BTreeSet<String> =
+            links.iter().filter(|(_, l)| l.kind == LinkKind::Bridge).map(|(n, _)| n.clone()).collect();
         let state_bridges: BTreeSet<String> = state.networks.values().map(|n| n.bridge.clone()).collect();
         if bridges != state_bridges {
             self.violations.push(format!("end: bridges {bridges:?}, networks have {state_bridges:?}"));
@@ -800,7 +899,13 @@ impl Replay {
         drop(state);
         drop(plugin);
         let restarts = self.restarts;
-        (self.file.clone(), std::mem::take(&mut self.tally), std::mem::take(&mut self.violations), std::mem::take(&mut self.failures_seen), restarts)
+        (
+            self.file.clone(),
+            std::mem::take(&mut self.tally),
+            std::mem::take(&mut self.violations),
+            std::mem::take(&mut self.failures_seen),
+            restarts,
+        )
     }
 }
 
@@ -816,27 +921,39 @@ async fn recorded_sequences_replay() {
     let mut replayed = BTreeSet::new();
     for (file, lines) in recordings(&dir) {
         assert!(!lines.is_empty(), "{file} is empty");
-        let mut replay = Replay::new(&file);
-        for rec in &lines {
-            replay.step(rec).await;
+        for variant in [Variant::AsRecorded, Variant::RefusedOptionsRemoved] {
+            let mut replay = Replay::new(&file, variant);
+            for rec in &lines {
+                replay.step(rec).await;
+            }
+            let (file, tally, violations, failures, restarts) = replay.finish().await;
+            let total: usize = tally.values().map(|t| t.ok + t.failed).sum();
+            assert_eq!(total, lines.len(), "{file}: every line was replayed once");
+            eprintln!(
+                "== {file} ({variant:?}): {} calls, {restarts} plugin restarts (at Plugin.Activate and at the end)",
+                lines.len()
+            );
+            for (path, t) in &tally {
+                eprintln!("   {path:<45} ok {:>4}  failed {:>4}", t.ok, t.failed);
+            }
+            for failure in &failures {
+                eprintln!("   failed: {failure}");
+            }
+            all_violations.extend(violations.into_iter().map(|v| format!("{file} ({variant:?}): {v}")));
+            replayed.insert(file);
         }
-        let (file, tally, violations, failures, restarts) = replay.finish().await;
-        let total: usize = tally.values().map(|t| t.ok + t.failed).sum();
-        assert_eq!(total, lines.len(), "{file}: every line was replayed once");
-        eprintln!("== {file}: {} calls, {restarts} plugin restarts (at Plugin.Activate and at the end)", lines.len());
-        for (path, t) in &tally {
-            eprintln!("   {path:<45} ok {:>4}  failed {:>4}", t.ok, t.failed);
-        }
-        for failure in &failures {
-            eprintln!("   failed: {failure}");
-        }
-        all_violations.extend(violations.into_iter().map(|v| format!("{file}: {v}")));
-        replayed.insert(file);
     }
     for expected in EXPECTED_FILES {
         assert!(replayed.contains(expected), "{expected} not replayed");
     }
-    assert!(all_violations.is_empty(), "{} violations:\n{}", all_violations.len(), all_violations.join("\n"));
+    let shown: Vec<&str> = all_violations.iter().take(60).map(String::as_str).collect();
+    assert!(
+        all_violations.is_empty(),
+        "{} violations (first {}):\n{}",
+        all_violations.len(),
+        shown.len(),
+        shown.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------- the mapping helpers themselves

@@ -292,9 +292,14 @@ async fn mtu_option_sets_bridge_mtu_in_both_spellings() {
     let short = net_id(3);
     let long = net_id(4);
     h.create_network(v4_network(&short, "10.53.0.0/24", "10.53.0.1/24", json!({"mtu": "1400"}))).await.unwrap();
-    h.create_network(v4_network(&long, "10.54.0.0/24", "10.54.0.1/24", json!({"com.docker.network.driver.mtu": "9000"})))
-        .await
-        .unwrap();
+    h.create_network(v4_network(
+        &long,
+        "10.54.0.0/24",
+        "10.54.0.1/24",
+        json!({"com.docker.network.driver.mtu": "9000"}),
+    ))
+    .await
+    .unwrap();
     assert_eq!(h.link(&expected_bridge(&short)).unwrap().mtu, 1400);
     assert_eq!(h.link(&expected_bridge(&long)).unwrap().mtu, 9000);
 }
@@ -303,9 +308,14 @@ async fn mtu_option_sets_bridge_mtu_in_both_spellings() {
 async fn bridge_name_option_names_the_bridge() {
     let h = Harness::new("brname");
     let id = net_id(5);
-    h.create_network(v4_network(&id, "10.55.0.0/24", "10.55.0.1/24", json!({"com.docker.network.bridge.name": "br-custom0"})))
-        .await
-        .unwrap();
+    h.create_network(v4_network(
+        &id,
+        "10.55.0.0/24",
+        "10.55.0.1/24",
+        json!({"com.docker.network.bridge.name": "br-custom0"}),
+    ))
+    .await
+    .unwrap();
     let link = h.link("br-custom0").expect("custom bridge made");
     assert_eq!(link.kind, LinkKind::Bridge);
     assert_eq!(link.addresses, vec![net("10.55.0.1/24")]);
@@ -384,10 +394,7 @@ async fn teardown_of_unknown_ids_is_ok_and_changes_nothing() {
     h.delete_endpoint(&other_net, &other_ep).await.unwrap();
     h.delete_endpoint(&id, &other_ep).await.unwrap();
     h.leave(&id, &other_ep).await.unwrap();
-    h.p()
-        .revoke_external_connectivity(from_json(json!({"NetworkID": id, "EndpointID": other_ep})))
-        .await
-        .unwrap();
+    h.p().revoke_external_connectivity(from_json(json!({"NetworkID": id, "EndpointID": other_ep}))).await.unwrap();
     h.release_address("rustbridge-local/10.200.0.0/24", "10.200.0.5").await.unwrap();
     h.release_address(&pool.pool_id, "10.59.0.77").await.unwrap(); // known pool, address never given
     h.release_pool("rustbridge-local/10.200.0.0/24").await.unwrap();
@@ -422,12 +429,32 @@ async fn bad_create_network_input_changes_nothing() {
         ("pool garbage", v4_network(&new, "banana", "", json!({})), names(&["IPv4Data[0].Pool", "banana"])),
         ("pool with host bits", v4_network(&new, "10.62.0.5/24", "", json!({})), names(&["IPv4Data[0].Pool"])),
         ("v6 pool in IPv4Data", v4_network(&new, "fd00:62::/64", "", json!({})), names(&["IPv4Data[0].Pool"])),
-        ("gateway outside pool", v4_network(&new, pool, "10.63.0.1/24", json!({})), names(&["IPv4Data[0].Gateway", "10.63.0.1"])),
+        (
+            "gateway outside pool",
+            v4_network(&new, pool, "10.63.0.1/24", json!({})),
+            names(&["IPv4Data[0].Gateway", "10.63.0.1"]),
+        ),
         ("gateway garbage", v4_network(&new, pool, "gw", json!({})), names(&["IPv4Data[0].Gateway"])),
-        ("mtu not a number", v4_network(&new, pool, gw, json!({"mtu": "abc"})), names(&["com.docker.network.driver.mtu", "abc"])),
-        ("mtu too big", v4_network(&new, pool, gw, json!({"com.docker.network.driver.mtu": "70000"})), names(&["com.docker.network.driver.mtu"])),
-        ("mtu too small", v4_network(&new, pool, gw, json!({"com.docker.network.driver.mtu": "10"})), names(&["com.docker.network.driver.mtu"])),
-        ("unknown -o option", v4_network(&new, pool, gw, json!({"com.example.unknown": "1"})), names(&["com.example.unknown"])),
+        (
+            "mtu not a number",
+            v4_network(&new, pool, gw, json!({"mtu": "abc"})),
+            names(&["com.docker.network.driver.mtu", "abc"]),
+        ),
+        (
+            "mtu too big",
+            v4_network(&new, pool, gw, json!({"com.docker.network.driver.mtu": "70000"})),
+            names(&["com.docker.network.driver.mtu"]),
+        ),
+        (
+            "mtu too small",
+            v4_network(&new, pool, gw, json!({"com.docker.network.driver.mtu": "10"})),
+            names(&["com.docker.network.driver.mtu"]),
+        ),
+        (
+            "unknown -o option",
+            v4_network(&new, pool, gw, json!({"com.example.unknown": "1"})),
+            names(&["com.example.unknown"]),
+        ),
         ("unknown short option", v4_network(&new, pool, gw, json!({"foo": "bar"})), names(&["foo"])),
         (
             "subnet containing another network's",

@@ -112,7 +112,14 @@ impl Out {
 
     /// Panics with the command and its output unless it succeeded.
     pub fn expect_ok(self) -> Out {
-        assert!(self.ok(), "command failed: {}\nstatus: {}\nstdout: {}\nstderr: {}", self.command, self.status, self.stdout, self.stderr);
+        assert!(
+            self.ok(),
+            "command failed: {}\nstatus: {}\nstdout: {}\nstderr: {}",
+            self.command,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }
@@ -160,9 +167,7 @@ pub fn run(program: &str, args: &[&str]) -> Out {
 /// 64 hex characters, like dockerd's network and endpoint IDs.
 pub fn random_id() -> String {
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("read /dev/urandom");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("read /dev/urandom");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -448,8 +453,7 @@ impl Plugin {
     /// One call; panics on a transport error (with the plugin's log).
     pub fn call(&self, path: &str, body: Value) -> (u16, Value) {
         let bytes = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
-        self.try_call_raw(path, &bytes)
-            .unwrap_or_else(|e| panic!("{path}: {e}; log:\n{}", self.log_text()))
+        self.try_call_raw(path, &bytes).unwrap_or_else(|e| panic!("{path}: {e}; log:\n{}", self.log_text()))
     }
 
     /// One call expected to succeed (status 200, no error key); returns the body.
@@ -500,10 +504,10 @@ pub fn http_post(socket: &Path, path: &str, body: &[u8]) -> Result<(u16, Value),
     // written: a write error is not final, the answer may still be readable.
     let write_error = stream.write_all(&request).err();
     let mut response = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut response) {
-        if response.is_empty() {
-            return Err(format!("read response: {e} (write error: {write_error:?})"));
-        }
+    if let Err(e) = stream.read_to_end(&mut response)
+        && response.is_empty()
+    {
+        return Err(format!("read response: {e} (write error: {write_error:?})"));
     }
     parse_response(&response).map_err(|e| format!("{e}; write error: {write_error:?}"))
 }
@@ -523,20 +527,21 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Value), String> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("bad status line {status_line:?}"))?;
     for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                let len: usize = value.trim().parse().map_err(|_| format!("bad Content-Length {value:?}"))?;
-                if body.len() < len {
-                    return Err(format!("short body: {} of {len} bytes", body.len()));
-                }
-                body = &body[..len];
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            let len: usize = value.trim().parse().map_err(|_| format!("bad Content-Length {value:?}"))?;
+            if body.len() < len {
+                return Err(format!("short body: {} of {len} bytes", body.len()));
             }
+            body = &body[..len];
         }
     }
     let value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(body).map_err(|e| format!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(body)))?
+        serde_json::from_slice(body)
+            .map_err(|e| format!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(body)))?
     };
     Ok((status, value))
 }

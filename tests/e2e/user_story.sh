@@ -5,10 +5,11 @@ set -uo pipefail
 [ "${1:-}" = --demo ] && export DEMO=1
 source "$(dirname "$0")/lib.sh"
 
-net=$PREFIX-net
+net=$PREFIX-net net2=$PREFIX-net2 m1=$PREFIX-m1
 a=$PREFIX-a b=$PREFIX-b web=$PREFIX-web r1=$PREFIX-r1 r2=$PREFIX-r2 late=$PREFIX-late
 cleanup "docker network rm $net"
-cleanup "docker rm -f $a $b $web $r1 $r2 $late"
+cleanup "docker network rm $net2"
+cleanup "docker rm -f $a $b $web $r1 $r2 $late $m1"
 
 step "Create a network with the plain driver name"
 expect "docker network create -d rustbridge $net" docker network create -d rustbridge "$net"
@@ -20,6 +21,14 @@ expect "inspect shows subnet ($subnet)" test -n "$subnet"
 expect "inspect shows gateway ($gateway)" test -n "$gateway"
 bridge=$(bridge_of "$net")
 expect "bridge $bridge exists with the gateway address" sh -c "ip -4 addr show $bridge | grep -q 'inet $gateway/'"
+
+step "The managed reference leads to the same process and state"
+expect "docker network create -d $PLUGIN $net2" docker network create -d "$PLUGIN" "$net2"
+expect "run $m1 on $net2" docker run -d --name "$m1" --network "$net2" "$IMAGE" sleep 3600
+m1_endpoint=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net2\").EndpointID}}" "$m1")
+expect "the process behind -d rustbridge knows $m1's endpoint" sh -c \
+  "curl -s --max-time 5 --unix-socket /run/docker/plugins/rustbridge.sock -X POST http://plugin/NetworkDriver.EndpointOperInfo -d '{\"EndpointID\":\"$m1_endpoint\"}' | grep -q HostVeth"
+expect "remove $m1 and $net2" sh -c "docker rm -f $m1 && docker network rm $net2"
 
 step "Two containers talk by name"
 expect "run $a" docker run -d --name "$a" --network "$net" "$IMAGE" sleep 3600
