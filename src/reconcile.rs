@@ -10,7 +10,8 @@ use slog::{Logger, info, warn};
 
 use crate::dataplane::LinkKind;
 use crate::driver::network::{bridge_spec, is_owned_bridge_name, is_owned_veth_name};
-use crate::driver::{Plugin, Result};
+use crate::driver::{Plugin, Result, State};
+use crate::state::NetworkRecord;
 
 /// Start-up: recreate missing bridges, remove owned links no state knows, rewrite the rules.
 pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
@@ -19,6 +20,7 @@ pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
         if plugin.dataplane.ensure_bridge(&bridge_spec(network)).await? {
             info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => &network.id[..12]);
         }
+        reattach_endpoints(plugin, &state, network).await?;
     }
     let known_bridges: BTreeSet<&str> = state.networks.values().map(|n| n.bridge.as_str()).collect();
     let known_veths: BTreeSet<&str> = state
@@ -39,13 +41,23 @@ pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
     Ok(())
 }
 
+/// Deleting a bridge detaches its ports; a recreated bridge takes back the
+/// host ends of its joined endpoints (those whose container still exists).
+async fn reattach_endpoints(plugin: &Plugin, state: &State, network: &NetworkRecord) -> Result<()> {
+    for endpoint in state.endpoints.values().filter(|e| e.joined && e.network_id == network.id) {
+        plugin.dataplane.attach_to_bridge(&endpoint.host_veth, &network.bridge).await?;
+    }
+    Ok(())
+}
+
 /// One periodic pass: cheap checks first, repairs only when something drifted.
 pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<()> {
     let state = plugin.state.lock().await;
     for network in state.networks.values() {
         if !plugin.dataplane.link_exists(&network.bridge).await? {
             plugin.dataplane.ensure_bridge(&bridge_spec(network)).await?;
-            warn!(log, "bridge was missing; recreated"; "bridge" => &network.bridge);
+            reattach_endpoints(plugin, &state, network).await?;
+            warn!(log, "bridge was missing; recreated it and put its endpoints back"; "bridge" => &network.bridge);
         }
     }
     let networks = state.firewall_networks();

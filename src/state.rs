@@ -21,6 +21,8 @@ const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints"
 const POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam_pools");
 /// Key: "<pool id>\n<address>", value empty.
 const ADDRESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam_addresses");
+/// Key: pool id, value: the last address handed out automatically (next-fit cursor).
+const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("ipam_cursors");
 
 pub const DB_FILE: &str = "rustbridge.redb";
 
@@ -73,6 +75,7 @@ pub enum Change {
     DeleteAddress(String, IpAddr),
     /// Every address of a pool (ReleasePool).
     DeletePoolAddresses(String),
+    PutCursor(String, IpAddr),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,7 @@ pub struct Snapshot {
     pub endpoints: Vec<EndpointRecord>,
     pub pools: Vec<PoolRecord>,
     pub addresses: Vec<(String, IpAddr)>,
+    pub cursors: Vec<(String, IpAddr)>,
 }
 
 pub struct Store {
@@ -117,6 +121,7 @@ impl Store {
         for table in [NETWORKS, ENDPOINTS, POOLS, ADDRESSES] {
             txn.open_table(table).map_err(|e| self.db_error(e))?;
         }
+        txn.open_table(CURSORS).map_err(|e| self.db_error(e))?;
         txn.commit().map_err(|e| self.db_error(e))
     }
 
@@ -131,6 +136,7 @@ impl Store {
             let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| self.db_error(e))?;
             let mut pools = txn.open_table(POOLS).map_err(|e| self.db_error(e))?;
             let mut addresses = txn.open_table(ADDRESSES).map_err(|e| self.db_error(e))?;
+            let mut cursors = txn.open_table(CURSORS).map_err(|e| self.db_error(e))?;
             for change in changes {
                 let result = match change {
                     Change::PutNetwork(r) => networks.insert(r.id.as_str(), encode(&r).as_slice()).map(drop),
@@ -138,7 +144,11 @@ impl Store {
                     Change::PutEndpoint(r) => endpoints.insert(r.id.as_str(), encode(&r).as_slice()).map(drop),
                     Change::DeleteEndpoint(id) => endpoints.remove(id.as_str()).map(drop),
                     Change::PutPool(r) => pools.insert(r.id.as_str(), encode(&r).as_slice()).map(drop),
-                    Change::DeletePool(id) => pools.remove(id.as_str()).map(drop),
+                    Change::DeletePool(id) => pools
+                        .remove(id.as_str())
+                        .map(drop)
+                        .and_then(|_| cursors.remove(id.as_str()).map(drop)),
+                    Change::PutCursor(pool, addr) => cursors.insert(pool.as_str(), addr.to_string().as_str()).map(drop),
                     Change::PutAddress(pool, addr) => {
                         addresses.insert(address_key(&pool, addr).as_str(), [].as_slice()).map(drop)
                     }
@@ -177,6 +187,16 @@ impl Store {
                     });
                 }
             }
+        }
+        let table = txn.open_table(CURSORS).map_err(|e| self.db_error(e))?;
+        for entry in table.iter().map_err(|e| self.db_error(e))? {
+            let (pool, addr) = entry.map_err(|e| self.db_error(e))?;
+            let addr = addr.value().parse::<IpAddr>().map_err(|e| StoreError::Corrupt {
+                table: "ipam_cursors",
+                key: pool.value().to_string(),
+                message: e.to_string(),
+            })?;
+            snapshot.cursors.push((pool.value().to_string(), addr));
         }
         Ok(snapshot)
     }

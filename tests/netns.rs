@@ -526,7 +526,6 @@ fn deleted_bridge_comes_back_while_running() {
 /// Once the bridge is gone, its ports (the host ends of joined endpoints) are
 /// detached; recreating the bridge without them leaves containers cut off.
 #[test]
-#[ignore = "bug: src/reconcile.rs (at_start and pass) recreates a missing bridge but never re-attaches the joined endpoints' host veths (rbh-*) to it, so containers stay cut off"]
 fn recreated_bridge_takes_back_joined_endpoints() {
     require_root!();
     let host = Netns::host();
@@ -565,7 +564,6 @@ fn recreated_bridge_takes_back_joined_endpoints() {
 /// `Ipam::restore_address` (src/ipam/mod.rs) promises that after a restart
 /// "a restart does not hand out an address released just before it".
 #[test]
-#[ignore = "bug: src/ipam/allocator.rs restore() puts the next-fit cursor after the highest *still allocated* address, so the highest address released just before a restart is the first one handed out after it (10.85.0.4 here, 10.85.0.5 without the restart)"]
 fn released_address_not_reused_after_restart() {
     require_root!();
     let host = Netns::host();

@@ -109,6 +109,18 @@ impl DataPlane for FakeDataPlane {
         Ok(())
     }
 
+    async fn attach_to_bridge(&self, link: &str, bridge: &str) -> Result<()> {
+        let mut links = self.links.lock().unwrap();
+        if !links.contains_key(bridge) {
+            return Err(DataPlaneError::new("attach to bridge", link, format!("bridge {bridge} not found")));
+        }
+        if let Some(l) = links.get_mut(link) {
+            l.controller = Some(bridge.to_string());
+            l.up = true;
+        }
+        Ok(())
+    }
+
     async fn delete_link(&self, name: &str) -> Result<()> {
         let mut links = self.links.lock().unwrap();
         if let Some(FakeLink { peer: Some(peer), .. }) = links.remove(name) {

@@ -62,6 +62,9 @@ pub trait DataPlane: Send + Sync {
     async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()>;
     /// Creates a veth pair in the host namespace, host end on the bridge and up.
     async fn create_veth(&self, spec: &VethSpec) -> Result<()>;
+    /// Puts an existing link (a veth's host end) on a bridge and brings it up;
+    /// a link that is gone is success (its container went away).
+    async fn attach_to_bridge(&self, link: &str, bridge: &str) -> Result<()>;
     /// Deletes a link; a link that is already gone is success.
     async fn delete_link(&self, name: &str) -> Result<()>;
     async fn link_exists(&self, name: &str) -> Result<bool>;

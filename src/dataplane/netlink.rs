@@ -157,6 +157,13 @@ impl DataPlane for NetlinkDataPlane {
         result
     }
 
+    async fn attach_to_bridge(&self, link: &str, bridge: &str) -> Result<()> {
+        let Some(found) = self.find_link(link).await? else { return Ok(()) };
+        let bridge_index = self.link_index("attach to bridge", bridge).await?;
+        let message = LinkUnspec::new_with_index(found.header.index).controller(bridge_index).up().build();
+        self.set_link("attach to bridge", link, message).await
+    }
+
     async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(link) = self.find_link(name).await? else { return Ok(()) };
         match self.handle.link().del(link.header.index).execute().await {

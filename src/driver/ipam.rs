@@ -61,8 +61,13 @@ impl Plugin {
             .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
             .is_some_and(|t| t == GATEWAY_ADDRESS_TYPE);
         let mut state = self.state.lock().await;
+        let cursor_before = state.ipam.cursor(&req.pool_id);
         let (addr, prefix_len) = state.ipam.request_address(&req.pool_id, wanted, gateway)?;
-        if let Err(e) = self.store.commit(vec![Change::PutAddress(req.pool_id.clone(), addr)]) {
+        let mut changes = vec![Change::PutAddress(req.pool_id.clone(), addr)];
+        if let Some(cursor) = state.ipam.cursor(&req.pool_id).filter(|c| Some(*c) != cursor_before) {
+            changes.push(Change::PutCursor(req.pool_id.clone(), cursor));
+        }
+        if let Err(e) = self.store.commit(changes) {
             let _ = state.ipam.release_address(&req.pool_id, addr);
             return Err(e.into());
         }

@@ -78,6 +78,10 @@ impl Plugin {
             ipam.restore_address(&pool, addr)
                 .map_err(|e| PluginError::new(format!("restore address {addr} of pool {pool}: {e}")))?;
         }
+        for (pool, addr) in snapshot.cursors {
+            ipam.restore_cursor(&pool, addr)
+                .map_err(|e| PluginError::new(format!("restore allocation cursor {addr} of pool {pool}: {e}")))?;
+        }
         let state = State {
             networks: snapshot.networks.into_iter().map(|n| (n.id.clone(), n)).collect(),
             endpoints: snapshot.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),

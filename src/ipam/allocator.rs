@@ -108,6 +108,21 @@ impl AddressAllocator {
         Ok(())
     }
 
+    /// The last address `allocate_next` handed out: persisted, so that after a restart
+    /// automatic allocation continues after it even if that address was released since.
+    pub fn cursor(&self) -> Option<IpAddr> {
+        self.last_handed_out.map(|offset| self.addr_at(offset))
+    }
+
+    /// Puts back a persisted cursor (after the addresses were restored).
+    pub fn restore_cursor(&mut self, addr: IpAddr) -> Result<(), IpamError> {
+        let offset = self.offset_of(addr)?;
+        if (self.range_first..=self.range_last).contains(&offset) {
+            self.last_handed_out = Some(offset);
+        }
+        Ok(())
+    }
+
     /// Releasing an address that is not allocated (free or reserved) is `NotAllocated`.
     pub fn release(&mut self, addr: IpAddr) -> Result<(), IpamError> {
         let offset = self.offset_of(addr)?;
@@ -576,6 +591,20 @@ mod tests {
         );
         assert!(AddressAllocator::new(net("10.0.0.0/24"), Some(net("fd00::/120"))).is_err());
         assert!(AddressAllocator::new(net("10.0.0.0/24"), Some(net("10.0.0.0/16"))).is_err());
+    }
+
+    #[test]
+    fn restored_cursor_skips_an_address_released_before_the_restart() {
+        let mut a = alloc("10.0.0.0/24", None);
+        next_n(&mut a, 4);
+        a.release(ip("10.0.0.4")).unwrap();
+        let cursor = a.cursor().unwrap();
+        let mut restarted = alloc("10.0.0.0/24", None);
+        for addr in ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]) {
+            restarted.restore(addr).unwrap();
+        }
+        restarted.restore_cursor(cursor).unwrap();
+        assert_eq!(restarted.allocate_next().unwrap(), ip("10.0.0.5"));
     }
 
     #[test]

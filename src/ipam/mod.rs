@@ -93,6 +93,16 @@ impl Ipam {
         self.held_mut(pool_id)?.addresses.restore(addr)
     }
 
+    /// The pool's next-fit cursor, to persist with each automatic allocation.
+    pub fn cursor(&self, pool_id: &str) -> Option<IpAddr> {
+        self.addresses(pool_id).and_then(|a| a.cursor())
+    }
+
+    /// Restores a persisted cursor; call after the pool's addresses were restored.
+    pub fn restore_cursor(&mut self, pool_id: &str, addr: IpAddr) -> Result<(), IpamError> {
+        self.held_mut(pool_id)?.addresses.restore_cursor(addr)
+    }
+
     /// RequestPool. Without `pool`, picks the next free candidate of the default pools of
     /// the family: never a held pool (in any address space), never one overlapping
     /// `host_prefixes_in_use` (whose /0 entries, default routes, are ignored), and never
