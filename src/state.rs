@@ -13,6 +13,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::api::{PortBinding, TransportPort};
+use crate::firewall::FwPort;
 use crate::ipam::PoolRecord;
 use crate::options::NetworkOptions;
 
@@ -61,6 +62,9 @@ pub struct EndpointRecord {
     pub port_bindings: Vec<PortBinding>,
     #[serde(default)]
     pub exposed_ports: Vec<TransportPort>,
+    /// Resolved published ports (host side chosen), present while programmed.
+    #[serde(default)]
+    pub published: Vec<FwPort>,
 }
 
 /// One change inside a transaction.

@@ -522,11 +522,10 @@ impl Replay {
         Some(ours)
     }
 
-    fn forget_pool(&mut self, recorded: &str, ours: &str) {
+    fn forget_pool(&mut self, ours: &str) {
         self.bound.retain(|_, v| v != ours);
         self.explicit.retain(|_, v| v != ours);
         self.our_pools.remove(ours);
-        let _ = recorded;
     }
 
     /// Rewrites IPAM requests in terms of our pools; NetworkDriver requests pass unchanged.
@@ -834,10 +833,9 @@ impl Replay {
                 }
             }
             "/IpamDriver.ReleasePool" => {
-                let recorded = raw_str(&rec.request, "PoolID").to_string();
                 let ours = raw_str(request, "PoolID").to_string();
                 if result.is_ok() {
-                    self.forget_pool(&recorded, &ours);
+                    self.forget_pool(&ours);
                 }
             }
             _ => {}

@@ -6,9 +6,9 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, InetDevConf, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::{BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, Result, VethSpec};
 
@@ -226,7 +226,18 @@ impl NetlinkDataPlane {
             }
         }
         let message = LinkUnspec::new_with_index(index).mtu(spec.mtu).up().build();
-        self.set_link("set bridge mtu and up", name, message).await
+        self.set_link("set bridge mtu and up", name, message).await?;
+        // Lets the host's 127.0.0.1 reach published ports (DNAT to the bridge);
+        // the firewall drops 127.0.0.0/8 arriving from the bridge in return.
+        // Set through netlink: /proc/sys is read-only inside a managed plugin.
+        let mut localnet = InetDevConf::default();
+        localnet.route_localnet = 1;
+        let message = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(localnet),
+            ])]))
+            .build();
+        self.set_link("set route_localnet on bridge", name, message).await
     }
 
     async fn configure_veth(&self, spec: &VethSpec, bridge_index: u32) -> Result<()> {
@@ -234,7 +245,15 @@ impl NetlinkDataPlane {
         self.set_link("set veth mtu", &spec.peer_name, peer).await?;
         let host_index = self.link_index("attach veth to bridge", &spec.host_name).await?;
         let host = LinkUnspec::new_with_index(host_index).controller(bridge_index).mtu(spec.mtu).up().build();
-        self.set_link("attach veth to bridge", &spec.host_name, host).await
+        self.set_link("attach veth to bridge", &spec.host_name, host).await?;
+        // Hairpin: a container reaching its own published port through a host
+        // address gets the reply back through the port it came in on.
+        self.handle
+            .link()
+            .set_port(LinkBridgePort::new(host_index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(|e| DataPlaneError::new("set hairpin mode on bridge port", &spec.host_name, describe(&e)))
     }
 }
 

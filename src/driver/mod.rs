@@ -7,6 +7,7 @@
 
 pub mod ipam;
 pub mod network;
+pub mod ports;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,19 +95,35 @@ impl Plugin {
 impl State {
     /// The firewall's view of every network, in a stable order.
     pub fn firewall_networks(&self) -> Vec<FwNetwork> {
-        self.networks.values().map(firewall_network).collect()
+        self.networks.values().map(|n| self.firewall_network(n)).collect()
+    }
+
+    /// The firewall's view with one endpoint replaced (or added) as it would be after a change.
+    pub fn firewall_networks_with(&self, changed: &EndpointRecord) -> Vec<FwNetwork> {
+        let mut endpoints = self.endpoints.clone();
+        endpoints.insert(changed.id.clone(), changed.clone());
+        self.networks.values().map(|n| firewall_network(n, endpoints.values())).collect()
+    }
+
+    fn firewall_network(&self, n: &NetworkRecord) -> FwNetwork {
+        firewall_network(n, self.endpoints.values())
     }
 }
 
-pub fn firewall_network(n: &NetworkRecord) -> FwNetwork {
+pub fn firewall_network<'a>(n: &NetworkRecord, endpoints: impl Iterator<Item = &'a EndpointRecord>) -> FwNetwork {
+    let mut ports: Vec<_> =
+        endpoints.filter(|e| e.network_id == n.id).flat_map(|e| e.published.iter().cloned()).collect();
+    ports.sort();
     FwNetwork {
         bridge: n.bridge.clone(),
         subnets: n.ipv4.iter().chain(&n.ipv6).map(|s| s.pool).collect(),
         internal: n.options.internal,
         icc: n.options.enable_icc,
         masquerade: n.options.enable_ip_masquerade,
+        routed: n.options.gateway_mode_ipv4 == crate::options::GatewayMode::Routed,
         snat_ipv4: n.options.host_ipv4,
         snat_ipv6: n.options.host_ipv6,
+        ports,
     }
 }
 

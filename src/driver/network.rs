@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::{Plugin, PluginError, Result, State, firewall_network, validate_id};
+use super::{Plugin, PluginError, Result, State, firewall_network, ports, validate_id};
 use crate::api::{self, *};
 use crate::dataplane::{BridgeSpec, VethSpec};
 use crate::options::{GatewayMode, NetworkOptions, parse_network_options};
@@ -82,7 +82,7 @@ impl Plugin {
     /// Adds the network to the firewall and the store; undoes the firewall if the store fails.
     async fn commit_network(&self, state: &mut State, record: NetworkRecord) -> Result<()> {
         let mut networks = state.firewall_networks();
-        networks.push(firewall_network(&record));
+        networks.push(firewall_network(&record, std::iter::empty()));
         self.firewall.sync(&networks).await?;
         if let Err(e) = self.store.commit(vec![Change::PutNetwork(record.clone())]) {
             let _ = self.firewall.sync(&state.firewall_networks()).await;
@@ -108,8 +108,12 @@ impl Plugin {
         for endpoint in &endpoints {
             self.dataplane.delete_link(&endpoint.host_veth).await?;
         }
-        let remaining: Vec<_> =
-            state.networks.values().filter(|n| n.id != record.id).map(firewall_network).collect();
+        let remaining: Vec<_> = state
+            .networks
+            .values()
+            .filter(|n| n.id != record.id)
+            .map(|n| firewall_network(n, state.endpoints.values()))
+            .collect();
         self.firewall.sync(&remaining).await?;
         if record.bridge_created {
             self.dataplane.delete_link(&record.bridge).await?;
@@ -164,6 +168,7 @@ impl Plugin {
             joined: false,
             port_bindings: port_bindings(&options)?,
             exposed_ports: exposed_ports(&options)?,
+            published: vec![],
         };
         self.store.commit(vec![Change::PutEndpoint(record.clone())])?;
         let response = endpoint_response(&record, &interface.mac_address);
@@ -174,6 +179,7 @@ impl Plugin {
     pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<()> {
         let mut state = self.state.lock().await;
         let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
+        self.unpublish(&mut state, &endpoint).await?;
         self.dataplane.delete_link(&endpoint.host_veth).await?;
         self.store.commit(vec![Change::DeleteEndpoint(endpoint.id.clone())])?;
         state.endpoints.remove(&endpoint.id);
@@ -227,6 +233,7 @@ impl Plugin {
     pub async fn leave(&self, req: EndpointRequest) -> Result<()> {
         let mut state = self.state.lock().await;
         let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
+        let endpoint = self.unpublish(&mut state, &endpoint).await?;
         self.dataplane.delete_link(&endpoint.host_veth).await?;
         if endpoint.joined {
             let left = EndpointRecord { joined: false, ..endpoint };
@@ -236,32 +243,67 @@ impl Plugin {
         Ok(())
     }
 
-    /// Port publishing is the driver's job (dockerd adds no rule for remote
-    /// drivers); the bindings are kept with the endpoint.
+    /// Port publishing is the driver's job: dockerd adds no rule and starts no
+    /// proxy for remote drivers. All of the endpoint's ports go in one batch.
     pub async fn program_external_connectivity(&self, req: EndpointRequest) -> Result<()> {
         let mut state = self.state.lock().await;
         let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else {
             return Err(PluginError::new(format!("endpoint {} not found", short(&req.endpoint_id))));
         };
+        let network = state
+            .networks
+            .get(&endpoint.network_id)
+            .cloned()
+            .ok_or_else(|| PluginError::new(format!("network {} not found", short(&endpoint.network_id))))?;
         let options = req.options.unwrap_or_default();
+        let bindings = port_bindings(&options)?;
+        if bindings == endpoint.port_bindings && !endpoint.published.is_empty() {
+            return Ok(()); // dockerd repeating itself
+        }
+        let published = if network.options.internal {
+            vec![] // nothing enters an internal network, like Docker's bridge
+        } else {
+            let taken: Vec<ports::Taken> = state
+                .endpoints
+                .values()
+                .filter(|e| e.id != endpoint.id)
+                .flat_map(|e| e.published.iter().map(move |p| ports::Taken { port: p, endpoint_id: &e.id }))
+                .collect();
+            ports::resolve(&bindings, &endpoint, &network, &taken, ports::ephemeral_range())?
+        };
         let updated = EndpointRecord {
-            port_bindings: port_bindings(&options)?,
+            port_bindings: bindings,
             exposed_ports: exposed_ports(&options)?,
+            published,
             ..endpoint
         };
-        self.store.commit(vec![Change::PutEndpoint(updated.clone())])?;
-        state.endpoints.insert(updated.id.clone(), updated);
-        Ok(())
+        self.apply_endpoint_rules(&mut state, updated).await
     }
 
     pub async fn revoke_external_connectivity(&self, req: EndpointRequest) -> Result<()> {
         let mut state = self.state.lock().await;
         let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
-        if endpoint.port_bindings.is_empty() {
-            return Ok(());
+        self.unpublish(&mut state, &endpoint).await?;
+        Ok(())
+    }
+
+    /// Removes exactly this endpoint's published ports (a no-op when it has none).
+    async fn unpublish(&self, state: &mut State, endpoint: &EndpointRecord) -> Result<EndpointRecord> {
+        if endpoint.published.is_empty() {
+            return Ok(endpoint.clone());
         }
-        let updated = EndpointRecord { port_bindings: vec![], ..endpoint };
-        self.store.commit(vec![Change::PutEndpoint(updated.clone())])?;
+        let updated = EndpointRecord { published: vec![], port_bindings: vec![], ..endpoint.clone() };
+        self.apply_endpoint_rules(state, updated.clone()).await?;
+        Ok(updated)
+    }
+
+    /// Firewall first, then the store; the firewall is put back if the store fails.
+    async fn apply_endpoint_rules(&self, state: &mut State, updated: EndpointRecord) -> Result<()> {
+        self.firewall.sync(&state.firewall_networks_with(&updated)).await?;
+        if let Err(e) = self.store.commit(vec![Change::PutEndpoint(updated.clone())]) {
+            let _ = self.firewall.sync(&state.firewall_networks()).await;
+            return Err(e.into());
+        }
         state.endpoints.insert(updated.id.clone(), updated);
         Ok(())
     }

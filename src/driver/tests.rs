@@ -1026,3 +1026,15 @@ async fn fifty_concurrent_endpoints_join_with_distinct_veths_and_macs() {
     assert_eq!(state.endpoints.len(), 50);
     assert!(state.endpoints.values().all(|e| e.joined));
 }
+
+#[tokio::test]
+async fn zz_probe_rejoin_failure() {
+    let h = Harness::new("probe");
+    let id = network_with_subnet(&h, 90, "10.190.0.0/24", "10.190.0.1/24").await;
+    let ep = ep_id(90);
+    h.create_endpoint(endpoint(&id, &ep, "10.190.0.2/24", "", "")).await.unwrap();
+    h.join(&id, &ep).await.unwrap();
+    *h.fake.fail_next.lock().unwrap() = Some("create_veth");
+    assert!(h.join(&id, &ep).await.is_err());
+    eprintln!("PROBE joined={:?} links={:?}", h.endpoint_joined(&ep).await, h.fake.names());
+}

@@ -9,11 +9,10 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::rules::{self, Family, JumpPlan};
+use super::rules::{self, Family};
 use super::{Firewall, FirewallError, FwNetwork};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
-const DOCKER_USER_JUMP: &str = "-A FORWARD -j DOCKER-USER";
 
 /// Which iptables flavour to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,37 +77,33 @@ impl IptablesFirewall {
         }
     }
 
-    async fn sync_family(&self, networks: &[FwNetwork], family: Family) -> Result<(), FirewallError> {
-        let tools = self.tools(family);
-        let forward = rules::forward_rules(networks, family);
-        let postrouting = rules::postrouting_rules(networks, family);
-        let current = match save(&tools.save).await {
-            Ok(text) => SavedTables::parse(&text),
+    async fn current(&self, family: Family, needed: bool) -> Result<Option<SavedTables>, FirewallError> {
+        match save(&self.tools(family).save).await {
+            Ok(text) => Ok(Some(SavedTables::parse(&text))),
             // No ip6tables on this host and nothing to do for IPv6: fine.
-            Err(_) if forward.is_empty() && postrouting.is_empty() => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let filter_plan = current.plan("filter", "FORWARD", rules::FORWARD_CHAIN);
-        let nat_plan = current.plan("nat", "POSTROUTING", rules::POSTROUTING_CHAIN);
-        let nothing_to_remove = |plan: &JumpPlan| plan.existing_jumps == 0 && !current.chain_exists(plan.table, plan.chain);
-        if forward.is_empty() && postrouting.is_empty() && nothing_to_remove(&filter_plan) && nothing_to_remove(&nat_plan) {
+            Err(_) if !needed => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn sync_family(&self, networks: &[FwNetwork], family: Family) -> Result<(), FirewallError> {
+        let plans = rules::plan(networks, family);
+        let needed = plans.iter().any(|p| p.active);
+        let Some(current) = self.current(family, needed).await? else { return Ok(()) };
+        let count = |table: &str, chain: &str| current.rules_of(table, chain).count();
+        if plans.iter().all(|p| rules::holds(p, &current, &count) && !p.active) {
             return Ok(());
         }
-        let mut batch = rules::render_table(&filter_plan, &forward, current.chain_exists("filter", rules::FORWARD_CHAIN));
-        batch += &rules::render_table(&nat_plan, &postrouting, current.chain_exists("nat", rules::POSTROUTING_CHAIN));
-        restore(&tools.restore, &batch).await
+        let batch: String = plans.iter().map(|p| rules::render(p, &current)).collect();
+        restore(&self.tools(family).restore, &batch).await
     }
 
     async fn family_intact(&self, networks: &[FwNetwork], family: Family) -> Result<bool, FirewallError> {
-        let forward = rules::forward_rules(networks, family);
-        let postrouting = rules::postrouting_rules(networks, family);
-        let current = match save(&self.tools(family).save).await {
-            Ok(text) => SavedTables::parse(&text),
-            Err(_) if forward.is_empty() && postrouting.is_empty() => return Ok(true),
-            Err(e) => return Err(e),
-        };
-        Ok(current.chain_holds("filter", "FORWARD", rules::FORWARD_CHAIN, forward.len())
-            && current.chain_holds("nat", "POSTROUTING", rules::POSTROUTING_CHAIN, postrouting.len()))
+        let plans = rules::plan(networks, family);
+        let needed = plans.iter().any(|p| p.active);
+        let Some(current) = self.current(family, needed).await? else { return Ok(true) };
+        let count = |table: &str, chain: &str| current.rules_of(table, chain).count();
+        Ok(plans.iter().all(|p| rules::holds(p, &current, &count)))
     }
 }
 
@@ -166,43 +161,17 @@ impl SavedTables {
             .map(|(_, l)| l.as_str())
     }
 
+}
+
+impl rules::Current for SavedTables {
     fn chain_exists(&self, table: &str, chain: &str) -> bool {
         let decl = format!(":{chain} ");
         self.lines.iter().any(|(t, l)| t == table && l.starts_with(&decl))
     }
 
-    fn plan(&self, table: &'static str, builtin: &'static str, chain: &'static str) -> JumpPlan {
-        let jump = format!("-A {builtin} -j {chain}");
-        let others: Vec<&str> = self.rules_of(table, builtin).filter(|l| *l != jump).collect();
-        let existing_jumps = self.rules_of(table, builtin).filter(|l| *l == jump).count();
-        JumpPlan { table, builtin, chain, existing_jumps, insert_at: jump_position(builtin, &others) }
+    fn builtin_rules(&self, table: &str, builtin: &str) -> Vec<String> {
+        self.rules_of(table, builtin).map(str::to_string).collect()
     }
-
-    /// Exactly the expected number of rules in our chain and one jump, where it belongs.
-    fn chain_holds(&self, table: &'static str, builtin: &'static str, chain: &'static str, expected: usize) -> bool {
-        let jump = format!("-A {builtin} -j {chain}");
-        let all: Vec<&str> = self.rules_of(table, builtin).collect();
-        let count = self.rules_of(table, chain).count();
-        if expected == 0 {
-            return count == 0 && !all.contains(&jump.as_str()) && !self.chain_exists(table, chain);
-        }
-        let others: Vec<&str> = all.iter().copied().filter(|l| *l != jump).collect();
-        let want_at = jump_position(builtin, &others);
-        let jumps: Vec<usize> = all.iter().enumerate().filter(|(_, l)| **l == jump).map(|(i, _)| i + 1).collect();
-        count == expected && jumps == [want_at]
-    }
-}
-
-/// Our FORWARD jump goes right after DOCKER-USER (which stays the user's,
-/// first) and before every other dockerd rule, so that Docker's own accepts
-/// for its bridges cannot bypass rustbridge's isolation.
-fn jump_position(builtin: &str, others: &[&str]) -> usize {
-    if builtin == "FORWARD" {
-        if let Some(i) = others.iter().position(|l| *l == DOCKER_USER_JUMP) {
-            return i + 2;
-        }
-    }
-    1
 }
 
 async fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
@@ -243,6 +212,7 @@ async fn restore(tool: &str, batch: &str) -> Result<(), FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rules::Current;
 
     const SAVED: &str = "# Generated by iptables-nft-save\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n\
         :DOCKER-USER - [0:0]\n:RUSTBRIDGE-FORWARD - [0:0]\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j RUSTBRIDGE-FORWARD\n\
@@ -250,25 +220,15 @@ mod tests {
         *nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\nCOMMIT\n";
 
     #[test]
-    fn plans_jump_after_docker_user() {
+    fn parses_chains_and_builtin_rules_per_table() {
         let saved = SavedTables::parse(SAVED);
-        let plan = saved.plan("filter", "FORWARD", rules::FORWARD_CHAIN);
-        assert_eq!(plan.existing_jumps, 1);
-        assert_eq!(plan.insert_at, 2);
-        assert!(saved.chain_holds("filter", "FORWARD", rules::FORWARD_CHAIN, 1));
-        assert!(!saved.chain_holds("filter", "FORWARD", rules::FORWARD_CHAIN, 2));
-        let nat = saved.plan("nat", "POSTROUTING", rules::POSTROUTING_CHAIN);
-        assert_eq!((nat.existing_jumps, nat.insert_at), (0, 1));
-        assert!(!saved.chain_exists("nat", rules::POSTROUTING_CHAIN));
-    }
-
-    #[test]
-    fn jump_below_docker_rules_is_not_intact() {
-        let text = SAVED.replace(
-            "-A FORWARD -j RUSTBRIDGE-FORWARD\n-A FORWARD -j DOCKER-ISOLATION-STAGE-1\n",
-            "-A FORWARD -j DOCKER-ISOLATION-STAGE-1\n-A FORWARD -j RUSTBRIDGE-FORWARD\n",
+        assert!(saved.chain_exists("filter", rules::FORWARD_CHAIN));
+        assert!(!saved.chain_exists("nat", rules::FORWARD_CHAIN));
+        assert_eq!(
+            saved.builtin_rules("filter", "FORWARD"),
+            ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j RUSTBRIDGE-FORWARD", "-A FORWARD -j DOCKER-ISOLATION-STAGE-1"]
         );
-        let saved = SavedTables::parse(&text);
-        assert!(!saved.chain_holds("filter", "FORWARD", rules::FORWARD_CHAIN, 1));
+        assert_eq!(saved.rules_of("filter", rules::FORWARD_CHAIN).count(), 1);
+        assert_eq!(saved.builtin_rules("nat", "POSTROUTING").len(), 1);
     }
 }

@@ -24,9 +24,54 @@ pub struct FwNetwork {
     pub internal: bool,
     pub icc: bool,
     pub masquerade: bool,
+    /// gateway_mode routed: no NAT, and the subnet is reachable from outside.
+    pub routed: bool,
+    /// Published ports of all the network's endpoints.
+    pub ports: Vec<FwPort>,
     /// SNAT source instead of MASQUERADE (`com.docker.network.host_ipv4` / `host_ipv6`).
     pub snat_ipv4: Option<IpAddr>,
     pub snat_ipv6: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    /// IANA protocol numbers, as dockerd sends them.
+    pub fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            132 => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        })
+    }
+}
+
+/// One published port: host address (None = every address) and port, DNATed
+/// to the container's address and port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct FwPort {
+    pub proto: Proto,
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_ip: IpAddr,
+    pub container_port: u16,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

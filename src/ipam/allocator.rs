@@ -595,11 +595,11 @@ mod tests {
 
     #[test]
     fn restored_cursor_skips_an_address_released_before_the_restart() {
-        let mut a = alloc("10.0.0.0/24", None);
+        let mut a = alloc("10.0.0.0/24");
         next_n(&mut a, 4);
         a.release(ip("10.0.0.4")).unwrap();
         let cursor = a.cursor().unwrap();
-        let mut restarted = alloc("10.0.0.0/24", None);
+        let mut restarted = alloc("10.0.0.0/24");
         for addr in ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]) {
             restarted.restore(addr).unwrap();
         }

@@ -1,0 +1,170 @@
+use super::*;
+use crate::firewall::Proto;
+
+fn net(bridge: &str, subnet: &str) -> FwNetwork {
+    FwNetwork {
+        bridge: bridge.into(),
+        subnets: vec![subnet.parse().unwrap()],
+        internal: false,
+        icc: true,
+        masquerade: true,
+        routed: false,
+        snat_ipv4: None,
+        snat_ipv6: None,
+        ports: vec![],
+    }
+}
+
+fn port(proto: Proto, host_ip: Option<&str>, host_port: u16, container_ip: &str, container_port: u16) -> FwPort {
+    FwPort {
+        proto,
+        host_ip: host_ip.map(|h| h.parse().unwrap()),
+        host_port,
+        container_ip: container_ip.parse().unwrap(),
+        container_port,
+    }
+}
+
+#[test]
+fn forward_rules_golden() {
+    let mut internal = net("rb-b", "10.2.0.0/24");
+    internal.internal = true;
+    let mut no_icc = net("rb-c", "10.3.0.0/24");
+    no_icc.icc = false;
+    let rules = forward_rules(&[net("rb-a", "10.1.0.0/24"), internal, no_icc], Family::V4);
+    let expected = [
+        "-i rb-a -o rb-a -j ACCEPT",
+        "-i rb-b -o rb-b -j ACCEPT",
+        "-i rb-c -o rb-c -j DROP",
+        "-o rb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-o rb-b -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-o rb-c -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-o rb-a -j DROP",
+        "-o rb-b -j DROP",
+        "-o rb-c -j DROP",
+        "-i rb-a -o docker0 -j DROP",
+        "-i rb-a -o br-+ -j DROP",
+        "-i rb-a -j ACCEPT",
+        "-i rb-b -j DROP",
+        "-i rb-c -o docker0 -j DROP",
+        "-i rb-c -o br-+ -j DROP",
+        "-i rb-c -j ACCEPT",
+    ];
+    assert_eq!(rules, expected);
+}
+
+#[test]
+fn published_ports_golden() {
+    let mut n = net("rb-p", "10.9.0.0/24");
+    n.ports = vec![
+        port(Proto::Tcp, None, 8080, "10.9.0.2", 80),
+        port(Proto::Udp, Some("127.0.0.1"), 8081, "10.9.0.2", 81),
+    ];
+    let nets = [n];
+    assert_eq!(
+        dnat_rules(&nets, Family::V4),
+        [
+            "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.9.0.2:80",
+            "-d 127.0.0.1/32 -p udp -m udp --dport 8081 -j DNAT --to-destination 10.9.0.2:81",
+        ]
+    );
+    let forward = forward_rules(&nets, Family::V4);
+    assert_eq!(forward[0], "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p tcp -m tcp --dport 80 -j ACCEPT");
+    assert_eq!(forward[1], "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p udp -m udp --dport 81 -j ACCEPT");
+    assert_eq!(
+        postrouting_rules(&nets, Family::V4),
+        [
+            "-s 10.9.0.2/32 -d 10.9.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE",
+            "-s 10.9.0.2/32 -d 10.9.0.2/32 -p udp -m udp --dport 81 -j MASQUERADE",
+            "-s 127.0.0.0/8 -o rb-p -j MASQUERADE",
+            "-s 10.9.0.0/24 ! -o rb-p -j MASQUERADE",
+        ]
+    );
+    assert!(dnat_rules(&nets, Family::V6).is_empty());
+}
+
+#[test]
+fn ipv6_ports_use_brackets() {
+    let mut n = net("rb-6", "fd00:1::/64");
+    n.ports = vec![port(Proto::Tcp, None, 8080, "fd00:1::2", 80)];
+    assert_eq!(dnat_rules(&[n], Family::V6), ["-p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:1::2]:80"]);
+}
+
+#[test]
+fn families_are_separate() {
+    let nets = [net("rb-a", "10.1.0.0/24"), net("rb-6", "fd00:1::/64")];
+    assert!(forward_rules(&nets, Family::V6).iter().all(|r| !r.contains("rb-a")));
+    assert_eq!(postrouting_rules(&nets, Family::V6), vec!["-s fd00:1::/64 ! -o rb-6 -j MASQUERADE"]);
+    assert_eq!(raw_rules(&nets), ["-i rb-a -d 127.0.0.0/8 -j DROP"]);
+}
+
+#[test]
+fn postrouting_masquerade_snat_routed_and_none() {
+    let mut snat = net("rb-s", "10.5.0.0/24");
+    snat.snat_ipv4 = Some("192.0.2.7".parse().unwrap());
+    let mut off = net("rb-o", "10.6.0.0/24");
+    off.masquerade = false;
+    let mut internal = net("rb-i", "10.7.0.0/24");
+    internal.internal = true;
+    let mut routed = net("rb-r", "10.8.0.0/24");
+    routed.routed = true;
+    let rules = postrouting_rules(&[net("rb-a", "10.1.0.0/24"), snat, off, internal, routed.clone()], Family::V4);
+    assert_eq!(
+        rules,
+        vec!["-s 10.1.0.0/24 ! -o rb-a -j MASQUERADE", "-s 10.5.0.0/24 ! -o rb-s -j SNAT --to-source 192.0.2.7"]
+    );
+    assert!(forward_rules(&[routed], Family::V4).contains(&"-o rb-r -j ACCEPT".to_string()));
+}
+
+struct Saved {
+    chains: Vec<(&'static str, &'static str)>,
+    builtin: Vec<(&'static str, &'static str, String)>,
+}
+
+impl Current for Saved {
+    fn chain_exists(&self, table: &str, chain: &str) -> bool {
+        self.chains.iter().any(|(t, c)| *t == table && *c == chain)
+    }
+    fn builtin_rules(&self, table: &str, builtin: &str) -> Vec<String> {
+        self.builtin.iter().filter(|(t, b, _)| *t == table && *b == builtin).map(|(_, _, l)| l.clone()).collect()
+    }
+}
+
+#[test]
+fn render_fills_chain_and_moves_jump_after_docker_user() {
+    let nets = [net("rb-x", "10.1.0.0/24")];
+    let filter = &plan(&nets, Family::V4)[0];
+    let saved = Saved {
+        chains: vec![("filter", FORWARD_CHAIN)],
+        builtin: vec![
+            ("filter", "FORWARD", "-A FORWARD -j RUSTBRIDGE-FORWARD".into()),
+            ("filter", "FORWARD", "-A FORWARD -j DOCKER-USER".into()),
+            ("filter", "FORWARD", "-A FORWARD -j DOCKER-ISOLATION-STAGE-1".into()),
+        ],
+    };
+    let text = render(filter, &saved);
+    assert!(text.starts_with("*filter\n:RUSTBRIDGE-FORWARD - [0:0]\n-A RUSTBRIDGE-FORWARD -i rb-x -o rb-x -j ACCEPT\n"));
+    assert!(text.ends_with("-D FORWARD -j RUSTBRIDGE-FORWARD\n-I FORWARD 2 -j RUSTBRIDGE-FORWARD\nCOMMIT\n"), "{text}");
+    assert!(!holds(filter, &saved, &|_, _| filter.chains[0].rules.len()), "jump above DOCKER-USER is not in place");
+}
+
+#[test]
+fn render_inactive_removes_jumps_and_chains() {
+    let nat = &plan(&[], Family::V4)[1];
+    let saved = Saved {
+        chains: vec![("nat", POSTROUTING_CHAIN), ("nat", DNAT_CHAIN)],
+        builtin: vec![
+            ("nat", "POSTROUTING", "-A POSTROUTING -j RUSTBRIDGE-POSTROUTING".into()),
+            ("nat", "OUTPUT", "-A OUTPUT -m addrtype --dst-type LOCAL -j RUSTBRIDGE-DNAT".into()),
+        ],
+    };
+    assert_eq!(
+        render(nat, &saved),
+        "*nat\n-D POSTROUTING -j RUSTBRIDGE-POSTROUTING\n-D OUTPUT -m addrtype --dst-type LOCAL -j RUSTBRIDGE-DNAT\n\
+         -F RUSTBRIDGE-POSTROUTING\n-X RUSTBRIDGE-POSTROUTING\n-F RUSTBRIDGE-DNAT\n-X RUSTBRIDGE-DNAT\nCOMMIT\n"
+    );
+    assert!(!holds(nat, &saved, &|_, _| 0));
+    let empty = Saved { chains: vec![], builtin: vec![] };
+    assert_eq!(render(nat, &empty), "*nat\nCOMMIT\n");
+    assert!(holds(nat, &empty, &|_, _| 0));
+}
