@@ -219,7 +219,15 @@ impl Plugin {
             bridge: network.bridge.clone(),
             mtu: network.options.mtu,
         };
-        self.dataplane.create_veth(&spec).await?;
+        if let Err(e) = self.dataplane.create_veth(&spec).await {
+            if endpoint.joined {
+                // The old pair is gone: the record must not claim otherwise.
+                let left = EndpointRecord { joined: false, ..endpoint };
+                self.store.commit(vec![Change::PutEndpoint(left.clone())])?;
+                state.endpoints.insert(left.id.clone(), left);
+            }
+            return Err(e.into());
+        }
         let joined = EndpointRecord { joined: true, ..endpoint };
         if let Err(e) = self.store.commit(vec![Change::PutEndpoint(joined.clone())]) {
             let _ = self.dataplane.delete_link(&joined.host_veth).await;

@@ -1027,14 +1027,20 @@ async fn fifty_concurrent_endpoints_join_with_distinct_veths_and_macs() {
     assert!(state.endpoints.values().all(|e| e.joined));
 }
 
+/// A repeated Join (dockerd retrying) first deletes the existing pair; when making the
+/// new pair fails, the record must not go on claiming a pair that no longer exists.
 #[tokio::test]
-async fn zz_probe_rejoin_failure() {
-    let h = Harness::new("probe");
-    let id = network_with_subnet(&h, 90, "10.190.0.0/24", "10.190.0.1/24").await;
-    let ep = ep_id(90);
-    h.create_endpoint(endpoint(&id, &ep, "10.190.0.2/24", "", "")).await.unwrap();
+async fn failed_rejoin_does_not_leave_the_endpoint_marked_joined() {
+    let mut h = Harness::new("rejoin-fail");
+    let id = network_with_subnet(&h, 39, "10.89.0.0/24", "10.89.0.1/24").await;
+    let ep = ep_id(39);
+    h.create_endpoint(endpoint(&id, &ep, "10.89.0.2/24", "", "")).await.unwrap();
     h.join(&id, &ep).await.unwrap();
     *h.fake.fail_next.lock().unwrap() = Some("create_veth");
-    assert!(h.join(&id, &ep).await.is_err());
-    eprintln!("PROBE joined={:?} links={:?}", h.endpoint_joined(&ep).await, h.fake.names());
+    h.join(&id, &ep).await.unwrap_err();
+    let (host, _) = expected_veths(&ep);
+    assert!(h.link(&host).is_none(), "the old pair was deleted before the retry");
+    assert_eq!(h.endpoint_joined(&ep).await, Some(false), "record claims a veth pair that is gone");
+    h.reload();
+    assert_eq!(h.endpoint_joined(&ep).await, Some(false));
 }

@@ -8,7 +8,7 @@ FAILURES=()
 CLEANUPS=()
 DEMO=${DEMO:-0}
 PLUGIN=${PLUGIN:-rustbridge/rustbridge:latest}
-IMAGE=${IMAGE:-rustbridge-test/busybox:latest}
+IMAGE=${IMAGE:-rustbridge-test/busybox:2}
 PREFIX=${PREFIX:-rbe2e$$}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
@@ -85,3 +85,24 @@ plugin_pid() { pgrep -f '^/usr/bin/rustbridge serve' | head -n 1; }
 network_id() { docker network inspect -f '{{.Id}}' "$1"; }
 bridge_of() { echo "rb-$(network_id "$1" | cut -c1-12)"; }
 rustbridge_rule_count() { { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'RUSTBRIDGE' || true; }
+
+# fake_host NS HOST_IP NS_IP: a network namespace of the test's own, wired to
+# the host by a veth pair on a /24, routed via the host (no default route
+# needed: it only talks to the host's address on that link).
+fake_host() {
+  local ns=$1 host_ip=$2 ns_ip=$3 veth=${1:0:10}h
+  ip netns add "$ns"
+  cleanup "ip netns del $ns"
+  ip link add "$veth" type veth peer name eth0 netns "$ns"
+  ip addr add "$host_ip/24" dev "$veth"
+  ip link set "$veth" up
+  ip -n "$ns" addr add "$ns_ip/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" route add default via "$host_ip"
+}
+
+# published_port CONTAINER_IP PORT PROTO: the host port rustbridge DNATs to it.
+published_port() {
+  iptables -t nat -S RUSTBRIDGE-DNAT | grep -- "-p $3 " | grep -- "--to-destination $1:$2\$" | sed -E 's/.*--dport ([0-9]+).*/\1/' | head -n 1
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Firewall parity with the built-in bridge, against a real dockerd with the
+# plugin enabled: NAT, isolation, --internal, ICC, published ports, robustness.
+# "Outside" and "client" hosts are network namespaces of the test's own.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+
+out=rbt-out-$$ cli=rbt-cli-$$
+n1=$PREFIX-n1 n2=$PREFIX-n2 nint=$PREFIX-int nicc=$PREFIX-noicc
+web=$PREFIX-web web2=$PREFIX-web2 peer=$PREFIX-peer other=$PREFIX-other dflt=$PREFIX-dflt
+inner=$PREFIX-inner i1=$PREFIX-i1 i2=$PREFIX-i2 eph=$PREFIX-eph dup=$PREFIX-dup
+cleanup "docker network rm $n1 $n2 $nint $nicc"
+cleanup "docker rm -f $web $web2 $peer $other $dflt $inner $i1 $i2 $eph $dup"
+rules_before=$(rustbridge_rule_count)
+
+step "Fake hosts: outside 198.18.10.2, client 198.18.11.2 (namespaces, routed via this host)"
+fake_host "$out" 198.18.10.1 198.18.10.2
+fake_host "$cli" 198.18.11.1 198.18.11.2
+# The outside host answers TCP 7000 with the source address it sees.
+ip netns exec "$out" python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("198.18.10.2", 7000)); s.listen(16)
+while True:
+    c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()' >/dev/null 2>&1 &
+cleanup "kill $!"
+
+httpd_cmd='mkdir -p /www && echo hello-$(hostname) > /www/index.html && httpd -p 80 -h /www && udp-echo 81'
+expect "network $n1" docker network create -d rustbridge --subnet 10.231.1.0/24 "$n1"
+expect "network $n2" docker network create -d rustbridge --subnet 10.231.2.0/24 "$n2"
+expect "internal network $nint" docker network create -d rustbridge --internal --subnet 10.231.3.0/24 "$nint"
+expect "network $nicc with enable_icc=false" docker network create -d rustbridge --subnet 10.231.4.0/24 -o com.docker.network.bridge.enable_icc=false "$nicc"
+expect "run $web -p 8080:80 -p 127.0.0.1:8081:81/udp -p 8090:81/udp" docker run -d --restart always --name "$web" --hostname web --network "$n1" \
+  -p 8080:80 -p 127.0.0.1:8081:81/udp -p 8090:81/udp "$IMAGE" sh -c "$httpd_cmd"
+expect "run $peer on $n1" docker run -d --name "$peer" --network "$n1" "$IMAGE" sleep 3600
+expect "run $other on $n2" docker run -d --name "$other" --network "$n2" "$IMAGE" sleep 3600
+expect "run $dflt on Docker's default bridge" docker run -d --name "$dflt" "$IMAGE" sleep 3600
+expect "run $inner on $nint" docker run -d --name "$inner" --network "$nint" "$IMAGE" sleep 3600
+expect "run $i1 on $nicc -p 8082:80" docker run -d --name "$i1" --hostname i1 --network "$nicc" -p 8082:80 "$IMAGE" sh -c "$httpd_cmd"
+expect "run $i2 on $nicc" docker run -d --name "$i2" --network "$nicc" "$IMAGE" sleep 3600
+web_ip=$(ip_of "$web" "$n1")
+
+step "Outbound NAT"
+expect "the outside host sees the host's address as source" sh -c "docker exec $peer nc 198.18.10.2 7000 | grep -qx 198.18.10.1"
+refuse "an internal network cannot reach the outside host" docker exec "$inner" nc -w 2 198.18.10.2 7000
+expect "an internal network's container has no default route" sh -c "! docker exec $inner ip route | grep -q default"
+
+step "Isolation"
+expect "$peer → $other (rustbridge → rustbridge) blocked" ping_blocked "$peer" "$(ip_of "$other" "$n2")"
+expect "$other → $peer (rustbridge → rustbridge) blocked" ping_blocked "$other" "$(ip_of "$peer" "$n1")"
+expect "$peer → $dflt (rustbridge → Docker bridge) blocked" ping_blocked "$peer" "$(ip_of "$dflt" bridge)"
+expect "$dflt → $peer (Docker bridge → rustbridge) blocked" ping_blocked "$dflt" "$(ip_of "$peer" "$n1")"
+expect "$peer → $web on the same network allowed" ping_ok "$peer" "$web"
+expect "the client host cannot reach an unpublished container directly" sh -c \
+  "ip netns exec $cli ip route add 10.231.1.0/24 via 198.18.11.1 && ! ip netns exec $cli ping -c1 -W1 $(ip_of "$peer" "$n1")"
+
+step "ICC disabled"
+expect "$i2 cannot ping $i1 (enable_icc=false)" ping_blocked "$i2" "$(ip_of "$i1" "$nicc")"
+expect "$i2 still reaches the outside" sh -c "docker exec $i2 nc 198.18.10.2 7000 | grep -qx 198.18.10.1"
+eventually "$i1's published port works from the client host" 10 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8082/ | grep -q hello-i1"
+
+step "Published ports"
+eventually "tcp 8080 from the client host" 10 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
+expect "udp 8090 from the client host" sh -c "[ \"\$(ip netns exec $cli python3 -c \"
+import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b'ping',('198.18.11.1',8090)); print(s.recvfrom(100)[0].decode())\")\" = echo:ping ]"
+expect "tcp 8080 from 127.0.0.1 on the host" sh -c "curl -s -m 3 http://127.0.0.1:8080/ | grep -q hello-web"
+expect "udp 127.0.0.1:8081 from the host" sh -c "[ \"\$(python3 -c \"
+import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b'ping',('127.0.0.1',8081)); print(s.recvfrom(100)[0].decode())\")\" = echo:ping ]"
+refuse "udp 8081 is bound to 127.0.0.1 only (not reachable from the client host)" sh -c "ip netns exec $cli python3 -c \"
+import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+s.sendto(b'ping',('198.18.11.1',8081)); s.recvfrom(100)\""
+expect "hairpin: $web reaches its own published port through the host address" sh -c "docker exec $web timeout 3 wget -qO- http://198.18.11.1:8080/ | grep -q hello-web"
+expect "$peer reaches $web's published port through the host address" sh -c "docker exec $peer timeout 3 wget -qO- http://198.18.11.1:8080/ | grep -q hello-web"
+expect "$other (another network) reaches the published port through the host address" sh -c "docker exec $other timeout 3 wget -qO- http://198.18.11.1:8080/ | grep -q hello-web"
+
+step "Ephemeral ports and conflicts"
+expect "run $eph -p 80 -P --expose 81" docker run -d --name "$eph" --hostname eph --network "$n1" -p 80 -P --expose 81 "$IMAGE" sh -c "$httpd_cmd"
+eph_ip=$(ip_of "$eph" "$n1")
+eph80=$(published_port "$eph_ip" 80 tcp); eph81=$(published_port "$eph_ip" 81 tcp)
+read -r low high < /proc/sys/net/ipv4/ip_local_port_range
+expect "-p 80 got an ephemeral port ($eph80) in $low-$high" test -n "$eph80" -a "${eph80:-0}" -ge "$low" -a "${eph80:-0}" -le "$high"
+expect "-P published the exposed port 81 on another port ($eph81)" test -n "$eph81" -a "${eph81:-0}" != "${eph80:-0}"
+expect "the ephemeral port works from the client host" sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:$eph80/ | grep -q hello-eph"
+dnat_before=$(iptables -t nat -S RUSTBRIDGE-DNAT | wc -l)
+veths_before=$(ip -br link | grep -c '^rbh-')
+out_text=$(docker run -d --name "$dup" --network "$n1" -p 8080:80 "$IMAGE" sleep 3600 2>&1)
+status=$?
+expect "a second container asking for host port 8080 fails" test "$status" -ne 0
+expect "the error names the port" sh -c "echo '$out_text' | grep -q '8080/tcp'"
+equal "no DNAT rule leaked" "$dnat_before" "$(iptables -t nat -S RUSTBRIDGE-DNAT | wc -l)"
+equal "no veth leaked" "$veths_before" "$(ip -br link | grep -c '^rbh-')"
+docker rm -f "$dup" >/dev/null 2>&1
+expect "removing $eph removes exactly its rules" sh -c "docker rm -f $eph >/dev/null && ! iptables -t nat -S RUSTBRIDGE-DNAT | grep -q 'to-destination $eph_ip:' && iptables -t nat -S RUSTBRIDGE-DNAT | grep -q 'to-destination $web_ip:80'"
+
+step "Rules come back after a flush and after a dockerd restart"
+iptables -F RUSTBRIDGE-FORWARD; iptables -t nat -F RUSTBRIDGE-DNAT; iptables -D FORWARD -j RUSTBRIDGE-FORWARD
+eventually "after a flush, the published port works again" 20 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
+show "$ROOT/scripts/dockerd.sh" restart
+eventually "$web (--restart always) is running again" 60 sh -c "[ \"\$(docker inspect -f '{{.State.Running}}' $web)\" = true ]"
+eventually "after a dockerd restart, the published port works again" 30 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
+expect "after a dockerd restart, NAT to the outside works" sh -c "docker exec $web nc 198.18.10.2 7000 | grep -qx 198.18.10.1"
+equal "exactly one jump to RUSTBRIDGE-FORWARD" 1 "$(iptables -S FORWARD | grep -c -- '-j RUSTBRIDGE-FORWARD')"
+expect "the jump sits right after DOCKER-USER" sh -c "iptables -S FORWARD | grep -A1 -- '-j DOCKER-USER' | tail -n1 | grep -q RUSTBRIDGE-FORWARD"
+
+step "Teardown leaves zero rules"
+expect "remove containers" docker rm -f "$web" "$web2" "$peer" "$other" "$dflt" "$inner" "$i1" "$i2"
+expect "remove networks" docker network rm "$n1" "$n2" "$nint" "$nicc"
+if [ "$rules_before" = 0 ] && [ -z "$(docker network ls -q --filter driver=rustbridge)" ]; then
+  equal "no RUSTBRIDGE rule or chain left (iptables and ip6tables)" 0 "$(rustbridge_rule_count)"
+fi
+
+summary
