@@ -44,7 +44,7 @@ demo: install
 	tests/e2e/user_story.sh --demo
 
 test-unit: deps
-	cargo test --release -- --test-threads=2
+	cargo test -- --test-threads=2
 
 test-e2e: install
 	scripts/test-image.sh
