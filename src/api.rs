@@ -27,6 +27,10 @@ pub struct CapabilitiesResponse {
     pub scope: &'static str,
     #[serde(rename = "ConnectivityScope")]
     pub connectivity_scope: &'static str,
+    /// Docker 28 then asks `/NetworkDriver.GwAllocCheck` before a network
+    /// create; older engines ignore the key.
+    #[serde(rename = "GwAllocChecker")]
+    pub gw_alloc_checker: bool,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -286,6 +290,9 @@ pub const OPT_ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 pub const OPT_INTERNAL: &str = "com.docker.network.internal";
 pub const OPT_PORTMAP: &str = "com.docker.network.portmap";
 pub const OPT_EXPOSED_PORTS: &str = "com.docker.network.endpoint.exposedports";
+/// Docker 28 `--driver-opt com.docker.network.endpoint.ifname=…`: dockerd ignores
+/// `DstName` from remote drivers, so it cannot be honoured.
+pub const OPT_ENDPOINT_IFNAME: &str = "com.docker.network.endpoint.ifname";
 
 /// One `-p` mapping as dockerd sends it (`com.docker.network.portmap`).
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]

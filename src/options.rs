@@ -18,6 +18,7 @@ pub const HOST_IPV6: &str = "com.docker.network.host_ipv6";
 pub const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
 pub const GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
 pub const GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+pub const TRUSTED_HOST_INTERFACES: &str = "com.docker.network.bridge.trusted_host_interfaces";
 
 /// Short spellings accepted for the most used options (`-o bridge=br0 -o mtu=1400`).
 const ALIASES: &[(&str, &str)] = &[("bridge", BRIDGE_NAME), ("mtu", MTU)];
@@ -53,6 +54,9 @@ pub struct NetworkOptions {
     pub inhibit_ipv4: bool,
     pub gateway_mode_ipv4: GatewayMode,
     pub gateway_mode_ipv6: GatewayMode,
+    /// Host interfaces allowed to reach containers at their own addresses.
+    #[serde(default)]
+    pub trusted_host_interfaces: Vec<String>,
     pub internal: bool,
     pub enable_ipv4: bool,
     pub enable_ipv6: bool,
@@ -72,6 +76,7 @@ impl Default for NetworkOptions {
             inhibit_ipv4: false,
             gateway_mode_ipv4: GatewayMode::Nat,
             gateway_mode_ipv6: GatewayMode::Nat,
+            trusted_host_interfaces: vec![],
             internal: false,
             enable_ipv4: true,
             enable_ipv6: false,
@@ -135,6 +140,7 @@ fn apply_user_option(opts: &mut NetworkOptions, key: &str, value: &Value) -> Res
         INHIBIT_IPV4 => opts.inhibit_ipv4 = parse_bool(key, value)?,
         GATEWAY_MODE_IPV4 => opts.gateway_mode_ipv4 = parse_gateway_mode(key, value)?,
         GATEWAY_MODE_IPV6 => opts.gateway_mode_ipv6 = parse_gateway_mode(key, value)?,
+        TRUSTED_HOST_INTERFACES => opts.trusted_host_interfaces = parse_interface_list(key, &as_string(key, value)?)?,
         _ => {
             return Err(invalid(
                 key,
@@ -189,6 +195,15 @@ pub fn parse_ifname(key: &str, name: &str) -> Result<String, OptionError> {
         return Err(invalid(key, format!("{name:?} contains {bad:?}; use letters, digits, '-', '_' or '.'")));
     }
     Ok(name.to_string())
+}
+
+/// Docker's form: interface names separated by ':' (',' accepted too).
+fn parse_interface_list(key: &str, text: &str) -> Result<Vec<String>, OptionError> {
+    text.split([':', ','])
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| parse_ifname(key, name))
+        .collect()
 }
 
 fn parse_iface_prefix(key: &str, prefix: &str) -> Result<String, OptionError> {
@@ -263,7 +278,8 @@ mod tests {
                 "com.docker.network.host_ipv6": "2001:db8::1",
                 "com.docker.network.bridge.inhibit_ipv4": "true",
                 "com.docker.network.bridge.gateway_mode_ipv4": "routed",
-                "com.docker.network.bridge.gateway_mode_ipv6": "isolated"
+                "com.docker.network.bridge.gateway_mode_ipv6": "isolated",
+                "com.docker.network.bridge.trusted_host_interfaces": "eth0:eth1"
             }
         }));
         let p = parse_network_options(Some(&o)).unwrap();
@@ -277,6 +293,7 @@ mod tests {
         assert_eq!(p.host_ipv6, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(p.gateway_mode_ipv4, GatewayMode::Routed);
         assert_eq!(p.gateway_mode_ipv6, GatewayMode::Isolated);
+        assert_eq!(p.trusted_host_interfaces, ["eth0", "eth1"]);
     }
 
     #[test]
@@ -307,6 +324,7 @@ mod tests {
         assert_eq!(error_for(json!({"com.docker.network.host_ipv4": "::1"})).key, HOST_IPV4);
         assert_eq!(error_for(json!({"com.docker.network.bridge.gateway_mode_ipv4": "bridged"})).key, GATEWAY_MODE_IPV4);
         assert_eq!(error_for(json!({"com.docker.network.container_iface_prefix": "eth0"})).key, IFACE_PREFIX);
+        assert_eq!(error_for(json!({"com.docker.network.bridge.trusted_host_interfaces": "eth0:bad name"})).key, TRUSTED_HOST_INTERFACES);
     }
 
     #[test]

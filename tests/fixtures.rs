@@ -706,7 +706,9 @@ impl Replay {
                     "" => true,
                     text => text.parse::<IpNet>().is_ok_and(|a| subnets.iter().any(|s| s.contains(&a.addr()))),
                 });
-                let valid = inside && !endpoint.is_empty();
+                // Refused by design: dockerd ignores interface names from remote drivers.
+                let asks_ifname = request["Options"].get(rustbridge::api::OPT_ENDPOINT_IFNAME).is_some();
+                let valid = inside && !endpoint.is_empty() && !asks_ifname;
                 match result {
                     Err(e) if live_network && valid => {
                         violation(format!("CreateEndpoint on live network {} failed: {e}", &network[..12]))

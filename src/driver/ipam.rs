@@ -21,6 +21,7 @@ impl Plugin {
     }
 
     pub async fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
+        check_ipam_options(req.options.as_ref())?;
         let pool = parse_optional_net("Pool", &req.pool)?;
         let sub_pool = parse_optional_net("SubPool", &req.sub_pool)?;
         // Only an automatic pick needs the host's routes; reading them is not free.
@@ -88,6 +89,21 @@ impl Plugin {
         }
         Ok(())
     }
+}
+
+/// `--ipam-opt`: rustbridge's allocation is always sequential (next-fit), so
+/// Docker's `com.docker.network.ipam.serial` is accepted; anything else is
+/// refused rather than ignored.
+fn check_ipam_options(options: Option<&BTreeMap<String, String>>) -> Result<()> {
+    const SERIAL: &str = "com.docker.network.ipam.serial";
+    for key in options.into_iter().flat_map(|o| o.keys()) {
+        if key != SERIAL {
+            return Err(PluginError::new(format!(
+                "IPAM option {key:?} is not supported by rustbridge (supported: {SERIAL})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn parse_optional_net(field: &str, text: &str) -> Result<Option<IpNet>> {

@@ -37,6 +37,13 @@ pub fn is_owned_bridge_name(name: &str) -> bool {
         .is_some_and(|rest| rest.len() == ID_CHARS_IN_BRIDGE && rest.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+/// Names of the built-in bridge driver's devices; adopting one would break Docker's own network.
+fn is_docker_bridge_name(name: &str) -> bool {
+    name == "docker0"
+        || name == "docker_gwbridge"
+        || name.strip_prefix("br-").is_some_and(|rest| rest.len() == 12 && rest.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 pub fn is_owned_veth_name(name: &str) -> bool {
     [HOST_VETH_PREFIX, PEER_VETH_PREFIX].iter().any(|prefix| {
         name.strip_prefix(prefix)
@@ -46,7 +53,7 @@ pub fn is_owned_veth_name(name: &str) -> bool {
 
 impl Plugin {
     pub fn capabilities(&self) -> CapabilitiesResponse {
-        CapabilitiesResponse { scope: "local", connectivity_scope: "local" }
+        CapabilitiesResponse { scope: "local", connectivity_scope: "local", gw_alloc_checker: true }
     }
 
     pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<()> {
@@ -62,6 +69,12 @@ impl Plugin {
             return Ok(());
         }
         let bridge = options.bridge_name.clone().unwrap_or_else(|| default_bridge_name(&req.network_id));
+        if options.bridge_name.is_some() && (is_docker_bridge_name(&bridge) || is_owned_bridge_name(&bridge)) {
+            return Err(PluginError::new(format!(
+                "option {}: {bridge} is reserved (Docker's own bridges are docker0 and br-<id>, rustbridge's are rb-<id>)",
+                crate::options::BRIDGE_NAME
+            )));
+        }
         check_conflicts(&state, &req.network_id, &bridge, ipv4.iter().chain(&ipv6))?;
         let mut record = NetworkRecord {
             id: req.network_id.clone(),
@@ -157,6 +170,12 @@ impl Plugin {
         };
         let (host_veth, container_veth) = veth_names(&req.endpoint_id);
         let options = req.options.unwrap_or_default();
+        if options.contains_key(api::OPT_ENDPOINT_IFNAME) {
+            return Err(PluginError::new(format!(
+                "endpoint option {}: rustbridge cannot honour it (dockerd ignores interface names chosen by remote drivers); use com.docker.network.container_iface_prefix on the network",
+                api::OPT_ENDPOINT_IFNAME
+            )));
+        }
         let record = EndpointRecord {
             id: req.endpoint_id.clone(),
             network_id: req.network_id.clone(),
@@ -469,14 +488,19 @@ fn join_response(network: &NetworkRecord, endpoint: &EndpointRecord) -> JoinResp
             .map(|g| g.addr().to_string())
             .unwrap_or_default()
     };
+    let gateway = gateway_of(&network.ipv4, endpoint.address.is_some());
+    let gateway_ipv6 = gateway_of(&network.ipv6, endpoint.address_v6.is_some());
+    // Without a gateway (internal, isolated) dockerd would otherwise attach the
+    // container to docker_gwbridge as well.
+    let disable_gateway_service = gateway.is_empty() && gateway_ipv6.is_empty();
     JoinResponse {
         interface_name: InterfaceName {
             src_name: endpoint.container_veth.clone(),
             dst_prefix: network.options.iface_prefix.clone(),
         },
-        gateway: gateway_of(&network.ipv4, endpoint.address.is_some()),
-        gateway_ipv6: gateway_of(&network.ipv6, endpoint.address_v6.is_some()),
-        disable_gateway_service: false,
+        gateway,
+        gateway_ipv6,
+        disable_gateway_service,
     }
 }
 

@@ -24,8 +24,12 @@ pub struct FwNetwork {
     pub internal: bool,
     pub icc: bool,
     pub masquerade: bool,
-    /// gateway_mode routed: no NAT, and the subnet is reachable from outside.
-    pub routed: bool,
+    /// gateway_mode routed, per family: no NAT, and the subnet is reachable from outside.
+    pub routed_v4: bool,
+    pub routed_v6: bool,
+    /// Host interfaces from which containers may be reached directly at their
+    /// own addresses (`com.docker.network.bridge.trusted_host_interfaces`).
+    pub trusted_interfaces: Vec<String>,
     /// Published ports of all the network's endpoints.
     pub ports: Vec<FwPort>,
     /// SNAT source instead of MASQUERADE (`com.docker.network.host_ipv4` / `host_ipv6`).

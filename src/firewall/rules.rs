@@ -34,7 +34,7 @@ impl Family {
         Family::of(&net.addr()) == self
     }
 
-    fn host_prefix(self) -> u8 {
+    pub fn host_prefix(self) -> u8 {
         match self {
             Family::V4 => 32,
             Family::V6 => 128,
@@ -132,11 +132,12 @@ pub fn forward_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
     let nets = networks_of(networks, family);
     let mut rules = Vec::new();
     // Published ports are reachable from anywhere but the network itself
-    // (there, enable_icc decides, as with Docker).
+    // (there, enable_icc decides, as with Docker), and only through the DNAT:
+    // another host routing to the container's own address gets nothing.
     for n in &nets {
         for p in ports_of(n, family) {
             rules.push(format!(
-                "-d {}/{} ! -i {b} -o {b} -p {proto} -m {proto} --dport {} -j ACCEPT",
+                "-d {}/{} ! -i {b} -o {b} -p {proto} -m conntrack --ctstate DNAT -m {proto} --dport {} -j ACCEPT",
                 p.container_ip,
                 family.host_prefix(),
                 p.container_port,
@@ -156,11 +157,16 @@ pub fn forward_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
     // bridges, other hosts routing to container addresses), unless its
     // gateway mode is routed.
     for n in &nets {
-        if n.routed && !n.internal {
+        if n.routed(family) && !n.internal {
             rules.push(format!("-o {} -j ACCEPT", n.bridge));
-        } else {
-            rules.push(format!("-o {} -j DROP", n.bridge));
+            continue;
         }
+        if !n.internal {
+            for iface in &n.trusted_interfaces {
+                rules.push(format!("-i {iface} -o {} -j ACCEPT", n.bridge));
+            }
+        }
+        rules.push(format!("-o {} -j DROP", n.bridge));
     }
     for n in &nets {
         if n.internal {
@@ -193,7 +199,7 @@ pub fn postrouting_rules(networks: &[FwNetwork], family: Family) -> Vec<String> 
         if family == Family::V4 && n.ports.iter().any(|p| p.container_ip.is_ipv4()) {
             rules.push(format!("-s 127.0.0.0/8 -o {} -j MASQUERADE", n.bridge));
         }
-        if n.internal || !n.masquerade || n.routed {
+        if n.internal || !n.masquerade || n.routed(family) {
             continue;
         }
         let snat = match family {
@@ -242,6 +248,15 @@ pub fn raw_rules(networks: &[FwNetwork]) -> Vec<String> {
         .iter()
         .map(|n| format!("-i {} -d 127.0.0.0/8 -j DROP", n.bridge))
         .collect()
+}
+
+impl FwNetwork {
+    fn routed(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.routed_v4,
+            Family::V6 => self.routed_v6,
+        }
+    }
 }
 
 fn has_family(n: &FwNetwork, family: Family) -> bool {

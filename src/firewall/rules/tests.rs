@@ -8,7 +8,9 @@ fn net(bridge: &str, subnet: &str) -> FwNetwork {
         internal: false,
         icc: true,
         masquerade: true,
-        routed: false,
+        routed_v4: false,
+        routed_v6: false,
+        trusted_interfaces: vec![],
         snat_ipv4: None,
         snat_ipv6: None,
         ports: vec![],
@@ -69,8 +71,8 @@ fn published_ports_golden() {
         ]
     );
     let forward = forward_rules(&nets, Family::V4);
-    assert_eq!(forward[0], "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p tcp -m tcp --dport 80 -j ACCEPT");
-    assert_eq!(forward[1], "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p udp -m udp --dport 81 -j ACCEPT");
+    assert_eq!(forward[0], "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p tcp -m conntrack --ctstate DNAT -m tcp --dport 80 -j ACCEPT");
+    assert_eq!(forward[1], "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p udp -m conntrack --ctstate DNAT -m udp --dport 81 -j ACCEPT");
     assert_eq!(
         postrouting_rules(&nets, Family::V4),
         [
@@ -107,7 +109,7 @@ fn postrouting_masquerade_snat_routed_and_none() {
     let mut internal = net("rb-i", "10.7.0.0/24");
     internal.internal = true;
     let mut routed = net("rb-r", "10.8.0.0/24");
-    routed.routed = true;
+    routed.routed_v4 = true;
     let rules = postrouting_rules(&[net("rb-a", "10.1.0.0/24"), snat, off, internal, routed.clone()], Family::V4);
     assert_eq!(
         rules,
@@ -167,4 +169,25 @@ fn render_inactive_removes_jumps_and_chains() {
     let empty = Saved { chains: vec![], builtin: vec![] };
     assert_eq!(render(nat, &empty), "*nat\nCOMMIT\n");
     assert!(holds(nat, &empty, &|_, _| 0));
+}
+
+#[test]
+fn trusted_interfaces_may_reach_containers_directly() {
+    let mut n = net("rb-t", "10.10.0.0/24");
+    n.trusted_interfaces = vec!["eth9".into()];
+    let rules = forward_rules(&[n], Family::V4);
+    let accept = rules.iter().position(|r| r == "-i eth9 -o rb-t -j ACCEPT").expect("trusted accept");
+    let drop = rules.iter().position(|r| r == "-o rb-t -j DROP").expect("drop");
+    assert!(accept < drop);
+}
+
+#[test]
+fn routed_is_per_family() {
+    let mut n = net("rb-d", "10.11.0.0/24");
+    n.subnets.push("fd00:11::/64".parse().unwrap());
+    n.routed_v6 = true;
+    assert!(forward_rules(std::slice::from_ref(&n), Family::V6).contains(&"-o rb-d -j ACCEPT".to_string()));
+    assert!(forward_rules(std::slice::from_ref(&n), Family::V4).contains(&"-o rb-d -j DROP".to_string()));
+    assert_eq!(postrouting_rules(std::slice::from_ref(&n), Family::V4), ["-s 10.11.0.0/24 ! -o rb-d -j MASQUERADE"]);
+    assert!(postrouting_rules(&[n], Family::V6).is_empty());
 }
