@@ -14,6 +14,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 cleanup() { CLEANUPS+=("$*"); }
 
+# Everything a suite names starts with $PREFIX-: remove those containers and
+# networks at exit whatever happened (names set inside `expect` live in a subshell).
+remove_prefixed() {
+  local ids
+  ids=$(docker ps -aq --filter "name=^$PREFIX-")
+  [ -n "$ids" ] && docker rm -f $ids
+  for n in $(docker network ls -q --filter "name=^$PREFIX-"); do docker network rm "$n"; done
+  return 0
+}
+CLEANUPS+=("remove_prefixed")
+
 run_cleanups() {
   local i
   for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do
