@@ -7,7 +7,7 @@ TARGET      := x86_64-unknown-linux-gnu
 STATIC_BIN  := target/$(TARGET)/release/rustbridge
 PLUGIN_DIR  := plugin/build
 
-.PHONY: all build static deps dockerd plugin install uninstall publish demo test test-unit test-e2e bench clean
+.PHONY: all build static deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean
 
 all: build
 
@@ -51,6 +51,12 @@ test-e2e: install
 	tests/e2e/run.sh
 
 test: test-unit test-e2e
+
+# The e2e user story, firewall and options suites on Docker 26.1 (Debian 13)
+# and 28.x (Debian unstable), each run from its extracted .deb with its own data root.
+ENGINES ?= trixie sid
+test-engines: deps plugin
+	for suite in $(ENGINES); do scripts/engine.sh run $$suite scripts/e2e-on-engine.sh || exit 1; done
 
 bench:
 	cargo bench --bench ipam

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Other Docker engines, side by side with the machine's own, nothing installed
+# system-wide: Debian's docker.io .deb of another suite, fetched with a private
+# apt sources list and extracted under /var/cache/rustbridge-engines/SUITE.
+#   scripts/engine.sh fetch SUITE        print the extracted root (trixie: 26.1.x, sid: 28.x)
+#   scripts/engine.sh run SUITE CMD...   stop the running dockerd, start SUITE's with its
+#                                        own data root, run CMD, then put the machine's
+#                                        dockerd back (also when CMD fails)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=/var/cache/rustbridge-engines
+
+fetch() {
+  local suite=$1 dir=$cache/$1
+  if [ -x "$dir/root/usr/sbin/dockerd" ]; then echo "$dir/root"; return; fi
+  mkdir -p "$dir/lists/partial" "$dir/debs"
+  # The archive's address comes from the system's own apt configuration.
+  local uri
+  uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
+  [ -n "$uri" ] || uri=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list)
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$uri" "$suite" > "$dir/$suite.sources"
+  local opts=(-oDir::Etc::SourceList=/dev/null "-oDir::Etc::SourceParts=$dir" "-oDir::State::Lists=$dir/lists"
+              -oDebug::NoLocking=1)
+  apt-get "${opts[@]}" update -qq >&2
+  (cd "$dir/debs" && apt-get "${opts[@]}" download docker.io >&2)
+  rm -rf "$dir/root"
+  dpkg-deb -x "$dir"/debs/docker.io_*.deb "$dir/root"
+  echo "$dir/root"
+}
+
+running_dockerd() { pidof dockerd | awk '{print $1}'; }
+
+run() {
+  local suite=$1; shift
+  local root; root=$(fetch "$suite")
+  # Globals, not locals: the EXIT trap runs after this function has returned.
+  own_bin=""
+  own_pid=$(running_dockerd || true)
+  if [ -n "$own_pid" ]; then
+    own_bin=$(readlink -f "/proc/$own_pid/exe")
+    echo "stopping the machine's dockerd ($own_bin, pid $own_pid)"
+    kill -TERM "$own_pid"
+    for _ in $(seq 1 60); do kill -0 "$own_pid" 2>/dev/null || break; sleep 0.5; done
+  fi
+  rm -f /run/rustbridge-test/dockerd.pid
+  restore() {
+    local status=$?
+    "$here/dockerd.sh" stop || true
+    if [ -n "$own_bin" ]; then
+      PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH "$here/dockerd.sh" start "$own_bin" /var/lib/docker >/dev/null \
+        && echo "the machine's dockerd is back"
+    fi
+    return $status
+  }
+  trap restore EXIT
+  export PATH="$root/usr/sbin:$root/usr/bin:$PATH"
+  "$here/dockerd.sh" start "$root/usr/sbin/dockerd" "/var/lib/docker-$suite"
+  echo "running on: $(docker version -f 'dockerd {{.Server.Version}} (API {{.Server.APIVersion}})')"
+  "$@"
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  fetch) fetch "$@" ;;
+  run) run "$@" ;;
+  *) echo "usage: $0 fetch SUITE | run SUITE CMD..." >&2; exit 2 ;;
+esac
