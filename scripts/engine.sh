@@ -31,6 +31,31 @@ fetch() {
 
 running_dockerd() { pidof dockerd | awk '{print $1}'; }
 
+# Each engine rewrites its own chains at start but not another engine's (28
+# adds DOCKER-FORWARD, DOCKER-CT, DOCKER-BRIDGE and ip6tables rules that 20.10
+# would never remove): drop every DOCKER* chain and jump but the user's
+# DOCKER-USER before handing the host back.
+forget_engine_rules() {
+  local tool
+  for tool in iptables ip6tables; do
+    "$tool-save" 2>/dev/null | python3 -c '
+import re, sys
+out, table = [], None
+chains = []
+for line in sys.stdin:
+    line = line.rstrip("\n")
+    if line.startswith("*"):
+        table = line; out.append(line); chains = []
+    elif line.startswith(":DOCKER") and not line.startswith(":DOCKER-USER "):
+        chains.append(line[1:].split()[0])
+    elif line.startswith("-A ") and re.search(r" -j DOCKER(?!-USER\b)\S*$", line) and line.split()[1] in ("INPUT","FORWARD","OUTPUT","PREROUTING","POSTROUTING"):
+        out.append("-D" + line[2:])
+    elif line == "COMMIT":
+        out += ["-F " + c for c in chains] + ["-X " + c for c in chains] + ["COMMIT"]
+print("\n".join(out))' | "$tool-restore" --noflush 2>/dev/null || true
+  done
+}
+
 run() {
   local suite=$1; shift
   local root; root=$(fetch "$suite")
@@ -47,6 +72,7 @@ run() {
   restore() {
     local status=$?
     "$here/dockerd.sh" stop || true
+    forget_engine_rules
     if [ -n "$own_bin" ]; then
       PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH "$here/dockerd.sh" start "$own_bin" /var/lib/docker >/dev/null \
         && echo "the machine's dockerd is back"
