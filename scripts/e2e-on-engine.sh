@@ -8,6 +8,6 @@ plugin=${PLUGIN:-rustbridge/rustbridge:latest}
 "$root/scripts/plugin.sh" enable "$plugin"
 "$root/scripts/test-image.sh"
 status=0
-SUITES=${SUITES:-"user_story firewall options"} "$root/tests/e2e/run.sh" || status=$?
+SUITES=${SUITES:-"user_story firewall options docker28"} "$root/tests/e2e/run.sh" || status=$?
 "$root/scripts/plugin.sh" remove "$plugin" || true
 exit $status

@@ -65,6 +65,9 @@ pub struct EndpointRecord {
     /// Resolved published ports (host side chosen), present while programmed.
     #[serde(default)]
     pub published: Vec<FwPort>,
+    /// Endpoint driver options (`--driver-opt`, Docker 28) other than dockerd's own keys.
+    #[serde(default)]
+    pub driver_options: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// One change inside a transaction.

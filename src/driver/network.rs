@@ -188,6 +188,7 @@ impl Plugin {
             port_bindings: port_bindings(&options)?,
             exposed_ports: exposed_ports(&options)?,
             published: vec![],
+            driver_options: endpoint_driver_options(&options),
         };
         self.store.commit(vec![Change::PutEndpoint(record.clone())])?;
         let response = endpoint_response(&record, &interface.mac_address);
@@ -211,6 +212,9 @@ impl Plugin {
         if let Some(e) = state.endpoints.get(&req.endpoint_id) {
             value.insert("MacAddress".to_string(), Value::String(e.mac.clone()));
             value.insert("HostVeth".to_string(), Value::String(e.host_veth.clone()));
+            if !e.driver_options.is_empty() {
+                value.insert("DriverOptions".to_string(), Value::Object(e.driver_options.clone().into_iter().collect()));
+            }
             if let Some(n) = state.networks.get(&e.network_id) {
                 value.insert("Bridge".to_string(), Value::String(n.bridge.clone()));
             }
@@ -502,6 +506,16 @@ fn join_response(network: &NetworkRecord, endpoint: &EndpointRecord) -> JoinResp
         gateway_ipv6,
         disable_gateway_service,
     }
+}
+
+/// The user's `--driver-opt` keys: everything but the keys dockerd itself
+/// sends (`com.docker.network.endpoint.*`, port maps), which live elsewhere.
+fn endpoint_driver_options(options: &Options) -> BTreeMap<String, Value> {
+    options
+        .iter()
+        .filter(|(k, _)| !k.starts_with("com.docker.network.endpoint.") && k.as_str() != api::OPT_PORTMAP)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn port_bindings(options: &Options) -> Result<Vec<PortBinding>> {

@@ -200,6 +200,7 @@ mod tests {
             port_bindings: vec![],
             exposed_ports: vec![],
             published: vec![],
+            driver_options: Default::default(),
         }
     }
 

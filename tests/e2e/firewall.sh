@@ -6,10 +6,10 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
 out=rbt-out-$$ cli=rbt-cli-$$
-n1=$PREFIX-n1 n2=$PREFIX-n2 nint=$PREFIX-int nicc=$PREFIX-noicc
+n1=$PREFIX-n1 n2=$PREFIX-n2 nint=$PREFIX-int nicc=$PREFIX-noicc n5=$PREFIX-n5 trusted=$PREFIX-trusted
 web=$PREFIX-web web2=$PREFIX-web2 peer=$PREFIX-peer other=$PREFIX-other dflt=$PREFIX-dflt
 inner=$PREFIX-inner i1=$PREFIX-i1 i2=$PREFIX-i2 eph=$PREFIX-eph dup=$PREFIX-dup
-cleanup "docker network rm $n1 $n2 $nint $nicc"
+cleanup "docker network rm $n1 $n2 $nint $nicc $n5"
 cleanup "docker rm -f $web $web2 $peer $other $dflt $inner $i1 $i2 $eph $dup"
 rules_before=$(rustbridge_rule_count)
 
@@ -75,6 +75,17 @@ expect "hairpin: $web reaches its own published port through the host address" s
 expect "$peer reaches $web's published port through the host address" sh -c "docker exec $peer timeout 3 wget -qO- http://198.18.11.1:8080/ | grep -q hello-web"
 expect "$other (another network) reaches the published port through the host address" sh -c "docker exec $other timeout 3 wget -qO- http://198.18.11.1:8080/ | grep -q hello-web"
 
+step "No direct routing into containers"
+expect "the client host cannot reach a published container at its own address" sh -c \
+  "! ip netns exec $cli curl -s -m 2 http://$web_ip:80/"
+expect "…while its published host port answers" sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
+expect "network $n5 trusting the client host's interface" docker network create -d rustbridge --subnet 10.231.5.0/24 \
+  -o "com.docker.network.bridge.trusted_host_interfaces=${cli:0:10}h" "$n5"
+expect "run $trusted on $n5" docker run -d --name "$trusted" --hostname trusted --network "$n5" "$IMAGE" sh -c "$httpd_cmd"
+ip netns exec "$cli" ip route add 10.231.5.0/24 via 198.18.11.1
+eventually "the trusted interface reaches the container at its own address" 10 sh -c \
+  "ip netns exec $cli curl -s -m 2 http://$(ip_of "$trusted" "$n5"):80/ | grep -q hello-trusted"
+
 step "Ephemeral ports and conflicts"
 expect "run $eph -p 80 -P --expose 81" docker run -d --name "$eph" --hostname eph --network "$n1" -p 80 -P --expose 81 "$IMAGE" sh -c "$httpd_cmd"
 eph_ip=$(ip_of "$eph" "$n1")
@@ -105,8 +116,8 @@ equal "exactly one jump to RUSTBRIDGE-FORWARD" 1 "$(iptables -S FORWARD | grep -
 expect "the jump sits right after DOCKER-USER" sh -c "iptables -S FORWARD | grep -A1 -- '-j DOCKER-USER' | tail -n1 | grep -q RUSTBRIDGE-FORWARD"
 
 step "Teardown leaves zero rules"
-expect "remove containers" docker rm -f "$web" "$web2" "$peer" "$other" "$dflt" "$inner" "$i1" "$i2"
-expect "remove networks" docker network rm "$n1" "$n2" "$nint" "$nicc"
+expect "remove containers" docker rm -f "$web" "$web2" "$peer" "$other" "$dflt" "$inner" "$i1" "$i2" "$trusted"
+expect "remove networks" docker network rm "$n1" "$n2" "$nint" "$nicc" "$n5"
 if [ "$rules_before" = 0 ] && [ -z "$(docker network ls -q --filter driver=rustbridge)" ]; then
   equal "no RUSTBRIDGE rule or chain left (iptables and ip6tables)" 0 "$(rustbridge_rule_count)"
 fi

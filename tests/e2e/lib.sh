@@ -11,6 +11,8 @@ PLUGIN=${PLUGIN:-rustbridge/rustbridge:latest}
 IMAGE=${IMAGE:-rustbridge-test/busybox:2}
 PREFIX=${PREFIX:-rbe2e$$}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# dockerd's API version as a number (1.41 -> 141), to run what an engine supports.
+api_version() { docker version -f '{{.Server.APIVersion}}' | awk -F. '{print $1 * 100 + $2}'; }
 
 cleanup() { CLEANUPS+=("$*"); }
 
@@ -97,11 +99,12 @@ network_id() { docker network inspect -f '{{.Id}}' "$1"; }
 bridge_of() { echo "rb-$(network_id "$1" | cut -c1-12)"; }
 rustbridge_rule_count() { { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'RUSTBRIDGE' || true; }
 
-# fake_host NS HOST_IP NS_IP: a network namespace of the test's own, wired to
-# the host by a veth pair on a /24, routed via the host (no default route
-# needed: it only talks to the host's address on that link).
+# fake_host NS HOST_IP NS_IP [HOST_IP6 NS_IP6]: a network namespace of the
+# test's own, wired to the host by a veth pair (/24, and /64 for IPv6), routed
+# via the host. With IPv6 the host must route IPv6 (as a user's host does):
+# forwarding is switched on for the test and put back after.
 fake_host() {
-  local ns=$1 host_ip=$2 ns_ip=$3 veth=${1:0:10}h
+  local ns=$1 host_ip=$2 ns_ip=$3 host_ip6=${4:-} ns_ip6=${5:-} veth=${1:0:10}h
   ip netns add "$ns"
   cleanup "ip netns del $ns"
   ip link add "$veth" type veth peer name eth0 netns "$ns"
@@ -111,6 +114,14 @@ fake_host() {
   ip -n "$ns" link set eth0 up
   ip -n "$ns" link set lo up
   ip -n "$ns" route add default via "$host_ip"
+  if [ -n "$host_ip6" ]; then
+    local was; was=$(sysctl -n net.ipv6.conf.all.forwarding)
+    cleanup "sysctl -qw net.ipv6.conf.all.forwarding=$was"
+    sysctl -qw net.ipv6.conf.all.forwarding=1
+    ip addr add "$host_ip6/64" dev "$veth" nodad
+    ip -n "$ns" addr add "$ns_ip6/64" dev eth0 nodad
+    ip -n "$ns" -6 route add default via "$host_ip6"
+  fi
 }
 
 # published_port CONTAINER_IP PORT PROTO: the host port rustbridge DNATs to it.

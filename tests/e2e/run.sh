@@ -4,7 +4,7 @@
 set -uo pipefail
 here=$(dirname "$0")
 total_passed=0 total_failed=0 status=0
-for suite in ${SUITES:-user_story firewall options publish}; do
+for suite in ${SUITES:-user_story firewall options docker28 publish}; do
   out=$(mktemp)
   "$here/$suite.sh" 2>&1 | tee "$out"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
