@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod replay;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -490,9 +492,14 @@ impl Drop for Plugin {
 }
 
 pub fn http_post(socket: &Path, path: &str, body: &[u8]) -> Result<(u16, Value), String> {
+    http_post_within(socket, path, body, CALL_TIMEOUT)
+}
+
+/// `http_post` with another read/write timeout.
+pub fn http_post_within(socket: &Path, path: &str, body: &[u8], limit: Duration) -> Result<(u16, Value), String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
-    stream.set_read_timeout(Some(CALL_TIMEOUT)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(CALL_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(limit)).map_err(|e| e.to_string())?;
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",

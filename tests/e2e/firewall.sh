@@ -6,7 +6,7 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
 out=rbt-out-$$ cli=rbt-cli-$$
-n1=$PREFIX-n1 n2=$PREFIX-n2 nint=$PREFIX-int nicc=$PREFIX-noicc n5=$PREFIX-n5 trusted=$PREFIX-trusted
+n1=$PREFIX-n1 n2=$PREFIX-n2 nint=$PREFIX-int nicc=$PREFIX-noicc n5=$PREFIX-n5 trusted=$PREFIX-trusted n6=$PREFIX-n6 n7=$PREFIX-n7 w6=$PREFIX-w6 o6=$PREFIX-o6
 web=$PREFIX-web web2=$PREFIX-web2 peer=$PREFIX-peer other=$PREFIX-other dflt=$PREFIX-dflt
 inner=$PREFIX-inner i1=$PREFIX-i1 i2=$PREFIX-i2 eph=$PREFIX-eph dup=$PREFIX-dup
 cleanup "docker network rm $n1 $n2 $nint $nicc $n5"
@@ -14,15 +14,18 @@ cleanup "docker rm -f $web $web2 $peer $other $dflt $inner $i1 $i2 $eph $dup"
 rules_before=$(rustbridge_rule_count)
 
 step "Fake hosts: outside 198.18.10.2, client 198.18.11.2 (namespaces, routed via this host)"
-fake_host "$out" 198.18.10.1 198.18.10.2
-fake_host "$cli" 198.18.11.1 198.18.11.2
+fake_host "$out" 198.18.10.1 198.18.10.2 fd00:198:10::1 fd00:198:10::2
+fake_host "$cli" 198.18.11.1 198.18.11.2 fd00:198:11::1 fd00:198:11::2
 # The outside host answers TCP 7000 with the source address it sees.
 ip netns exec "$out" python3 -c '
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("198.18.10.2", 7000)); s.listen(16)
-while True:
-    c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()' >/dev/null 2>&1 &
+import socket, threading
+def serve(family, addr):
+    s = socket.socket(family); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 7000)); s.listen(16)
+    while True:
+        c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()
+threading.Thread(target=serve, args=(socket.AF_INET6, "fd00:198:10::2"), daemon=True).start()
+serve(socket.AF_INET, "198.18.10.2")' >/dev/null 2>&1 &
 cleanup "kill $!"
 
 httpd_cmd='mkdir -p /www && echo hello-$(hostname) > /www/index.html && httpd -p 80 -h /www && udp-echo 81'
@@ -105,6 +108,18 @@ equal "no veth leaked" "$veths_before" "$(ip -br link | grep -c '^rbh-')"
 docker rm -f "$dup" >/dev/null 2>&1
 expect "removing $eph removes exactly its rules" sh -c "docker rm -f $eph >/dev/null && ! iptables -t nat -S RUSTBRIDGE-DNAT | grep -q 'to-destination $eph_ip:' && iptables -t nat -S RUSTBRIDGE-DNAT | grep -q 'to-destination $web_ip:80'"
 
+step "IPv6: the same behaviour with ip6tables"
+expect "dual-stack network $n6" docker network create -d rustbridge --ipv6 --subnet 10.231.6.0/24 --subnet fd00:231:6::/64 "$n6"
+expect "dual-stack network $n7" docker network create -d rustbridge --ipv6 --subnet 10.231.7.0/24 --subnet fd00:231:7::/64 "$n7"
+expect "run $w6 -p 8086:80" docker run -d --name "$w6" --hostname w6 --network "$n6" -p 8086:80 "$IMAGE" sh -c "$httpd_cmd"
+expect "run $o6 on $n7" docker run -d --name "$o6" --network "$n7" "$IMAGE" sleep 3600
+w6_ip6=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$n6\").GlobalIPv6Address}}" "$w6")
+eventually "published port over IPv6 from the client host" 10 sh -c "ip netns exec $cli curl -s -m 2 -g 'http://[fd00:198:11::1]:8086/' | grep -q hello-w6"
+expect "NAT66: the outside host sees the host's IPv6 address" sh -c "docker exec $w6 nc fd00:198:10::2 7000 | grep -qx fd00:198:10::1"
+expect "IPv6 isolation between rustbridge networks" sh -c "! docker exec $o6 ping -6 -c 1 -W 1 $w6_ip6"
+expect "no direct IPv6 routing into the container" sh -c \
+  "ip netns exec $cli ip -6 route add fd00:231:6::/64 via fd00:198:11::1 && ! ip netns exec $cli curl -s -m 2 -g 'http://[$w6_ip6]:80/'"
+
 step "Rules come back after a flush and after a dockerd restart"
 iptables -F RUSTBRIDGE-FORWARD; iptables -t nat -F RUSTBRIDGE-DNAT; iptables -D FORWARD -j RUSTBRIDGE-FORWARD
 eventually "after a flush, the published port works again" 20 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
@@ -116,8 +131,8 @@ equal "exactly one jump to RUSTBRIDGE-FORWARD" 1 "$(iptables -S FORWARD | grep -
 expect "the jump sits right after DOCKER-USER" sh -c "iptables -S FORWARD | grep -A1 -- '-j DOCKER-USER' | tail -n1 | grep -q RUSTBRIDGE-FORWARD"
 
 step "Teardown leaves zero rules"
-expect "remove containers" docker rm -f "$web" "$web2" "$peer" "$other" "$dflt" "$inner" "$i1" "$i2" "$trusted"
-expect "remove networks" docker network rm "$n1" "$n2" "$nint" "$nicc" "$n5"
+expect "remove containers" docker rm -f "$web" "$web2" "$peer" "$other" "$dflt" "$inner" "$i1" "$i2" "$trusted" "$w6" "$o6"
+expect "remove networks" docker network rm "$n1" "$n2" "$nint" "$nicc" "$n5" "$n6" "$n7"
 if [ "$rules_before" = 0 ] && [ -z "$(docker network ls -q --filter driver=rustbridge)" ]; then
   equal "no RUSTBRIDGE rule or chain left (iptables and ip6tables)" 0 "$(rustbridge_rule_count)"
 fi

@@ -56,7 +56,22 @@ equal "IPAM driver is rustbridge" rustbridge "$(docker network inspect -f '{{.IP
 expect "run $a" docker run -d --name "$a" --network "$net" "$IMAGE" sleep 3600
 expect "run $b" docker run -d --name "$b" --network "$net" "$IMAGE" sleep 3600
 expect "$a pings $b by name" ping_ok "$a" "$b"
-expect "remove containers" docker rm -f "$a" "$b"
+a_ip=$(ip_of "$a" "$net")
+
+step "State survives docker plugin disable, upgrade and enable"
+ref2=$registry/rustbridge/rustbridge:v2
+expect "publish a second version as $ref2" "$ROOT/scripts/plugin.sh" publish "$ref2" "$ROOT/plugin/build"
+expect "remove the local copy of $ref2" docker plugin rm -f "$ref2"
+expect "docker plugin disable -f (a network uses it)" docker plugin disable -f "$ref"
+expect "docker plugin upgrade $ref $ref2" docker plugin upgrade --grant-all-permissions "$ref" "$ref2"
+expect "docker plugin enable" docker plugin enable "$ref"
+eventually "the upgraded plugin serves rustbridge.sock" 10 test -S /run/docker/plugins/rustbridge.sock
+expect "$a still reaches $b (traffic never left the kernel)" ping_ok "$a" "$b"
+expect "a new container joins the same network" docker run -d --name "$PREFIX-pc" --network "$net" "$IMAGE" sleep 3600
+c_ip=$(ip_of "$PREFIX-pc" "$net")
+expect "with a new address ($c_ip, not $a_ip's or $b's)" sh -c "[ '$c_ip' != '$a_ip' ] && [ '$c_ip' != '$(ip_of "$b" "$net")' ]"
+expect "and reaches $a by name" ping_ok "$PREFIX-pc" "$a"
+expect "remove containers" docker rm -f "$a" "$b" "$PREFIX-pc"
 expect "remove network" docker network rm "$net"
 
 summary
