@@ -8,7 +8,7 @@ for suite in ${SUITES:-user_story firewall options docker28 publish}; do
   out=$(mktemp)
   "$here/$suite.sh" 2>&1 | tee "$out"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-  line=$(grep -E '^[a-z_]+: [0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1)
+  line=$(grep -E '^[a-z0-9_]+: [0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1)
   p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/'); f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed$/\1/')
   if [ -z "$line" ]; then f=1; p=0; status=1; echo "$suite: no summary line (crashed?)"; fi
   total_passed=$((total_passed + p)); total_failed=$((total_failed + f))
