@@ -41,7 +41,7 @@ publish: static
 
 demo: install
 	scripts/test-image.sh
-	tests/e2e/user_story.sh --demo
+	PREFIX=demo tests/e2e/user_story.sh --demo
 
 test-unit: deps
 	cargo test -- --test-threads=2

@@ -1,4 +1,7 @@
-//! Plain timing of the address allocator (harness = false): `cargo bench --bench ipam`.
+//! Plain timing of IPAM (harness = false): `cargo bench --bench ipam`.
+//! The allocator alone, then whole `RequestAddress` calls through the plugin,
+//! each committed durably to the store, on a /16 and on an IPv6 /64: the cost
+//! per call must not depend on the pool's size.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -9,6 +12,8 @@ use rustbridge::ipam::AddressAllocator;
 
 const FILL_COUNT: u32 = 65_000;
 const CYCLES: u32 = 100_000;
+/// Durable calls (one fsync'd transaction each) are timed on fewer addresses.
+const DURABLE_COUNT: u32 = 2_000;
 
 fn main() {
     report(
@@ -26,6 +31,41 @@ fn main() {
         CYCLES,
         fragmented_cycles_timed(),
     );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for pool in ["10.0.0.0/16", "fd00:1::/64"] {
+        report(
+            &format!("RequestAddress (durable) in {pool}"),
+            DURABLE_COUNT,
+            runtime.block_on(durable_requests_timed(pool)),
+        );
+    }
+}
+
+/// Whole IpamDriver calls: allocation plus one durable store commit each.
+async fn durable_requests_timed(pool: &str) -> Duration {
+    use rustbridge::api::{RequestAddressRequest, RequestPoolRequest};
+    use rustbridge::dataplane::fake::FakeDataPlane;
+    use rustbridge::driver::Plugin;
+    use rustbridge::firewall::FakeFirewall;
+    use rustbridge::state::Store;
+    use std::sync::Arc;
+
+    let dir = std::env::temp_dir().join(format!("rustbridge-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir).expect("store");
+    let plugin = Plugin::load(store, Arc::new(FakeDataPlane::default()), Arc::new(FakeFirewall::default()), vec![])
+        .expect("plugin");
+    let requested = RequestPoolRequest { pool: pool.to_string(), v6: pool.contains(':'), ..Default::default() };
+    let pool_id = plugin.request_pool(requested).await.expect("pool").pool_id;
+    let start = Instant::now();
+    for _ in 0..DURABLE_COUNT {
+        let req = RequestAddressRequest { pool_id: pool_id.clone(), ..Default::default() };
+        black_box(plugin.request_address(req).await.expect("address"));
+    }
+    let elapsed = start.elapsed();
+    drop(plugin);
+    let _ = std::fs::remove_dir_all(&dir);
+    elapsed
 }
 
 fn allocator(pool: &str) -> AddressAllocator {

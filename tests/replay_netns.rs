@@ -65,11 +65,8 @@ impl Binary {
         let links = self.host.links();
         let name = |l: &Value| l["ifname"].as_str().unwrap_or("").to_string();
         let kind = |l: &Value| l["linkinfo"]["info_kind"].as_str().unwrap_or("").to_string();
-        let veths: BTreeSet<String> = links
-            .iter()
-            .map(name)
-            .filter(|n| n.starts_with("rbh-") || n.starts_with("rbc-"))
-            .collect();
+        let veths: BTreeSet<String> =
+            links.iter().map(name).filter(|n| n.starts_with("rbh-") || n.starts_with("rbc-")).collect();
         for id in &model.deleted_endpoints {
             let (host, peer) = veth_names(id);
             for n in [host, peer] {

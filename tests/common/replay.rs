@@ -142,11 +142,7 @@ fn non_empty_str(answer: &Value, key: &str) -> Result<(), String> {
 }
 
 fn is_bool(answer: &Value, key: &str) -> Result<(), String> {
-    if answer.get(key).is_some_and(Value::is_boolean) {
-        Ok(())
-    } else {
-        Err(format!("{key} must be a bool: {answer}"))
-    }
+    if answer.get(key).is_some_and(Value::is_boolean) { Ok(()) } else { Err(format!("{key} must be a bool: {answer}")) }
 }
 
 /// A bare IP (no prefix) when present.
@@ -707,7 +703,10 @@ impl<T: Transport> Replay<T> {
                             }
                         }
                         model.deleted_endpoints.remove(&endpoint);
-                        model.endpoints.entry(endpoint).or_insert(EndpointModel { network: network.clone(), joined: false });
+                        model
+                            .endpoints
+                            .entry(endpoint)
+                            .or_insert(EndpointModel { network: network.clone(), joined: false });
                     }
                     Err(_) => {}
                 }
@@ -960,11 +959,8 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn new(file: &str) -> InProcess {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
         let dir = TempDir::new(file);
         let fake = Arc::new(FakeDataPlane::default());
         let fw = Arc::new(FakeFirewall::default());
