@@ -101,10 +101,10 @@ impl Binary {
         for (id, e) in model.endpoints.iter().filter(|(_, e)| e.joined) {
             let (host_end, _) = veth_names(id);
             let Some(bridge) = model.networks.get(&e.network).map(|n| n.bridge.as_str()) else { continue };
-            if let Some(l) = links.iter().find(|l| l["ifname"] == host_end.as_str()) {
-                if l["master"] != bridge {
-                    problems.push(format!("{host_end} is attached to {} instead of {bridge}", l["master"]));
-                }
+            if let Some(l) = links.iter().find(|l| l["ifname"] == host_end.as_str())
+                && l["master"] != bridge
+            {
+                problems.push(format!("{host_end} is attached to {} instead of {bridge}", l["master"]));
             }
         }
         problems

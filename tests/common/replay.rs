@@ -566,10 +566,10 @@ impl<T: Transport> Replay<T> {
                     let address = raw_str(&request, "Address").to_string();
                     if let (Some((recorded_pool, _)), Some((our_pool, _))) =
                         (parse_recorded_pool_id(&recorded), self.model.our_pools.get(&ours).copied())
+                        && !address.is_empty()
+                        && path != "/IpamDriver.ReleasePool"
                     {
-                        if !address.is_empty() && path != "/IpamDriver.ReleasePool" {
-                            request["Address"] = json!(translate(&address, recorded_pool, our_pool));
-                        }
+                        request["Address"] = json!(translate(&address, recorded_pool, our_pool));
                     }
                 }
             }
@@ -599,10 +599,10 @@ impl<T: Transport> Replay<T> {
                 self.failures_seen.push(format!("line {} {}: {e}", rec.line, rec.path));
             }
         }
-        if let Ok(answer) = &result {
-            if let Err(why) = check_answer_shape(&rec.path, &request, answer) {
-                self.violations.push(format!("line {} {}: {why}", rec.line, rec.path));
-            }
+        if let Ok(answer) = &result
+            && let Err(why) = check_answer_shape(&rec.path, &request, answer)
+        {
+            self.violations.push(format!("line {} {}: {why}", rec.line, rec.path));
         }
         if let Some(reference) = &self.reference {
             match (&result, reference.contains(&rec.line)) {
@@ -633,10 +633,10 @@ impl<T: Transport> Replay<T> {
         let model = &mut self.model;
         let mut violation = |why: String| self.violations.push(format!("line {} {}: {why}", rec.line, path));
 
-        if always_succeeds(path) {
-            if let Err(e) = result {
-                violation(format!("must always succeed, failed: {e}"));
-            }
+        if always_succeeds(path)
+            && let Err(e) = result
+        {
+            violation(format!("must always succeed, failed: {e}"));
         }
         match path {
             "/NetworkDriver.CreateNetwork" => {
@@ -646,10 +646,11 @@ impl<T: Transport> Replay<T> {
                         result.as_ref().unwrap_err()
                     ));
                 }
-                if let Err(e) = result {
-                    if self.variant == Variant::RefusedOptionsRemoved && !has_recorder_fail(request) {
-                        violation(format!("CreateNetwork without refused options failed: {e}"));
-                    }
+                if let Err(e) = result
+                    && self.variant == Variant::RefusedOptionsRemoved
+                    && !has_recorder_fail(request)
+                {
+                    violation(format!("CreateNetwork without refused options failed: {e}"));
                 }
                 if result.is_ok() && !live_network {
                     let subnets = ["IPv4Data", "IPv6Data"]
@@ -661,17 +662,15 @@ impl<T: Transport> Replay<T> {
                 }
             }
             "/NetworkDriver.DeleteNetwork" => {
-                if result.is_ok() && model.networks.remove(&network).is_some() {
-                    let gone: Vec<String> = model
-                        .endpoints
-                        .iter()
-                        .filter(|(_, e)| e.network == network)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in gone {
-                        model.endpoints.remove(&id);
-                        model.deleted_endpoints.insert(id);
-                    }
+                let deleted = result.is_ok() && model.networks.remove(&network).is_some();
+                let gone: Vec<String> = if deleted {
+                    model.endpoints.iter().filter(|(_, e)| e.network == network).map(|(id, _)| id.clone()).collect()
+                } else {
+                    Vec::new()
+                };
+                for id in gone {
+                    model.endpoints.remove(&id);
+                    model.deleted_endpoints.insert(id);
                 }
             }
             "/NetworkDriver.CreateEndpoint" => {
@@ -720,10 +719,10 @@ impl<T: Transport> Replay<T> {
                         if answer["InterfaceName"]["SrcName"] != json!(peer) {
                             violation(format!("SrcName is not {peer}: {answer}"));
                         }
-                        if let Some(gw) = answer.get("Gateway").and_then(Value::as_str) {
-                            if gw.contains('/') || gw.parse::<IpAddr>().is_err() {
-                                violation(format!("Gateway {gw:?} is not a bare IP"));
-                            }
+                        if let Some(gw) = answer.get("Gateway").and_then(Value::as_str)
+                            && (gw.contains('/') || gw.parse::<IpAddr>().is_err())
+                        {
+                            violation(format!("Gateway {gw:?} is not a bare IP"));
                         }
                         if let Some(e) = model.endpoints.get_mut(&endpoint) {
                             e.joined = true;
@@ -738,21 +737,23 @@ impl<T: Transport> Replay<T> {
             }
             "/NetworkDriver.ProgramExternalConnectivity" => {
                 let known = model.endpoints.get(&endpoint).is_some_and(|e| e.network == network);
-                if let Err(e) = result {
-                    if live_network && known {
-                        violation(format!("ProgramExternalConnectivity of a live endpoint failed: {e}"));
-                    }
+                if let Err(e) = result
+                    && live_network
+                    && known
+                {
+                    violation(format!("ProgramExternalConnectivity of a live endpoint failed: {e}"));
                 }
             }
             "/NetworkDriver.Leave" => {
-                if result.is_ok() {
-                    if let Some(e) = model.endpoints.get_mut(&endpoint) {
-                        e.joined = false;
-                    }
+                if result.is_ok()
+                    && let Some(e) = model.endpoints.get_mut(&endpoint)
+                {
+                    e.joined = false;
                 }
             }
             "/NetworkDriver.DeleteEndpoint" => {
-                if result.is_ok() && model.endpoints.remove(&endpoint).is_some() {
+                let deleted = result.is_ok() && model.endpoints.remove(&endpoint).is_some();
+                if deleted {
                     model.deleted_endpoints.insert(endpoint);
                 }
             }
@@ -836,10 +837,10 @@ impl<T: Transport> Replay<T> {
             let request = json!({"NetworkID": id});
             let mut problems = Vec::new();
             let result = self.transport.call(path, &request, &mut problems);
-            if let Ok(answer) = &result {
-                if let Err(why) = check_answer_shape(path, &request, answer) {
-                    problems.push(why);
-                }
+            if let Ok(answer) = &result
+                && let Err(why) = check_answer_shape(path, &request, answer)
+            {
+                problems.push(why);
             }
             match result {
                 Ok(_) => {
