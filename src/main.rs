@@ -14,7 +14,8 @@ use rustbridge::state::Store;
 use rustbridge::{log, reconcile, server};
 
 /// SIGTERM must end the process within a second: in-flight calls get this long.
-const DRAIN: Duration = Duration::from_millis(700);
+const DRAIN: Duration = Duration::from_millis(600);
+const FINISH_CALLS: Duration = Duration::from_millis(250);
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -81,6 +82,11 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     };
     server::serve(listeners, plugin.clone(), log.clone(), shutdown, DRAIN).await;
     reconciler.abort();
+    // A call whose answer was already given up on may still be running: let it
+    // finish its step (its changes are committed or undone under this lock).
+    if tokio::time::timeout(FINISH_CALLS, plugin.state.lock()).await.is_err() {
+        info!(log, "a call was still running at exit; the next start reconciles what it left");
+    }
     for path in &paths {
         let _ = std::fs::remove_file(path);
     }

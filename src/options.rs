@@ -45,6 +45,9 @@ pub struct NetworkOptions {
     /// A user-chosen bridge name; None means `rb-<12 hex of the network id>`.
     pub bridge_name: Option<String>,
     pub mtu: u32,
+    /// The MTU came from the user (and so also applies to an adopted bridge).
+    #[serde(default)]
+    pub mtu_explicit: bool,
     pub iface_prefix: String,
     pub enable_icc: bool,
     pub enable_ip_masquerade: bool,
@@ -67,6 +70,7 @@ impl Default for NetworkOptions {
         NetworkOptions {
             bridge_name: None,
             mtu: DEFAULT_MTU,
+            mtu_explicit: false,
             iface_prefix: DEFAULT_IFACE_PREFIX.to_string(),
             enable_icc: true,
             enable_ip_masquerade: true,
@@ -130,7 +134,10 @@ fn canonical_key(key: &str) -> &str {
 fn apply_user_option(opts: &mut NetworkOptions, key: &str, value: &Value) -> Result<(), OptionError> {
     match key {
         BRIDGE_NAME => opts.bridge_name = Some(parse_ifname(key, &as_string(key, value)?)?),
-        MTU => opts.mtu = parse_mtu(key, value)?,
+        MTU => {
+            opts.mtu = parse_mtu(key, value)?;
+            opts.mtu_explicit = true;
+        }
         IFACE_PREFIX => opts.iface_prefix = parse_iface_prefix(key, &as_string(key, value)?)?,
         ENABLE_ICC => opts.enable_icc = parse_bool(key, value)?,
         ENABLE_IP_MASQUERADE => opts.enable_ip_masquerade = parse_bool(key, value)?,
@@ -188,7 +195,7 @@ pub fn parse_ifname(key: &str, name: &str) -> Result<String, OptionError> {
     if name.len() > MAX_IFNAME_LEN {
         return Err(invalid(key, format!("{name:?} is {} bytes, the kernel allows at most {MAX_IFNAME_LEN}", name.len())));
     }
-    if name == "." || name == ".." {
+    if name == "." || name == ".." || name.starts_with('-') {
         return Err(invalid(key, format!("{name:?} is not a valid interface name")));
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
@@ -238,9 +245,13 @@ fn parse_ip(key: &str, value: &Value, family: Family) -> Result<IpAddr, OptionEr
 
 fn parse_gateway_mode(key: &str, value: &Value) -> Result<GatewayMode, OptionError> {
     match as_string(key, value)?.as_str() {
-        "nat" | "nat-unprotected" => Ok(GatewayMode::Nat),
+        "nat" => Ok(GatewayMode::Nat),
         "routed" => Ok(GatewayMode::Routed),
         "isolated" => Ok(GatewayMode::Isolated),
+        "nat-unprotected" => Err(invalid(
+            key,
+            "nat-unprotected is not supported: rustbridge always blocks direct routing to containers (see trusted_host_interfaces)",
+        )),
         other => Err(invalid(key, format!("{other:?} is not one of nat, routed, isolated"))),
     }
 }

@@ -13,14 +13,21 @@ use crate::driver::network::{bridge_spec, is_owned_bridge_name, is_owned_veth_na
 use crate::driver::{Plugin, Result, State};
 use crate::state::NetworkRecord;
 
-/// Start-up: recreate missing bridges, remove owned links no state knows, rewrite the rules.
+/// Start-up: recreate missing bridges, remove owned links no state knows,
+/// rewrite the rules. One failing item does not stop the others; the errors
+/// are logged and returned together (the periodic pass retries).
 pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
     let state = plugin.state.lock().await;
+    let mut errors: Vec<String> = Vec::new();
     for network in state.networks.values() {
-        if plugin.dataplane.ensure_bridge(&bridge_spec(network)).await? {
-            info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => &network.id[..12]);
+        match plugin.dataplane.ensure_bridge(&bridge_spec(network)).await {
+            Ok(true) => info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => &network.id[..12]),
+            Ok(false) => {}
+            Err(e) => errors.push(e.to_string()),
         }
-        reattach_endpoints(plugin, &state, network).await?;
+        if let Err(e) = reattach_endpoints(plugin, &state, network).await {
+            errors.push(e.to_string());
+        }
     }
     let known_bridges: BTreeSet<&str> = state.networks.values().map(|n| n.bridge.as_str()).collect();
     let known_veths: BTreeSet<&str> = state
@@ -29,16 +36,29 @@ pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
         .filter(|e| e.joined)
         .flat_map(|e| [e.host_veth.as_str(), e.container_veth.as_str()])
         .collect();
-    for link in plugin.dataplane.list_links().await? {
-        let stale_bridge = link.kind == LinkKind::Bridge && is_owned_bridge_name(&link.name) && !known_bridges.contains(link.name.as_str());
-        let stale_veth = link.kind == LinkKind::Veth && is_owned_veth_name(&link.name) && !known_veths.contains(link.name.as_str());
-        if stale_bridge || stale_veth {
-            plugin.dataplane.delete_link(&link.name).await?;
-            info!(log, "removed leftover link"; "link" => &link.name);
+    match plugin.dataplane.list_links().await {
+        Ok(links) => {
+            for link in links {
+                let stale_bridge = link.kind == LinkKind::Bridge
+                    && is_owned_bridge_name(&link.name)
+                    && !known_bridges.contains(link.name.as_str());
+                let stale_veth = link.kind == LinkKind::Veth
+                    && is_owned_veth_name(&link.name)
+                    && !known_veths.contains(link.name.as_str());
+                if stale_bridge || stale_veth {
+                    match plugin.dataplane.delete_link(&link.name).await {
+                        Ok(()) => info!(log, "removed leftover link"; "link" => &link.name),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+            }
         }
+        Err(e) => errors.push(e.to_string()),
     }
-    plugin.firewall.sync(&state.firewall_networks()).await?;
-    Ok(())
+    if let Err(e) = plugin.firewall.sync(&state.firewall_networks()).await {
+        errors.push(e.to_string());
+    }
+    if errors.is_empty() { Ok(()) } else { Err(crate::driver::PluginError::new(errors.join("; "))) }
 }
 
 /// Deleting a bridge detaches its ports; a recreated bridge takes back the
@@ -50,8 +70,22 @@ async fn reattach_endpoints(plugin: &Plugin, state: &State, network: &NetworkRec
     Ok(())
 }
 
-/// One periodic pass: cheap checks first, repairs only when something drifted.
+/// One periodic pass. The checks run on a snapshot without holding the state
+/// lock (dockerd's calls go on meanwhile); only a repair takes it.
 pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<()> {
+    let (bridges, networks) = {
+        let state = plugin.state.lock().await;
+        let bridges: Vec<String> = state.networks.values().map(|n| n.bridge.clone()).collect();
+        (bridges, state.firewall_networks())
+    };
+    let mut bridge_missing = false;
+    for bridge in &bridges {
+        bridge_missing |= !plugin.dataplane.link_exists(bridge).await?;
+    }
+    let rules_intact = plugin.firewall.is_intact(&networks).await?;
+    if !bridge_missing && rules_intact {
+        return Ok(());
+    }
     let state = plugin.state.lock().await;
     for network in state.networks.values() {
         if !plugin.dataplane.link_exists(&network.bridge).await? {

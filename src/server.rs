@@ -142,12 +142,21 @@ async fn handle(plugin: Arc<Plugin>, log: Logger, req: Request<Incoming>) -> Res
             return Ok(finish(&log, &path, &[], reply, started));
         }
     };
-    let reply = match tokio::time::timeout(CALL_DEADLINE, dispatch(&plugin, &path, &body, key)).await {
-        Ok(reply) => reply,
+    // The call runs as its own task: when dockerd's answer is late, the call
+    // still finishes (and undoes what failed) instead of stopping half-way.
+    let call = {
+        let (plugin, path, body) = (plugin.clone(), path.clone(), body.clone());
+        tokio::spawn(async move { dispatch(&plugin, &path, &body, key).await })
+    };
+    let reply = match tokio::time::timeout(CALL_DEADLINE, call).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(panicked)) => {
+            Reply::error(key, StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: internal error: {panicked}"))
+        }
         Err(_) => Reply::error(
             key,
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{path}: no answer within {}s (see the plugin's log)", CALL_DEADLINE.as_secs()),
+            format!("{path}: no answer within {}s; the call goes on in the plugin (see its log)", CALL_DEADLINE.as_secs()),
         ),
     };
     Ok(finish(&log, &path, &body, reply, started))

@@ -161,8 +161,9 @@ impl Store {
                     }
                     Change::DeleteAddress(pool, addr) => addresses.remove(address_key(&pool, addr).as_str()).map(drop),
                     Change::DeletePoolAddresses(pool) => {
-                        let prefix = format!("{pool}\n");
-                        addresses.retain(|key, _| !key.starts_with(&prefix))
+                        // Keys "<pool>\n<address>" sort together; '\u{b}' is the byte after '\n'.
+                        let (start, end) = (format!("{pool}\n"), format!("{pool}\u{b}"));
+                        addresses.retain_in(start.as_str()..end.as_str(), |_, _| false)
                     }
                 };
                 result.map_err(|e| self.db_error(e))?;
@@ -173,10 +174,12 @@ impl Store {
 
     pub fn load(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
-        let mut snapshot = Snapshot::default();
-        snapshot.networks = self.load_table(&txn, NETWORKS, "networks")?;
-        snapshot.endpoints = self.load_table(&txn, ENDPOINTS, "endpoints")?;
-        snapshot.pools = self.load_table(&txn, POOLS, "ipam_pools")?;
+        let mut snapshot = Snapshot {
+            networks: self.load_table(&txn, NETWORKS, "networks")?,
+            endpoints: self.load_table(&txn, ENDPOINTS, "endpoints")?,
+            pools: self.load_table(&txn, POOLS, "ipam_pools")?,
+            ..Default::default()
+        };
         let table = txn.open_table(ADDRESSES).map_err(|e| self.db_error(e))?;
         for entry in table.iter().map_err(|e| self.db_error(e))? {
             let (key, _) = entry.map_err(|e| self.db_error(e))?;

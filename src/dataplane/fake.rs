@@ -66,7 +66,9 @@ impl DataPlane for FakeDataPlane {
         if link.kind != LinkKind::Bridge {
             return Err(DataPlaneError::new("create bridge", &spec.name, "a non-bridge link has that name"));
         }
-        link.mtu = spec.mtu;
+        if created || spec.owned || spec.mtu_explicit {
+            link.mtu = spec.mtu;
+        }
         for addr in &spec.addresses {
             if !link.addresses.contains(addr) {
                 link.addresses.push(*addr);

@@ -12,6 +12,12 @@ use ipnet::IpNet;
 pub struct BridgeSpec {
     pub name: String,
     pub mtu: u32,
+    /// The user asked for this MTU: set it even on a bridge the plugin does not own.
+    pub mtu_explicit: bool,
+    /// The plugin owns the bridge (made it, or it bears the plugin's naming):
+    /// MTU and route_localnet are the plugin's to set. An adopted bridge only
+    /// gets the gateway addresses (and an explicit MTU).
+    pub owned: bool,
     /// Gateway addresses with the subnet's prefix length.
     pub addresses: Vec<IpNet>,
 }

@@ -62,11 +62,10 @@ impl NetlinkDataPlane {
             if msg.header.index != index {
                 continue;
             }
-            if let Some(ip) = address_of(&msg) {
-                if let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
+            if let Some(ip) = address_of(&msg)
+                && let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
                     out.push((net, msg));
                 }
-            }
         }
         Ok(out)
     }
@@ -90,11 +89,10 @@ impl NetlinkDataPlane {
             if route.header.table != RouteHeader::RT_TABLE_MAIN || route.header.destination_prefix_length == 0 {
                 continue;
             }
-            if let Some(dst) = route_destination(&route) {
-                if let Ok(net) = IpNet::new(dst, route.header.destination_prefix_length) {
+            if let Some(dst) = route_destination(&route)
+                && let Ok(net) = IpNet::new(dst, route.header.destination_prefix_length) {
                     out.push(net.trunc());
                 }
-            }
         }
         Ok(())
     }
@@ -121,9 +119,14 @@ impl DataPlane for NetlinkDataPlane {
                 (self.link_index("create bridge", name).await?, true)
             }
         };
-        let result = self.configure_bridge(index, spec).await;
-        if result.is_err() && created {
-            let _ = self.delete_link(name).await;
+        let mut added = Vec::new();
+        let result = self.configure_bridge(index, spec, created || spec.owned, &mut added).await;
+        if result.is_err() {
+            if created {
+                let _ = self.delete_link(name).await;
+            } else {
+                let _ = self.remove_bridge_addresses(name, &added).await;
+            }
         }
         result.map(|_| created)
     }
@@ -202,11 +205,10 @@ impl DataPlane for NetlinkDataPlane {
             .await
             .map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
         {
-            if let Some(ip) = address_of(&msg) {
-                if let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
+            if let Some(ip) = address_of(&msg)
+                && let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
                     out.push(net.trunc());
                 }
-            }
         }
         out.sort();
         out.dedup();
@@ -215,18 +217,25 @@ impl DataPlane for NetlinkDataPlane {
 }
 
 impl NetlinkDataPlane {
-    async fn configure_bridge(&self, index: u32, spec: &BridgeSpec) -> Result<()> {
+    /// Addresses this call added go into `added`, so a failure can take them back.
+    async fn configure_bridge(&self, index: u32, spec: &BridgeSpec, owned: bool, added: &mut Vec<IpNet>) -> Result<()> {
         let name = spec.name.as_str();
         let present: Vec<IpNet> = self.addresses_of(index).await?.into_iter().map(|(n, _)| n).collect();
         for addr in spec.addresses.iter().filter(|a| !present.contains(a)) {
             match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
-                Ok(()) => {}
+                Ok(()) => added.push(*addr),
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => return Err(DataPlaneError::new("add address to bridge", name, format!("{addr}: {}", describe(&e)))),
             }
         }
-        let message = LinkUnspec::new_with_index(index).mtu(spec.mtu).up().build();
-        self.set_link("set bridge mtu and up", name, message).await?;
+        let mut message = LinkUnspec::new_with_index(index).up();
+        if owned || spec.mtu_explicit {
+            message = message.mtu(spec.mtu);
+        }
+        self.set_link("set bridge mtu and up", name, message.build()).await?;
+        if !owned {
+            return Ok(());
+        }
         // Lets the host's 127.0.0.1 reach published ports (DNAT to the bridge);
         // the firewall drops 127.0.0.0/8 arriving from the bridge in return.
         // Set through netlink: /proc/sys is read-only inside a managed plugin.

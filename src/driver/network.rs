@@ -63,9 +63,14 @@ impl Plugin {
         let ipv6 = parse_ipam_data("IPv6Data", req.ipv6_data.as_deref(), true, &options)?;
         let mut state = self.state.lock().await;
         if let Some(existing) = state.networks.get(&req.network_id) {
+            if existing.options != options || existing.ipv4 != ipv4 || existing.ipv6 != ipv6 {
+                return Err(PluginError::new(format!(
+                    "network {} already exists with other settings",
+                    short(&req.network_id)
+                )));
+            }
             // dockerd retried after losing our answer: make sure the bridge is there.
-            let spec = bridge_spec(existing);
-            self.dataplane.ensure_bridge(&spec).await?;
+            self.dataplane.ensure_bridge(&bridge_spec(existing)).await?;
             return Ok(());
         }
         let bridge = options.bridge_name.clone().unwrap_or_else(|| default_bridge_name(&req.network_id));
@@ -78,13 +83,16 @@ impl Plugin {
         check_conflicts(&state, &req.network_id, &bridge, ipv4.iter().chain(&ipv6))?;
         let mut record = NetworkRecord {
             id: req.network_id.clone(),
+            // Until ensure_bridge says it made the bridge, only the plugin's own naming counts as owned.
+            bridge_created: is_owned_bridge_name(&bridge),
             bridge,
-            bridge_created: true,
             options,
             ipv4,
             ipv6,
         };
-        record.bridge_created = self.dataplane.ensure_bridge(&bridge_spec(&record)).await?;
+        let created = self.dataplane.ensure_bridge(&bridge_spec(&record)).await?;
+        // A bridge with the plugin's own naming is its own, even when a crash left it behind.
+        record.bridge_created = created || is_owned_bridge_name(&record.bridge);
         if let Err(e) = self.commit_network(&mut state, record.clone()).await {
             self.undo_bridge(&record).await;
             return Err(e);
@@ -96,12 +104,22 @@ impl Plugin {
     async fn commit_network(&self, state: &mut State, record: NetworkRecord) -> Result<()> {
         let mut networks = state.firewall_networks();
         networks.push(firewall_network(&record, std::iter::empty()));
-        self.firewall.sync(&networks).await?;
+        self.sync_or_restore(state, &networks).await?;
         if let Err(e) = self.store.commit(vec![Change::PutNetwork(record.clone())]) {
             let _ = self.firewall.sync(&state.firewall_networks()).await;
             return Err(e.into());
         }
         state.networks.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    /// Writes the rules for `desired`; if that fails half-way (IPv4 written,
+    /// IPv6 refused), puts back the rules of the current state.
+    async fn sync_or_restore(&self, state: &State, desired: &[crate::firewall::FwNetwork]) -> Result<()> {
+        if let Err(e) = self.firewall.sync(desired).await {
+            let _ = self.firewall.sync(&state.firewall_networks()).await;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -127,7 +145,7 @@ impl Plugin {
             .filter(|n| n.id != record.id)
             .map(|n| firewall_network(n, state.endpoints.values()))
             .collect();
-        self.firewall.sync(&remaining).await?;
+        self.sync_or_restore(&state, &remaining).await?;
         if record.bridge_created {
             self.dataplane.delete_link(&record.bridge).await?;
         } else {
@@ -199,9 +217,9 @@ impl Plugin {
     pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<()> {
         let mut state = self.state.lock().await;
         let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
-        self.unpublish(&mut state, &endpoint).await?;
+        self.withdraw_ports(&state, &endpoint).await?;
         self.dataplane.delete_link(&endpoint.host_veth).await?;
-        self.store.commit(vec![Change::DeleteEndpoint(endpoint.id.clone())])?;
+        self.commit_or_restore(&state, vec![Change::DeleteEndpoint(endpoint.id.clone())]).await?;
         state.endpoints.remove(&endpoint.id);
         Ok(())
     }
@@ -264,11 +282,11 @@ impl Plugin {
     pub async fn leave(&self, req: EndpointRequest) -> Result<()> {
         let mut state = self.state.lock().await;
         let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
-        let endpoint = self.unpublish(&mut state, &endpoint).await?;
+        self.withdraw_ports(&state, &endpoint).await?;
         self.dataplane.delete_link(&endpoint.host_veth).await?;
-        if endpoint.joined {
-            let left = EndpointRecord { joined: false, ..endpoint };
-            self.store.commit(vec![Change::PutEndpoint(left.clone())])?;
+        let left = EndpointRecord { joined: false, published: vec![], port_bindings: vec![], ..endpoint.clone() };
+        if left != endpoint {
+            self.commit_or_restore(&state, vec![Change::PutEndpoint(left.clone())]).await?;
             state.endpoints.insert(left.id.clone(), left);
         }
         Ok(())
@@ -288,8 +306,8 @@ impl Plugin {
             .ok_or_else(|| PluginError::new(format!("network {} not found", short(&endpoint.network_id))))?;
         let options = req.options.unwrap_or_default();
         let bindings = port_bindings(&options)?;
-        if bindings == endpoint.port_bindings && !endpoint.published.is_empty() {
-            return Ok(()); // dockerd repeating itself
+        if bindings == endpoint.port_bindings && (bindings.is_empty() || !endpoint.published.is_empty()) {
+            return Ok(()); // nothing to publish, or dockerd repeating itself
         }
         let published = if network.options.internal {
             vec![] // nothing enters an internal network, like Docker's bridge
@@ -318,23 +336,38 @@ impl Plugin {
         Ok(())
     }
 
-    /// Removes exactly this endpoint's published ports (a no-op when it has none).
-    async fn unpublish(&self, state: &mut State, endpoint: &EndpointRecord) -> Result<EndpointRecord> {
+    /// Removes exactly this endpoint's published ports and records it (a no-op when it has none).
+    async fn unpublish(&self, state: &mut State, endpoint: &EndpointRecord) -> Result<()> {
         if endpoint.published.is_empty() {
-            return Ok(endpoint.clone());
+            return Ok(());
         }
         let updated = EndpointRecord { published: vec![], port_bindings: vec![], ..endpoint.clone() };
-        self.apply_endpoint_rules(state, updated.clone()).await?;
-        Ok(updated)
+        self.apply_endpoint_rules(state, updated).await
     }
 
-    /// Firewall first, then the store; the firewall is put back if the store fails.
-    async fn apply_endpoint_rules(&self, state: &mut State, updated: EndpointRecord) -> Result<()> {
-        self.firewall.sync(&state.firewall_networks_with(&updated)).await?;
-        if let Err(e) = self.store.commit(vec![Change::PutEndpoint(updated.clone())]) {
+    /// Takes the endpoint's ports out of the kernel; the caller records the
+    /// change together with its own (one transaction per call).
+    async fn withdraw_ports(&self, state: &State, endpoint: &EndpointRecord) -> Result<()> {
+        if endpoint.published.is_empty() {
+            return Ok(());
+        }
+        let without = EndpointRecord { published: vec![], ..endpoint.clone() };
+        self.sync_or_restore(state, &state.firewall_networks_with(&without)).await
+    }
+
+    /// Commits; if the store refuses, the rules of the unchanged state are put back.
+    async fn commit_or_restore(&self, state: &State, changes: Vec<Change>) -> Result<()> {
+        if let Err(e) = self.store.commit(changes) {
             let _ = self.firewall.sync(&state.firewall_networks()).await;
             return Err(e.into());
         }
+        Ok(())
+    }
+
+    /// Firewall first, then the store; the firewall is put back if either fails.
+    async fn apply_endpoint_rules(&self, state: &mut State, updated: EndpointRecord) -> Result<()> {
+        self.sync_or_restore(state, &state.firewall_networks_with(&updated)).await?;
+        self.commit_or_restore(state, vec![Change::PutEndpoint(updated.clone())]).await?;
         state.endpoints.insert(updated.id.clone(), updated);
         Ok(())
     }
@@ -427,7 +460,13 @@ fn bridge_addresses(record: &NetworkRecord) -> Vec<IpNet> {
 }
 
 pub fn bridge_spec(record: &NetworkRecord) -> BridgeSpec {
-    BridgeSpec { name: record.bridge.clone(), mtu: record.options.mtu, addresses: bridge_addresses(record) }
+    BridgeSpec {
+        name: record.bridge.clone(),
+        mtu: record.options.mtu,
+        mtu_explicit: record.options.mtu_explicit,
+        owned: record.bridge_created,
+        addresses: bridge_addresses(record),
+    }
 }
 
 fn parse_endpoint_address(field: &str, text: &str, subnets: &[SubnetRecord]) -> Result<Option<IpNet>> {

@@ -54,7 +54,8 @@ pub fn resolve(
         let explicit = candidates.len() == 1;
         let mut last_error = None;
         let chosen = candidates.into_iter().find(|&port| {
-            let all_free = wanted.iter().all(|w| {
+            
+            wanted.iter().all(|w| {
                 let candidate = FwPort { host_port: port, ..w.clone() };
                 match check_free(&candidate, taken, &resolved) {
                     Ok(()) => true,
@@ -63,8 +64,7 @@ pub fn resolve(
                         false
                     }
                 }
-            });
-            all_free
+            })
         });
         match chosen {
             Some(port) => resolved.extend(wanted.into_iter().map(|w| FwPort { host_port: port, ..w })),
@@ -118,7 +118,8 @@ fn mappings_for(binding: &PortBinding, endpoint: &EndpointRecord, network: &Netw
             if let Some(c) = v4 {
                 out.push(mapping(network.options.host_binding_ipv4.and_then(unspecified_to_any), c));
             }
-            if let (Some(c), None) = (v6, network.options.host_binding_ipv4) {
+            let binds_everywhere = network.options.host_binding_ipv4.is_none_or(|ip| ip.is_unspecified());
+            if let (Some(c), true) = (v6, binds_everywhere) {
                 out.push(mapping(None, c));
             }
         }

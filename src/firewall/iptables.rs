@@ -12,7 +12,9 @@ use tokio::process::Command;
 use super::rules::{self, Family};
 use super::{Firewall, FirewallError, FwNetwork};
 
-const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per tool run. A change runs at most four (save and restore, IPv4 and IPv6),
+/// which stays below the server's per-call deadline.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which iptables flavour to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,21 +178,25 @@ impl rules::Current for SavedTables {
 
 async fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
     let err = |message: String| FirewallError { tool: tool.to_string(), message };
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| err(format!("cannot run: {e}")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).await.map_err(|e| err(format!("write rules: {e}")))?;
-    }
-    let output = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
+    // Spawn, feed and wait under one deadline: a tool stuck on a lock must not
+    // hold the plugin (and so dockerd) forever.
+    let work = async {
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| err(format!("cannot run: {e}")))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes()).await.map_err(|e| err(format!("write rules: {e}")))?;
+        }
+        child.wait_with_output().await.map_err(|e| err(e.to_string()))
+    };
+    let output = tokio::time::timeout(TOOL_TIMEOUT, work)
         .await
-        .map_err(|_| err(format!("no answer within {}s", TOOL_TIMEOUT.as_secs())))?
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|_| err(format!("no answer within {}s", TOOL_TIMEOUT.as_secs())))??;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(err(format!("{}: {}", output.status, stderr.trim())));
@@ -203,7 +209,7 @@ async fn save(tool: &str) -> Result<String, FirewallError> {
 }
 
 async fn restore(tool: &str, batch: &str) -> Result<(), FirewallError> {
-    run(tool, &["--noflush", "--wait"], Some(batch)).await.map(drop).map_err(|mut e| {
+    run(tool, &["--noflush", "--wait=3"], Some(batch)).await.map(drop).map_err(|mut e| {
         e.message = format!("{}; batch was:\n{batch}", e.message);
         e
     })

@@ -158,6 +158,14 @@ pub fn forward_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
     // gateway mode is routed.
     for n in &nets {
         if n.routed(family) && !n.internal {
+            // Routed: other hosts may reach containers directly, but other
+            // container networks still may not.
+            for other in nets.iter().filter(|o| o.bridge != n.bridge) {
+                rules.push(format!("-i {} -o {} -j DROP", other.bridge, n.bridge));
+            }
+            for pattern in DOCKER_BRIDGE_PATTERNS {
+                rules.push(format!("-i {pattern} -o {} -j DROP", n.bridge));
+            }
             rules.push(format!("-o {} -j ACCEPT", n.bridge));
             continue;
         }
@@ -274,11 +282,10 @@ pub trait Current {
 /// user's, first) and before every other dockerd rule, so that Docker's own
 /// accepts for its bridges cannot bypass rustbridge's isolation.
 pub fn jump_position(jump: &Jump, others: &[String]) -> usize {
-    if jump.positioned {
-        if let Some(i) = others.iter().position(|l| l == "-A FORWARD -j DOCKER-USER") {
+    if jump.positioned
+        && let Some(i) = others.iter().position(|l| l == "-A FORWARD -j DOCKER-USER") {
             return i + 2;
         }
-    }
     1
 }
 

@@ -115,7 +115,12 @@ fn postrouting_masquerade_snat_routed_and_none() {
         rules,
         vec!["-s 10.1.0.0/24 ! -o rb-a -j MASQUERADE", "-s 10.5.0.0/24 ! -o rb-s -j SNAT --to-source 192.0.2.7"]
     );
-    assert!(forward_rules(&[routed], Family::V4).contains(&"-o rb-r -j ACCEPT".to_string()));
+    let rules = forward_rules(&[routed, net("rb-a", "10.1.0.0/24")], Family::V4);
+    let accept = rules.iter().position(|r| r == "-o rb-r -j ACCEPT").expect("routed accept");
+    for isolation in ["-i rb-a -o rb-r -j DROP", "-i docker0 -o rb-r -j DROP", "-i br-+ -o rb-r -j DROP"] {
+        let at = rules.iter().position(|r| r == isolation).unwrap_or_else(|| panic!("missing {isolation}"));
+        assert!(at < accept, "{isolation} must come before the routed accept");
+    }
 }
 
 struct Saved {
