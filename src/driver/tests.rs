@@ -381,6 +381,51 @@ async fn create_network_twice_is_idempotent() {
 }
 
 #[tokio::test]
+async fn create_network_again_with_other_settings_is_refused() {
+    let h = Harness::new("twice-other");
+    let id = net_id(70);
+    h.create_network(v4_network(&id, "10.57.1.0/24", "10.57.1.1/24", json!({}))).await.unwrap();
+    let err = h
+        .create_network(v4_network(&id, "10.57.1.0/24", "10.57.1.1/24", json!({"mtu": "1400"})))
+        .await
+        .unwrap_err();
+    assert!(err.0.contains("other settings"), "{err}");
+    assert_eq!(h.link(&expected_bridge(&id)).unwrap().mtu, 1500, "the first network is untouched");
+}
+
+#[tokio::test]
+async fn adopted_bridge_keeps_its_mtu_unless_one_is_asked_for() {
+    let h = Harness::new("adopt-mtu");
+    for name in ["br-keep0", "br-set0"] {
+        h.fake.links.lock().unwrap().insert(
+            name.to_string(),
+            FakeLink { kind: LinkKind::Bridge, mtu: 9000, addresses: vec![], controller: None, up: true, peer: None },
+        );
+    }
+    h.create_network(v4_network(&net_id(71), "10.57.2.0/24", "10.57.2.1/24", json!({"bridge": "br-keep0"})))
+        .await
+        .unwrap();
+    assert_eq!(h.link("br-keep0").unwrap().mtu, 9000);
+    h.create_network(v4_network(&net_id(72), "10.57.3.0/24", "10.57.3.1/24", json!({"bridge": "br-set0", "mtu": "1400"})))
+        .await
+        .unwrap();
+    assert_eq!(h.link("br-set0").unwrap().mtu, 1400);
+}
+
+#[tokio::test]
+async fn docker_bridge_names_are_refused() {
+    let h = Harness::new("docker-names");
+    for name in ["docker0", "br-0123456789ab", "rb-0123456789ab"] {
+        let err = h
+            .create_network(v4_network(&net_id(73), "10.57.4.0/24", "10.57.4.1/24", json!({"bridge": name})))
+            .await
+            .unwrap_err();
+        assert!(err.0.contains("reserved"), "{name}: {err}");
+    }
+    assert!(h.fake.names().is_empty());
+}
+
+#[tokio::test]
 async fn teardown_of_unknown_ids_is_ok_and_changes_nothing() {
     let h = Harness::new("unknown");
     let id = net_id(8);
