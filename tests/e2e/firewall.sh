@@ -97,6 +97,10 @@ read -r low high < /proc/sys/net/ipv4/ip_local_port_range
 expect "-p 80 got an ephemeral port ($eph80) in $low-$high" test -n "$eph80" -a "${eph80:-0}" -ge "$low" -a "${eph80:-0}" -le "$high"
 expect "-P published the exposed port 81 on another port ($eph81)" test -n "$eph81" -a "${eph81:-0}" != "${eph80:-0}"
 expect "the ephemeral port works from the client host" sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:$eph80/ | grep -q hello-eph"
+expect "run $PREFIX-range -p 8100-8102:80 (a host port range)" docker run -d --name "$PREFIX-range" --hostname range --network "$n1" -p 8100-8102:80 "$IMAGE" sh -c "$httpd_cmd"
+range_port=$(published_port "$(ip_of "$PREFIX-range" "$n1")" 80 tcp)
+expect "it got a host port in 8100-8102 ($range_port)" test "${range_port:-0}" -ge 8100 -a "${range_port:-0}" -le 8102
+eventually "the range port works from the client host" 10 sh -c "ip netns exec $cli curl -s -m 2 http://198.18.11.1:$range_port/ | grep -q hello-range"
 dnat_before=$(iptables -t nat -S RUSTBRIDGE-DNAT | wc -l)
 veths_before=$(ip -br link | grep -c '^rbh-')
 out_text=$(docker run -d --name "$dup" --network "$n1" -p 8080:80 "$IMAGE" sleep 3600 2>&1)
@@ -120,6 +124,13 @@ expect "IPv6 isolation between rustbridge networks" sh -c "! docker exec $o6 pin
 expect "no direct IPv6 routing into the container" sh -c \
   "ip netns exec $cli ip -6 route add fd00:231:6::/64 via fd00:198:11::1 && ! ip netns exec $cli curl -s -m 2 -g 'http://[$w6_ip6]:80/'"
 
+step "SCTP ports"
+# The rule needs only netfilter's sctp match; traffic needs the kernel's SCTP,
+# which this test does not assume.
+expect "run with -p 8099:99/sctp" docker run -d --name "$PREFIX-sctp" --network "$n1" -p 8099:99/sctp "$IMAGE" sleep 3600
+sctp_ip=$(ip_of "$PREFIX-sctp" "$n1")
+expect "an sctp DNAT rule to $sctp_ip:99" sh -c "iptables -t nat -S RUSTBRIDGE-DNAT | grep -- '-p sctp' | grep -q -- '--to-destination $sctp_ip:99'"
+
 step "Rules come back after a flush and after a dockerd restart"
 iptables -F RUSTBRIDGE-FORWARD; iptables -t nat -F RUSTBRIDGE-DNAT; iptables -D FORWARD -j RUSTBRIDGE-FORWARD
 eventually "after a flush, the published port works again" 20 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
@@ -131,7 +142,7 @@ equal "exactly one jump to RUSTBRIDGE-FORWARD" 1 "$(iptables -S FORWARD | grep -
 expect "the jump sits right after DOCKER-USER" sh -c "iptables -S FORWARD | grep -A1 -- '-j DOCKER-USER' | tail -n1 | grep -q RUSTBRIDGE-FORWARD"
 
 step "Teardown leaves zero rules"
-expect "remove containers" docker rm -f "$web" "$web2" "$peer" "$other" "$dflt" "$inner" "$i1" "$i2" "$trusted" "$w6" "$o6"
+expect "remove containers" rm_each "$web" "$peer" "$other" "$dflt" "$inner" "$i1" "$i2" "$trusted" "$w6" "$o6" "$PREFIX-range" "$PREFIX-sctp"
 expect "remove networks" docker network rm "$n1" "$n2" "$nint" "$nicc" "$n5" "$n6" "$n7"
 if [ "$rules_before" = 0 ] && [ -z "$(docker network ls -q --filter driver=rustbridge)" ]; then
   equal "no RUSTBRIDGE rule or chain left (iptables and ip6tables)" 0 "$(rustbridge_rule_count)"

@@ -18,11 +18,22 @@ cleanup() { CLEANUPS+=("$*"); }
 
 # Everything a suite names starts with $PREFIX-: remove those containers and
 # networks at exit whatever happened (names set inside `expect` live in a subshell).
+# One container at a time: the docker CLI removes several in parallel, and
+# dockerd 20.10 can then miscount a network's endpoints ("has active
+# endpoints" with none left) — its race, not the plugin's.
+# rm_each NAME...: remove the containers that exist, one at a time (see below).
+rm_each() {
+  local c
+  for c in "$@"; do
+    docker inspect "$c" >/dev/null 2>&1 || continue
+    docker rm -f "$c" >/dev/null || return 1
+  done
+}
+
 remove_prefixed() {
-  local ids
-  ids=$(docker ps -aq --filter "name=^$PREFIX-")
-  [ -n "$ids" ] && docker rm -f $ids
-  for n in $(docker network ls -q --filter "name=^$PREFIX-"); do docker network rm "$n"; done
+  local id n
+  for id in $(docker ps -aq --filter "name=^$PREFIX-"); do docker rm -f "$id" >/dev/null; done
+  for n in $(docker network ls -q --filter "name=^$PREFIX-"); do docker network rm "$n" >/dev/null; done
   return 0
 }
 CLEANUPS+=("remove_prefixed")

@@ -16,15 +16,20 @@ if [ "$(docker version -f '{{.Server.APIVersion}}' | awk -F. '{print $1 * 100 + 
 fi
 outside_sees() { docker exec "$1" nc 198.18.10.2 7000; }
 
-fake_host "$out" 198.18.10.1 198.18.10.2
+fake_host "$out" 198.18.10.1 198.18.10.2 fd00:198:10::1 fd00:198:10::2
 fake_host "$cli" 198.18.11.1 198.18.11.2
-ip addr add 198.18.13.1/32 dev "${out:0:10}h"   # an extra host address to SNAT to
+# Extra host addresses to SNAT to.
+ip addr add 198.18.13.1/32 dev "${out:0:10}h"
+ip addr add fd00:198:13::1/128 dev "${out:0:10}h" nodad
 ip netns exec "$out" python3 -c '
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("198.18.10.2", 7000)); s.listen(16)
-while True:
-    c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()' >/dev/null 2>&1 &
+import socket, threading
+def serve(family, addr):
+    s = socket.socket(family); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 7000)); s.listen(16)
+    while True:
+        c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()
+threading.Thread(target=serve, args=(socket.AF_INET6, "fd00:198:10::2"), daemon=True).start()
+serve(socket.AF_INET, "198.18.10.2")' >/dev/null 2>&1 &
 cleanup "kill $!"
 
 step "com.docker.network.bridge.name"
@@ -66,6 +71,20 @@ step "com.docker.network.host_ipv4 (SNAT)"
 expect "create with host_ipv4=198.18.13.1" net "$PREFIX-snat" -o com.docker.network.host_ipv4=198.18.13.1
 expect "run a container" run "$PREFIX-snat-c" --network "$PREFIX-snat"
 expect "the outside host sees 198.18.13.1" sh -c "docker exec $PREFIX-snat-c nc 198.18.10.2 7000 | grep -qx 198.18.13.1"
+
+step "com.docker.network.host_ipv6 (SNAT for IPv6)"
+expect "create --ipv6 with host_ipv6=fd00:198:13::1" net "$PREFIX-snat6" --ipv6 --subnet 10.232.8.0/24 --subnet fd00:232:8::/64 \
+  -o com.docker.network.host_ipv6=fd00:198:13::1
+expect "run a container" run "$PREFIX-snat6-c" --network "$PREFIX-snat6"
+expect "the outside host sees fd00:198:13::1" sh -c "docker exec $PREFIX-snat6-c nc fd00:198:10::2 7000 | grep -qx fd00:198:13::1"
+
+step "com.docker.network.bridge.gateway_mode_ipv6=isolated"
+expect "create dual stack with gateway_mode_ipv6=isolated" net "$PREFIX-iso6" --ipv6 --subnet 10.232.12.0/24 --subnet fd00:232:12::/64 \
+  -o com.docker.network.bridge.gateway_mode_ipv6=isolated
+expect "run a container" run "$PREFIX-iso6-c" --network "$PREFIX-iso6"
+expect "no IPv6 default route inside" sh -c "! docker exec $PREFIX-iso6-c ip -6 route | grep -q '^default'"
+expect "the IPv4 default route is still there" sh -c "docker exec $PREFIX-iso6-c ip route | grep -q '^default via 10.232.12.1'"
+expect "the bridge has no IPv6 gateway address" sh -c "! ip -6 addr show $(bridge_of "$PREFIX-iso6") | grep -q 'fd00:232:12::1'"
 
 step "com.docker.network.bridge.host_binding_ipv4"
 expect "create with host_binding_ipv4=127.0.0.1" net "$PREFIX-hb" -o com.docker.network.bridge.host_binding_ipv4=127.0.0.1

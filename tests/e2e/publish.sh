@@ -71,7 +71,7 @@ expect "a new container joins the same network" docker run -d --name "$PREFIX-pc
 c_ip=$(ip_of "$PREFIX-pc" "$net")
 expect "with a new address ($c_ip, not $a_ip's or $b's)" sh -c "[ '$c_ip' != '$a_ip' ] && [ '$c_ip' != '$(ip_of "$b" "$net")' ]"
 expect "and reaches $a by name" ping_ok "$PREFIX-pc" "$a"
-expect "remove containers" docker rm -f "$a" "$b" "$PREFIX-pc"
+expect "remove containers" rm_each "$a" "$b" "$PREFIX-pc"
 expect "remove network" docker network rm "$net"
 
 summary

@@ -91,7 +91,7 @@ for method in Plugin.Activate NetworkDriver.GetCapabilities IpamDriver.GetCapabi
 done
 
 step "docker network rm leaves nothing behind"
-expect "remove the containers" docker rm -f "$a" "$b" "$web" "$r1" "$r2" "$late"
+expect "remove the containers" rm_each "$a" "$b" "$web" "$r1" "$r2" "$late"
 expect "docker network rm $net" docker network rm "$net"
 refuse "bridge $bridge is gone" ip link show "$bridge"
 equal "no rustbridge veth left" 0 "$(ip -br link | grep -c '^rb[hc]-' || true)"
