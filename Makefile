@@ -7,7 +7,7 @@ TARGET      := x86_64-unknown-linux-gnu
 STATIC_BIN  := target/$(TARGET)/release/rustbridge
 PLUGIN_DIR  := plugin/build
 
-.PHONY: all build static deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean
+.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean
 
 all: build
 
@@ -24,8 +24,11 @@ deps:
 dockerd: deps
 	scripts/dockerd.sh start $(DOCKERD) $(DATA_ROOT)
 
-plugin: static
+# The managed plugin's directory (config.json + rootfs), no dockerd needed.
+rootfs: static
 	scripts/build-rootfs.sh $(STATIC_BIN) $(PLUGIN_DIR)
+
+plugin: rootfs
 	scripts/plugin.sh create $(PLUGIN) $(PLUGIN_DIR)
 
 install: dockerd plugin
@@ -34,9 +37,8 @@ install: dockerd plugin
 uninstall:
 	scripts/plugin.sh remove $(PLUGIN)
 
-publish: static
+publish: rootfs
 	@test -n "$(REGISTRY)" || { echo "usage: make publish REGISTRY=host:port"; exit 2; }
-	scripts/build-rootfs.sh $(STATIC_BIN) $(PLUGIN_DIR)
 	scripts/plugin.sh publish $(REGISTRY)/$(PLUGIN) $(PLUGIN_DIR)
 
 demo: install
@@ -55,7 +57,7 @@ test: test-unit test-e2e
 # The e2e user story, firewall and options suites on Docker 26.1 (Debian 13)
 # and 28.x (Debian unstable), each run from its extracted .deb with its own data root.
 ENGINES ?= trixie sid
-test-engines: deps plugin
+test-engines: deps rootfs
 	for suite in $(ENGINES); do scripts/engine.sh run $$suite scripts/e2e-on-engine.sh || exit 1; done
 
 bench:
