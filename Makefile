@@ -62,6 +62,8 @@ test-engines: deps rootfs
 
 bench:
 	cargo bench --bench ipam
+	@if timeout 5 docker info >/dev/null 2>&1 && [ -S /run/docker/plugins/rustbridge.sock ]; then \
+	  scripts/bench-ports.sh; else echo "bench-ports: needs dockerd and the plugin (make install)"; fi
 
 clean:
 	cargo clean
