@@ -12,3 +12,4 @@ pub mod options;
 pub mod reconcile;
 pub mod server;
 pub mod state;
+pub mod sysctl;

@@ -26,6 +26,7 @@ pub struct FakeDataPlane {
     pub host_prefixes: Mutex<Vec<IpNet>>,
     /// Name of an operation ("create_veth", "ensure_bridge") that fails once.
     pub fail_next: Mutex<Option<&'static str>>,
+    pub ipv6_forwarding: Mutex<bool>,
 }
 
 impl FakeDataPlane {
@@ -143,6 +144,11 @@ impl DataPlane for FakeDataPlane {
             .iter()
             .map(|(name, l)| Link { name: name.clone(), kind: l.kind.clone() })
             .collect())
+    }
+
+    async fn ensure_ipv6_forwarding(&self) -> Result<bool> {
+        *self.ipv6_forwarding.lock().unwrap() = true;
+        Ok(true)
     }
 
     async fn host_prefixes(&self) -> Result<Vec<IpNet>> {

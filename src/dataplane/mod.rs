@@ -75,6 +75,9 @@ pub trait DataPlane: Send + Sync {
     async fn delete_link(&self, name: &str) -> Result<()>;
     async fn link_exists(&self, name: &str) -> Result<bool>;
     async fn list_links(&self) -> Result<Vec<Link>>;
+    /// Switches IPv6 forwarding on (as the built-in bridge does for IPv6
+    /// networks); false when the knob is read-only and the host decides.
+    async fn ensure_ipv6_forwarding(&self) -> Result<bool>;
     /// Prefixes already used on the host (routes and interface addresses), so
     /// IPAM never hands out a pool that would collide with them.
     async fn host_prefixes(&self) -> Result<Vec<IpNet>>;

@@ -195,6 +195,11 @@ impl DataPlane for NetlinkDataPlane {
         Ok(out)
     }
 
+    async fn ensure_ipv6_forwarding(&self) -> Result<bool> {
+        crate::sysctl::ensure_ipv6_forwarding()
+            .map_err(|e| DataPlaneError::new("enable IPv6 forwarding", "net.ipv6.conf.all.forwarding", e))
+    }
+
     async fn host_prefixes(&self) -> Result<Vec<IpNet>> {
         let mut out = Vec::new();
         self.route_prefixes(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), &mut out).await?;

@@ -90,6 +90,10 @@ impl Plugin {
             ipv4,
             ipv6,
         };
+        if !record.ipv6.is_empty() && !record.options.internal {
+            // Like the built-in bridge; where the knob is read-only, the host decides.
+            self.dataplane.ensure_ipv6_forwarding().await?;
+        }
         let created = self.dataplane.ensure_bridge(&bridge_spec(&record)).await?;
         // A bridge with the plugin's own naming is its own, even when a crash left it behind.
         record.bridge_created = created || is_owned_bridge_name(&record.bridge);
