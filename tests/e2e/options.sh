@@ -16,6 +16,14 @@ if [ "$(docker version -f '{{.Server.APIVersion}}' | awk -F. '{print $1 * 100 + 
 fi
 outside_sees() { docker exec "$1" nc 198.18.10.2 7000; }
 
+step "An IPv6 network switches on IPv6 forwarding (as the built-in bridge does)"
+was=$(sysctl -n net.ipv6.conf.all.forwarding)
+cleanup "sysctl -qw net.ipv6.conf.all.forwarding=$was"
+sysctl -qw net.ipv6.conf.all.forwarding=0
+expect "create --ipv6" net "$PREFIX-fwd6" --ipv6 --subnet fd00:232:11::/64
+equal "net.ipv6.conf.all.forwarding is on" 1 "$(sysctl -n net.ipv6.conf.all.forwarding)"
+expect "remove it" docker network rm "$PREFIX-fwd6"
+
 fake_host "$out" 198.18.10.1 198.18.10.2 fd00:198:10::1 fd00:198:10::2
 fake_host "$cli" 198.18.11.1 198.18.11.2
 # Extra host addresses to SNAT to.
