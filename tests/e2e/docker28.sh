@@ -10,13 +10,7 @@ if [ "$(api_version)" -lt 148 ]; then
 fi
 out=rbt-6out-$$
 fake_host "$out" 198.18.20.1 198.18.20.2 fd00:198:20::1 fd00:198:20::2
-ip netns exec "$out" python3 -c '
-import socket
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("fd00:198:20::2", 7000)); s.listen(16)
-while True:
-    c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()' >/dev/null 2>&1 &
-cleanup "kill $!"
+source_echo_server "$out" fd00:198:20::2
 
 step "IPv6-only network (--ipv4=false --ipv6)"
 expect "create" docker network create -d rustbridge --ipv4=false --ipv6 --subnet fd00:233:1::/64 "$PREFIX-v6only"

@@ -16,17 +16,7 @@ rules_before=$(rustbridge_rule_count)
 step "Fake hosts: outside 198.18.10.2, client 198.18.11.2 (namespaces, routed via this host)"
 fake_host "$out" 198.18.10.1 198.18.10.2 fd00:198:10::1 fd00:198:10::2
 fake_host "$cli" 198.18.11.1 198.18.11.2 fd00:198:11::1 fd00:198:11::2
-# The outside host answers TCP 7000 with the source address it sees.
-ip netns exec "$out" python3 -c '
-import socket, threading
-def serve(family, addr):
-    s = socket.socket(family); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, 7000)); s.listen(16)
-    while True:
-        c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()
-threading.Thread(target=serve, args=(socket.AF_INET6, "fd00:198:10::2"), daemon=True).start()
-serve(socket.AF_INET, "198.18.10.2")' >/dev/null 2>&1 &
-cleanup "kill $!"
+source_echo_server "$out" 198.18.10.2 fd00:198:10::2
 
 httpd_cmd='mkdir -p /www && echo hello-$(hostname) > /www/index.html && httpd -p 80 -h /www && udp-echo 81'
 expect "network $n1" docker network create -d rustbridge --subnet 10.231.1.0/24 "$n1"

@@ -139,3 +139,21 @@ fake_host() {
 published_port() {
   iptables -t nat -S RUSTBRIDGE-DNAT | grep -- "-p $3 " | grep -- "--to-destination $1:$2\$" | sed -E 's/.*--dport ([0-9]+).*/\1/' | head -n 1
 }
+
+# source_echo_server NS IPV4 [IPV6]: in the fake host NS, answer every TCP
+# connection on port 7000 with the source address it arrived from (to see NAT).
+source_echo_server() {
+  local ns=$1
+  ip netns exec "$ns" python3 -c '
+import socket, sys, threading
+def serve(addr):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 7000)); s.listen(16)
+    while True:
+        c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()
+for addr in sys.argv[2:]:
+    threading.Thread(target=serve, args=(addr,), daemon=True).start()
+serve(sys.argv[1])' "${@:2}" >/dev/null 2>&1 &
+  cleanup "kill $!"
+}

@@ -29,16 +29,7 @@ fake_host "$cli" 198.18.11.1 198.18.11.2
 # Extra host addresses to SNAT to.
 ip addr add 198.18.13.1/32 dev "${out:0:10}h"
 ip addr add fd00:198:13::1/128 dev "${out:0:10}h" nodad
-ip netns exec "$out" python3 -c '
-import socket, threading
-def serve(family, addr):
-    s = socket.socket(family); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, 7000)); s.listen(16)
-    while True:
-        c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()
-threading.Thread(target=serve, args=(socket.AF_INET6, "fd00:198:10::2"), daemon=True).start()
-serve(socket.AF_INET, "198.18.10.2")' >/dev/null 2>&1 &
-cleanup "kill $!"
+source_echo_server "$out" 198.18.10.2 fd00:198:10::2
 
 step "com.docker.network.bridge.name"
 expect "create with -o com.docker.network.bridge.name=rbname$$" net "$PREFIX-name" -o "com.docker.network.bridge.name=rbname$$"
