@@ -210,6 +210,17 @@ async fn dispatch(plugin: &Plugin, path: &str, body: &[u8], key: ErrorKey) -> Re
     }
 }
 
+/// One call without the HTTP around it: the JSON dockerd would read, or the
+/// error text it would show. The in-process fixture replay drives the plugin
+/// through this, so it exercises the same routing and decoding as the socket.
+pub async fn answer(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Value, String> {
+    match route(plugin, path, body).await {
+        Ok(reply) => reply.outcome.map(|()| reply.body),
+        Err(RouteError::NotFound) => Err(format!("{path}: unknown method")),
+        Err(RouteError::Plugin(e)) => Err(e.0),
+    }
+}
+
 enum RouteError {
     NotFound,
     Plugin(PluginError),

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -898,50 +897,6 @@ impl Drop for TempDir {
     }
 }
 
-fn to_value(response: impl Serialize) -> Value {
-    serde_json::to_value(response).expect("responses serialize")
-}
-
-/// Mirrors `route` in src/server.rs, with the answer as JSON and errors as text.
-async fn dispatch(plugin: &Plugin, path: &str, request: &Value) -> Result<Value, String> {
-    macro_rules! call {
-        ($method:ident) => {
-            plugin.$method(decode(request)?).await.map(to_value).map_err(|e| e.0)
-        };
-        ($method:ident, empty) => {
-            plugin.$method(decode(request)?).await.map(|()| json!({})).map_err(|e| e.0)
-        };
-    }
-    match path {
-        "/Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver", "IpamDriver"]})),
-        "/NetworkDriver.GetCapabilities" => Ok(to_value(plugin.capabilities())),
-        "/NetworkDriver.CreateNetwork" => call!(create_network, empty),
-        "/NetworkDriver.DeleteNetwork" => call!(delete_network, empty),
-        "/NetworkDriver.CreateEndpoint" => call!(create_endpoint),
-        "/NetworkDriver.DeleteEndpoint" => call!(delete_endpoint, empty),
-        "/NetworkDriver.EndpointOperInfo" => call!(endpoint_oper_info),
-        "/NetworkDriver.Join" => call!(join),
-        "/NetworkDriver.Leave" => call!(leave, empty),
-        "/NetworkDriver.ProgramExternalConnectivity" => call!(program_external_connectivity, empty),
-        "/NetworkDriver.RevokeExternalConnectivity" => call!(revoke_external_connectivity, empty),
-        "/NetworkDriver.GwAllocCheck" => plugin.gw_alloc_check(decode(request)?).map(to_value).map_err(|e| e.0),
-        "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => {
-            decode::<DiscoveryRequest>(request).map(|_| json!({}))
-        }
-        "/NetworkDriver.AllocateNetwork" => {
-            decode::<AllocateNetworkRequest>(request).map(|_| to_value(AllocateNetworkResponse::default()))
-        }
-        "/NetworkDriver.FreeNetwork" => decode::<NetworkRequest>(request).map(|_| json!({})),
-        "/IpamDriver.GetCapabilities" => Ok(to_value(plugin.ipam_capabilities())),
-        "/IpamDriver.GetDefaultAddressSpaces" => Ok(to_value(plugin.default_address_spaces())),
-        "/IpamDriver.RequestPool" => call!(request_pool),
-        "/IpamDriver.ReleasePool" => call!(release_pool, empty),
-        "/IpamDriver.RequestAddress" => call!(request_address),
-        "/IpamDriver.ReleaseAddress" => call!(release_address, empty),
-        other => Err(format!("{other}: unknown method")),
-    }
-}
-
 fn load(dir: &TempDir, fake: &Arc<FakeDataPlane>, fw: &Arc<FakeFirewall>) -> Plugin {
     let store = Store::open(&dir.0).expect("open store");
     Plugin::load(store, fake.clone(), fw.clone(), default_pools()).expect("load plugin")
@@ -991,7 +946,7 @@ impl Transport for InProcess {
         let (path, sent) = (path.to_string(), body.clone());
         let file = self.file.clone();
         self.runtime.block_on(async move {
-            let task = tokio::spawn(async move { dispatch(&plugin, &path, &sent).await });
+            let task = tokio::spawn(async move { rustbridge::server::answer(&plugin, &path, &wire_body(&sent)).await });
             match tokio::time::timeout(CALL_LIMIT, task).await {
                 Err(_) => panic!("{file}: a call hung (no answer within {CALL_LIMIT:?}); giving up on this file"),
                 Ok(Err(join_error)) => {
