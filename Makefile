@@ -7,7 +7,7 @@ TARGET      := x86_64-unknown-linux-gnu
 STATIC_BIN  := target/$(TARGET)/release/rustbridge
 PLUGIN_DIR  := plugin/build
 
-.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean
+.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean lint fmt
 
 all: build
 
@@ -53,6 +53,14 @@ test-e2e: install
 	tests/e2e/run.sh
 
 test: test-unit test-e2e
+
+# The gates .ci/run passes first: one format, no clippy warning in any target.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
 
 # The e2e user story, firewall and options suites on Docker 26.1 (Debian 13)
 # and 28.x (Debian unstable), each run from its extracted .deb with its own data root.

@@ -16,21 +16,9 @@ const CYCLES: u32 = 100_000;
 const DURABLE_COUNT: u32 = 2_000;
 
 fn main() {
-    report(
-        "fill 10.0.0.0/16 with 65,000 addresses",
-        FILL_COUNT,
-        fill_timed("10.0.0.0/16"),
-    );
-    report(
-        "fill fd00:1::/64 with 65,000 addresses",
-        FILL_COUNT,
-        fill_timed("fd00:1::/64"),
-    );
-    report(
-        "alloc+release cycle in a fragmented /16",
-        CYCLES,
-        fragmented_cycles_timed(),
-    );
+    report("fill 10.0.0.0/16 with 65,000 addresses", FILL_COUNT, fill_timed("10.0.0.0/16"));
+    report("fill fd00:1::/64 with 65,000 addresses", FILL_COUNT, fill_timed("fd00:1::/64"));
+    report("alloc+release cycle in a fragmented /16", CYCLES, fragmented_cycles_timed());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     for pool in ["10.0.0.0/16", "fd00:1::/64"] {
         report(

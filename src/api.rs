@@ -1,7 +1,7 @@
 //! Wire types of Docker's remote NetworkDriver and IpamDriver protocols.
 //!
 //! Decoding is tolerant: dockerd adds keys between engine versions (see
-//! `../shared/docs/protocol-notes.md`), so unknown keys are ignored and absent
+//! `docs/protocol-notes.md`), so unknown keys are ignored and absent
 //! ones take their default. Encoding omits what dockerd must not see set.
 
 use std::collections::BTreeMap;
@@ -335,8 +335,7 @@ mod tests {
 
     #[test]
     fn null_options_are_accepted() {
-        let r: RequestAddressRequest =
-            serde_json::from_str(r#"{"PoolID":"p","Address":"","Options":null}"#).unwrap();
+        let r: RequestAddressRequest = serde_json::from_str(r#"{"PoolID":"p","Address":"","Options":null}"#).unwrap();
         assert_eq!(r.pool_id, "p");
         assert!(r.options.is_none());
     }
@@ -349,10 +348,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        assert_eq!(
-            serde_json::to_string(&resp).unwrap(),
-            r#"{"Interface":{"MacAddress":"02:00:00:00:00:01"}}"#
-        );
+        assert_eq!(serde_json::to_string(&resp).unwrap(), r#"{"Interface":{"MacAddress":"02:00:00:00:00:01"}}"#);
     }
 
     #[test]

@@ -177,10 +177,7 @@ pub fn parse_bool(key: &str, value: &Value) -> Result<bool, OptionError> {
 
 fn parse_mtu(key: &str, value: &Value) -> Result<u32, OptionError> {
     let text = as_string(key, value)?;
-    let mtu: u32 = text
-        .trim()
-        .parse()
-        .map_err(|_| invalid(key, format!("{text:?} is not a number")))?;
+    let mtu: u32 = text.trim().parse().map_err(|_| invalid(key, format!("{text:?} is not a number")))?;
     if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
         return Err(invalid(key, format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}")));
     }
@@ -193,7 +190,10 @@ pub fn parse_ifname(key: &str, name: &str) -> Result<String, OptionError> {
         return Err(invalid(key, "empty interface name"));
     }
     if name.len() > MAX_IFNAME_LEN {
-        return Err(invalid(key, format!("{name:?} is {} bytes, the kernel allows at most {MAX_IFNAME_LEN}", name.len())));
+        return Err(invalid(
+            key,
+            format!("{name:?} is {} bytes, the kernel allows at most {MAX_IFNAME_LEN}", name.len()),
+        ));
     }
     if name == "." || name == ".." || name.starts_with('-') {
         return Err(invalid(key, format!("{name:?} is not a valid interface name")));
@@ -206,11 +206,7 @@ pub fn parse_ifname(key: &str, name: &str) -> Result<String, OptionError> {
 
 /// Docker's form: interface names separated by ':' (',' accepted too).
 fn parse_interface_list(key: &str, text: &str) -> Result<Vec<String>, OptionError> {
-    text.split([':', ','])
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(|name| parse_ifname(key, name))
-        .collect()
+    text.split([':', ',']).map(str::trim).filter(|name| !name.is_empty()).map(|name| parse_ifname(key, name)).collect()
 }
 
 fn parse_iface_prefix(key: &str, prefix: &str) -> Result<String, OptionError> {
@@ -232,10 +228,7 @@ enum Family {
 
 fn parse_ip(key: &str, value: &Value, family: Family) -> Result<IpAddr, OptionError> {
     let text = as_string(key, value)?;
-    let ip: IpAddr = text
-        .trim()
-        .parse()
-        .map_err(|_| invalid(key, format!("{text:?} is not an IP address")))?;
+    let ip: IpAddr = text.trim().parse().map_err(|_| invalid(key, format!("{text:?} is not an IP address")))?;
     match (family, ip) {
         (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)) => Ok(ip),
         (Family::V4, _) => Err(invalid(key, format!("{ip} is not an IPv4 address"))),
@@ -335,7 +328,10 @@ mod tests {
         assert_eq!(error_for(json!({"com.docker.network.host_ipv4": "::1"})).key, HOST_IPV4);
         assert_eq!(error_for(json!({"com.docker.network.bridge.gateway_mode_ipv4": "bridged"})).key, GATEWAY_MODE_IPV4);
         assert_eq!(error_for(json!({"com.docker.network.container_iface_prefix": "eth0"})).key, IFACE_PREFIX);
-        assert_eq!(error_for(json!({"com.docker.network.bridge.trusted_host_interfaces": "eth0:bad name"})).key, TRUSTED_HOST_INTERFACES);
+        assert_eq!(
+            error_for(json!({"com.docker.network.bridge.trusted_host_interfaces": "eth0:bad name"})).key,
+            TRUSTED_HOST_INTERFACES
+        );
     }
 
     #[test]

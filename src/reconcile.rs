@@ -21,7 +21,9 @@ pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
     let mut errors: Vec<String> = Vec::new();
     for network in state.networks.values() {
         match plugin.dataplane.ensure_bridge(&bridge_spec(network)).await {
-            Ok(true) => info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => &network.id[..12]),
+            Ok(true) => {
+                info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => &network.id[..12])
+            }
             Ok(false) => {}
             Err(e) => errors.push(e.to_string()),
         }

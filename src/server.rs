@@ -47,7 +47,11 @@ struct Reply {
 
 impl Reply {
     fn ok(body: impl Serialize) -> Reply {
-        Reply { status: StatusCode::OK, body: serde_json::to_value(body).expect("responses serialize"), outcome: Ok(()) }
+        Reply {
+            status: StatusCode::OK,
+            body: serde_json::to_value(body).expect("responses serialize"),
+            outcome: Ok(()),
+        }
     }
 
     fn error(key: ErrorKey, status: StatusCode, message: String) -> Reply {
@@ -156,7 +160,10 @@ async fn handle(plugin: Arc<Plugin>, log: Logger, req: Request<Incoming>) -> Res
         Err(_) => Reply::error(
             key,
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{path}: no answer within {}s; the call goes on in the plugin (see its log)", CALL_DEADLINE.as_secs()),
+            format!(
+                "{path}: no answer within {}s; the call goes on in the plugin (see its log)",
+                CALL_DEADLINE.as_secs()
+            ),
         ),
     };
     Ok(finish(&log, &path, &body, reply, started))
@@ -168,8 +175,10 @@ fn finish(log: &Logger, path: &str, body: &[u8], reply: Reply, started: Instant)
     match &reply.outcome {
         Ok(()) => info!(log, "call"; "method" => path, "network" => &ids.0, "endpoint" => &ids.1, "pool" => &ids.2,
             "duration_ms" => format!("{ms:.1}"), "outcome" => "ok"),
-        Err(message) => error!(log, "call"; "method" => path, "network" => &ids.0, "endpoint" => &ids.1, "pool" => &ids.2,
-            "duration_ms" => format!("{ms:.1}"), "outcome" => "error", "error" => message),
+        Err(message) => {
+            error!(log, "call"; "method" => path, "network" => &ids.0, "endpoint" => &ids.1, "pool" => &ids.2,
+            "duration_ms" => format!("{ms:.1}"), "outcome" => "error", "error" => message)
+        }
     }
     debug!(log, "call bodies"; "method" => path, "request" => String::from_utf8_lossy(body).into_owned(),
         "response" => reply.body.to_string());

@@ -151,10 +151,9 @@ impl Store {
                     Change::PutEndpoint(r) => endpoints.insert(r.id.as_str(), encode(&r).as_slice()).map(drop),
                     Change::DeleteEndpoint(id) => endpoints.remove(id.as_str()).map(drop),
                     Change::PutPool(r) => pools.insert(r.id.as_str(), encode(&r).as_slice()).map(drop),
-                    Change::DeletePool(id) => pools
-                        .remove(id.as_str())
-                        .map(drop)
-                        .and_then(|_| cursors.remove(id.as_str()).map(drop)),
+                    Change::DeletePool(id) => {
+                        pools.remove(id.as_str()).map(drop).and_then(|_| cursors.remove(id.as_str()).map(drop))
+                    }
                     Change::PutCursor(pool, addr) => cursors.insert(pool.as_str(), addr.to_string().as_str()).map(drop),
                     Change::PutAddress(pool, addr) => {
                         addresses.insert(address_key(&pool, addr).as_str(), [].as_slice()).map(drop)
@@ -250,7 +249,10 @@ mod tests {
             bridge: format!("rb-{id}"),
             bridge_created: true,
             options: NetworkOptions::default(),
-            ipv4: vec![SubnetRecord { pool: "10.0.0.0/24".parse().unwrap(), gateway: Some("10.0.0.1/24".parse().unwrap()) }],
+            ipv4: vec![SubnetRecord {
+                pool: "10.0.0.0/24".parse().unwrap(),
+                gateway: Some("10.0.0.1/24".parse().unwrap()),
+            }],
             ipv6: vec![],
         }
     }

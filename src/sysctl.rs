@@ -6,10 +6,8 @@
 
 use std::path::Path;
 
-const IPV6_FORWARDING: &[&str] = &[
-    "/proc/sys/net/ipv6/conf/all/forwarding",
-    "/host/proc-sys-net-ipv6-conf-all/forwarding",
-];
+const IPV6_FORWARDING: &[&str] =
+    &["/proc/sys/net/ipv6/conf/all/forwarding", "/host/proc-sys-net-ipv6-conf-all/forwarding"];
 
 /// Ok(true) when forwarding is (now) on, Ok(false) when no writable knob was found.
 pub fn ensure_ipv6_forwarding() -> std::io::Result<bool> {

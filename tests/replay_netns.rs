@@ -1,4 +1,4 @@
-//! dockerd's recorded request sequences (`../shared/fixtures/dockerd-*.jsonl`)
+//! dockerd's recorded request sequences (`tests/fixtures/dockerd-*.jsonl`)
 //! replayed against the real binary: for each file a throwaway network namespace
 //! prepared like a dockerd host (see `common::Netns::host`), `rustbridge serve`
 //! started inside it, every recorded call sent over the Unix socket as dockerd sends
@@ -220,7 +220,7 @@ fn fixtures_replay_against_the_binary() {
     if !ready_or_skip("fixtures_replay_against_the_binary") {
         return;
     }
-    let Some(dir) = fixtures_dir() else { return };
+    let dir = fixtures_dir();
     let started = Instant::now();
     let files = recordings(&dir);
     let next = Mutex::new(files.iter());

@@ -92,7 +92,11 @@ impl DataPlane for FakeDataPlane {
         }
         let mut links = self.links.lock().unwrap();
         if !links.contains_key(&spec.bridge) {
-            return Err(DataPlaneError::new("attach veth", &spec.host_name, format!("bridge {} not found", spec.bridge)));
+            return Err(DataPlaneError::new(
+                "attach veth",
+                &spec.host_name,
+                format!("bridge {} not found", spec.bridge),
+            ));
         }
         for name in [&spec.host_name, &spec.peer_name] {
             if links.contains_key(name) {

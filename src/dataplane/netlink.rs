@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, InetDevConf, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoKind, LinkAttribute, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -63,36 +65,31 @@ impl NetlinkDataPlane {
                 continue;
             }
             if let Some(ip) = address_of(&msg)
-                && let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
-                    out.push((net, msg));
-                }
+                && let Ok(net) = IpNet::new(ip, msg.header.prefix_len)
+            {
+                out.push((net, msg));
+            }
         }
         Ok(out)
     }
 
     async fn set_link(&self, action: &'static str, name: &str, message: LinkMessage) -> Result<()> {
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .map_err(|e| DataPlaneError::new(action, name, describe(&e)))
+        self.handle.link().set(message).execute().await.map_err(|e| DataPlaneError::new(action, name, describe(&e)))
     }
 
     async fn route_prefixes(&self, builder: RouteMessage, out: &mut Vec<IpNet>) -> Result<()> {
         let mut routes = self.handle.route().get(builder).execute();
-        while let Some(route) = routes
-            .try_next()
-            .await
-            .map_err(|e| DataPlaneError::new("list routes", "main", describe(&e)))?
+        while let Some(route) =
+            routes.try_next().await.map_err(|e| DataPlaneError::new("list routes", "main", describe(&e)))?
         {
             if route.header.table != RouteHeader::RT_TABLE_MAIN || route.header.destination_prefix_length == 0 {
                 continue;
             }
             if let Some(dst) = route_destination(&route)
-                && let Ok(net) = IpNet::new(dst, route.header.destination_prefix_length) {
-                    out.push(net.trunc());
-                }
+                && let Ok(net) = IpNet::new(dst, route.header.destination_prefix_length)
+            {
+                out.push(net.trunc());
+            }
         }
         Ok(())
     }
@@ -105,7 +102,11 @@ impl DataPlane for NetlinkDataPlane {
         let (index, created) = match self.find_link(name).await? {
             Some(link) => {
                 if link_kind(&link) != LinkKind::Bridge {
-                    return Err(DataPlaneError::new("use bridge", name, "a link of that name exists and is not a bridge"));
+                    return Err(DataPlaneError::new(
+                        "use bridge",
+                        name,
+                        "a link of that name exists and is not a bridge",
+                    ));
                 }
                 (link.header.index, false)
             }
@@ -138,7 +139,13 @@ impl DataPlane for NetlinkDataPlane {
                 match self.handle.address().del(msg).execute().await {
                     Ok(()) => {}
                     Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
-                    Err(e) => return Err(DataPlaneError::new("remove address from bridge", name, format!("{net}: {}", describe(&e)))),
+                    Err(e) => {
+                        return Err(DataPlaneError::new(
+                            "remove address from bridge",
+                            name,
+                            format!("{net}: {}", describe(&e)),
+                        ));
+                    }
                 }
             }
         }
@@ -183,10 +190,8 @@ impl DataPlane for NetlinkDataPlane {
     async fn list_links(&self) -> Result<Vec<Link>> {
         let mut stream = self.handle.link().get().execute();
         let mut out = Vec::new();
-        while let Some(link) = stream
-            .try_next()
-            .await
-            .map_err(|e| DataPlaneError::new("list links", "all", describe(&e)))?
+        while let Some(link) =
+            stream.try_next().await.map_err(|e| DataPlaneError::new("list links", "all", describe(&e)))?
         {
             if let Some(name) = link_name(&link) {
                 out.push(Link { name, kind: link_kind(&link) });
@@ -205,15 +210,14 @@ impl DataPlane for NetlinkDataPlane {
         self.route_prefixes(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), &mut out).await?;
         self.route_prefixes(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(), &mut out).await?;
         let mut stream = self.handle.address().get().execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
+        while let Some(msg) =
+            stream.try_next().await.map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
         {
             if let Some(ip) = address_of(&msg)
-                && let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
-                    out.push(net.trunc());
-                }
+                && let Ok(net) = IpNet::new(ip, msg.header.prefix_len)
+            {
+                out.push(net.trunc());
+            }
         }
         out.sort();
         out.dedup();
@@ -230,7 +234,9 @@ impl NetlinkDataPlane {
             match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
                 Ok(()) => added.push(*addr),
                 Err(e) if errno(&e) == Some(EEXIST) => {}
-                Err(e) => return Err(DataPlaneError::new("add address to bridge", name, format!("{addr}: {}", describe(&e)))),
+                Err(e) => {
+                    return Err(DataPlaneError::new("add address to bridge", name, format!("{addr}: {}", describe(&e))));
+                }
             }
         }
         let mut message = LinkUnspec::new_with_index(index).up();

@@ -43,10 +43,8 @@ impl Plugin {
         if state.ipam.pool(&req.pool_id).is_none() {
             return Ok(());
         }
-        self.store.commit(vec![
-            Change::DeletePool(req.pool_id.clone()),
-            Change::DeletePoolAddresses(req.pool_id.clone()),
-        ])?;
+        self.store
+            .commit(vec![Change::DeletePool(req.pool_id.clone()), Change::DeletePoolAddresses(req.pool_id.clone())])?;
         state.ipam.release_pool(&req.pool_id)?;
         Ok(())
     }
@@ -56,11 +54,8 @@ impl Plugin {
             "" => None,
             text => Some(parse_address("Address", text)?),
         };
-        let gateway = req
-            .options
-            .as_ref()
-            .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
-            .is_some_and(|t| t == GATEWAY_ADDRESS_TYPE);
+        let gateway =
+            req.options.as_ref().and_then(|o| o.get(REQUEST_ADDRESS_TYPE)).is_some_and(|t| t == GATEWAY_ADDRESS_TYPE);
         let mut state = self.state.lock().await;
         let cursor_before = state.ipam.cursor(&req.pool_id);
         let (addr, prefix_len) = state.ipam.request_address(&req.pool_id, wanted, gateway)?;
@@ -110,9 +105,7 @@ fn parse_optional_net(field: &str, text: &str) -> Result<Option<IpNet>> {
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .map_err(|_| PluginError::new(format!("{field} {text:?} is not a subnet in CIDR form")))
+    text.parse().map(Some).map_err(|_| PluginError::new(format!("{field} {text:?} is not a subnet in CIDR form")))
 }
 
 /// Addresses arrive bare ("10.0.0.5"); tolerate a prefix too.

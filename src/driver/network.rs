@@ -235,7 +235,8 @@ impl Plugin {
             value.insert("MacAddress".to_string(), Value::String(e.mac.clone()));
             value.insert("HostVeth".to_string(), Value::String(e.host_veth.clone()));
             if !e.driver_options.is_empty() {
-                value.insert("DriverOptions".to_string(), Value::Object(e.driver_options.clone().into_iter().collect()));
+                value
+                    .insert("DriverOptions".to_string(), Value::Object(e.driver_options.clone().into_iter().collect()));
             }
             if let Some(n) = state.networks.get(&e.network_id) {
                 value.insert("Bridge".to_string(), Value::String(n.bridge.clone()));
@@ -324,12 +325,8 @@ impl Plugin {
                 .collect();
             ports::resolve(&bindings, &endpoint, &network, &taken, ports::ephemeral_range())?
         };
-        let updated = EndpointRecord {
-            port_bindings: bindings,
-            exposed_ports: exposed_ports(&options)?,
-            published,
-            ..endpoint
-        };
+        let updated =
+            EndpointRecord { port_bindings: bindings, exposed_ports: exposed_ports(&options)?, published, ..endpoint };
         self.apply_endpoint_rules(&mut state, updated).await
     }
 
@@ -390,7 +387,12 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-fn parse_ipam_data(field: &str, data: Option<&[IpamData]>, v6: bool, options: &NetworkOptions) -> Result<Vec<SubnetRecord>> {
+fn parse_ipam_data(
+    field: &str,
+    data: Option<&[IpamData]>,
+    v6: bool,
+    options: &NetworkOptions,
+) -> Result<Vec<SubnetRecord>> {
     let mut out = Vec::new();
     for (i, d) in data.unwrap_or_default().iter().enumerate() {
         let pool: IpNet = d
@@ -398,7 +400,10 @@ fn parse_ipam_data(field: &str, data: Option<&[IpamData]>, v6: bool, options: &N
             .parse()
             .map_err(|_| PluginError::new(format!("{field}[{i}].Pool {:?} is not a subnet in CIDR form", d.pool)))?;
         if pool.trunc() != pool {
-            return Err(PluginError::new(format!("{field}[{i}].Pool {pool} has host bits set (did you mean {}?)", pool.trunc())));
+            return Err(PluginError::new(format!(
+                "{field}[{i}].Pool {pool} has host bits set (did you mean {}?)",
+                pool.trunc()
+            )));
         }
         if matches!(pool, IpNet::V6(_)) != v6 {
             return Err(PluginError::new(format!("{field}[{i}].Pool {pool} is of the wrong IP family")));
@@ -417,9 +422,7 @@ fn parse_ipam_data(field: &str, data: Option<&[IpamData]>, v6: bool, options: &N
 fn parse_gateway(field: &str, text: &str, pool: IpNet) -> Result<IpNet> {
     let addr: IpAddr = match text.parse::<IpNet>() {
         Ok(net) => net.addr(),
-        Err(_) => text
-            .parse()
-            .map_err(|_| PluginError::new(format!("{field} {text:?} is not an IP address")))?,
+        Err(_) => text.parse().map_err(|_| PluginError::new(format!("{field} {text:?} is not an IP address")))?,
     };
     if !pool.contains(&addr) {
         return Err(PluginError::new(format!("{field} {addr} is outside the subnet {pool}")));
@@ -477,9 +480,8 @@ fn parse_endpoint_address(field: &str, text: &str, subnets: &[SubnetRecord]) -> 
     if text.is_empty() {
         return Ok(None);
     }
-    let addr: IpNet = text
-        .parse()
-        .map_err(|_| PluginError::new(format!("{field} {text:?} is not an address in CIDR form")))?;
+    let addr: IpNet =
+        text.parse().map_err(|_| PluginError::new(format!("{field} {text:?} is not an address in CIDR form")))?;
     if !subnets.iter().any(|s| s.pool.contains(&addr.addr())) {
         let known: Vec<String> = subnets.iter().map(|s| s.pool.to_string()).collect();
         return Err(PluginError::new(format!(
@@ -491,7 +493,8 @@ fn parse_endpoint_address(field: &str, text: &str, subnets: &[SubnetRecord]) -> 
 }
 
 fn parse_mac(field: &str, text: &str) -> Result<String> {
-    let bytes: Vec<Option<u8>> = text.split(':').map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None }).collect();
+    let bytes: Vec<Option<u8>> =
+        text.split(':').map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None }).collect();
     if bytes.len() != 6 || bytes.iter().any(Option::is_none) {
         return Err(PluginError::new(format!("{field} {text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
     }
@@ -575,8 +578,8 @@ fn decode_list<T: serde::de::DeserializeOwned + Ord>(options: &Options, key: &st
     if value.is_null() {
         return Ok(vec![]);
     }
-    let mut list: Vec<T> = serde_json::from_value(value.clone())
-        .map_err(|e| PluginError::new(format!("option {key}: {e}")))?;
+    let mut list: Vec<T> =
+        serde_json::from_value(value.clone()).map_err(|e| PluginError::new(format!("option {key}: {e}")))?;
     list.sort();
     list.dedup();
     Ok(list)

@@ -54,7 +54,6 @@ pub fn resolve(
         let explicit = candidates.len() == 1;
         let mut last_error = None;
         let chosen = candidates.into_iter().find(|&port| {
-            
             wanted.iter().all(|w| {
                 let candidate = FwPort { host_port: port, ..w.clone() };
                 match check_free(&candidate, taken, &resolved) {
@@ -93,14 +92,19 @@ fn proto_name(n: u8) -> String {
 /// The host port is filled in later.
 fn mappings_for(binding: &PortBinding, endpoint: &EndpointRecord, network: &NetworkRecord) -> Result<Vec<FwPort>> {
     let proto = Proto::from_number(binding.proto).ok_or_else(|| {
-        PluginError::new(format!("port {}: unsupported protocol number {} (tcp, udp and sctp are)", binding.port, binding.proto))
+        PluginError::new(format!(
+            "port {}: unsupported protocol number {} (tcp, udp and sctp are)",
+            binding.port, binding.proto
+        ))
     })?;
     if binding.port == 0 {
         return Err(PluginError::new("port binding without a container port"));
     }
     let host_ip: Option<IpAddr> = match binding.host_ip.as_str() {
         "" => None,
-        text => Some(text.parse().map_err(|_| PluginError::new(format!("port {}/{proto}: host address {text:?} is not an IP address", binding.port)))?),
+        text => Some(text.parse().map_err(|_| {
+            PluginError::new(format!("port {}/{proto}: host address {text:?} is not an IP address", binding.port))
+        })?),
     };
     let v4 = endpoint.address.map(|a| a.addr());
     let v6 = endpoint.address_v6.map(|a| a.addr());
@@ -235,7 +239,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!((got[0].proto, got[0].host_ip, got[0].host_port, got[0].container_port), (Proto::Tcp, None, 61001, 80));
+        assert_eq!(
+            (got[0].proto, got[0].host_ip, got[0].host_port, got[0].container_port),
+            (Proto::Tcp, None, 61001, 80)
+        );
         assert_eq!(got[1].host_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(got[1].container_ip, "10.0.0.2".parse::<IpAddr>().unwrap());
     }
@@ -289,8 +296,12 @@ mod tests {
     #[test]
     fn bad_protocol_and_bad_host_ip_are_refused() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
-        assert!(resolve(&[binding(99, "", 1, 1, 80)], &ep, &network(), &[], EPHEMERAL).unwrap_err().0.contains("protocol"));
-        assert!(resolve(&[binding(6, "nope", 1, 1, 80)], &ep, &network(), &[], EPHEMERAL).unwrap_err().0.contains("nope"));
+        assert!(
+            resolve(&[binding(99, "", 1, 1, 80)], &ep, &network(), &[], EPHEMERAL).unwrap_err().0.contains("protocol")
+        );
+        assert!(
+            resolve(&[binding(6, "nope", 1, 1, 80)], &ep, &network(), &[], EPHEMERAL).unwrap_err().0.contains("nope")
+        );
     }
 
     #[test]

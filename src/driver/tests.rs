@@ -385,10 +385,8 @@ async fn create_network_again_with_other_settings_is_refused() {
     let h = Harness::new("twice-other");
     let id = net_id(70);
     h.create_network(v4_network(&id, "10.57.1.0/24", "10.57.1.1/24", json!({}))).await.unwrap();
-    let err = h
-        .create_network(v4_network(&id, "10.57.1.0/24", "10.57.1.1/24", json!({"mtu": "1400"})))
-        .await
-        .unwrap_err();
+    let err =
+        h.create_network(v4_network(&id, "10.57.1.0/24", "10.57.1.1/24", json!({"mtu": "1400"}))).await.unwrap_err();
     assert!(err.0.contains("other settings"), "{err}");
     assert_eq!(h.link(&expected_bridge(&id)).unwrap().mtu, 1500, "the first network is untouched");
 }
@@ -406,9 +404,14 @@ async fn adopted_bridge_keeps_its_mtu_unless_one_is_asked_for() {
         .await
         .unwrap();
     assert_eq!(h.link("br-keep0").unwrap().mtu, 9000);
-    h.create_network(v4_network(&net_id(72), "10.57.3.0/24", "10.57.3.1/24", json!({"bridge": "br-set0", "mtu": "1400"})))
-        .await
-        .unwrap();
+    h.create_network(v4_network(
+        &net_id(72),
+        "10.57.3.0/24",
+        "10.57.3.1/24",
+        json!({"bridge": "br-set0", "mtu": "1400"}),
+    ))
+    .await
+    .unwrap();
     assert_eq!(h.link("br-set0").unwrap().mtu, 1400);
 }
 

@@ -157,12 +157,8 @@ impl SavedTables {
 
     fn rules_of<'a>(&'a self, table: &'a str, chain: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         let prefix = format!("-A {chain} ");
-        self.lines
-            .iter()
-            .filter(move |(t, l)| t == table && l.starts_with(&prefix))
-            .map(|(_, l)| l.as_str())
+        self.lines.iter().filter(move |(t, l)| t == table && l.starts_with(&prefix)).map(|(_, l)| l.as_str())
     }
-
 }
 
 impl rules::Current for SavedTables {

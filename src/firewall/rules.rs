@@ -252,10 +252,7 @@ pub fn dnat_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
 /// ports; so nothing from a bridge may reach the host's 127.0.0.0/8
 /// (the CVE-2020-8558 pattern).
 pub fn raw_rules(networks: &[FwNetwork]) -> Vec<String> {
-    networks_of(networks, Family::V4)
-        .iter()
-        .map(|n| format!("-i {} -d 127.0.0.0/8 -j DROP", n.bridge))
-        .collect()
+    networks_of(networks, Family::V4).iter().map(|n| format!("-i {} -d 127.0.0.0/8 -j DROP", n.bridge)).collect()
 }
 
 impl FwNetwork {
@@ -283,9 +280,10 @@ pub trait Current {
 /// accepts for its bridges cannot bypass rustbridge's isolation.
 pub fn jump_position(jump: &Jump, others: &[String]) -> usize {
     if jump.positioned
-        && let Some(i) = others.iter().position(|l| l == "-A FORWARD -j DOCKER-USER") {
-            return i + 2;
-        }
+        && let Some(i) = others.iter().position(|l| l == "-A FORWARD -j DOCKER-USER")
+    {
+        return i + 2;
+    }
     1
 }
 

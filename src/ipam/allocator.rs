@@ -17,8 +17,7 @@ use ipnet::IpNet;
 
 use super::IpamError;
 use super::net::{
-    addr_to_u128, first_value, is_v6, last_value, require_network, require_sub_pool_inside,
-    u128_to_addr,
+    addr_to_u128, first_value, is_v6, last_value, require_network, require_sub_pool_inside, u128_to_addr,
 };
 
 #[derive(Clone, Debug)]
@@ -73,10 +72,7 @@ impl AddressAllocator {
     pub fn allocate_specific(&mut self, addr: IpAddr) -> Result<(), IpamError> {
         let offset = self.usable_offset_of(addr)?;
         if !self.is_free(offset) {
-            return Err(IpamError::AlreadyAllocated {
-                addr,
-                pool: self.pool,
-            });
+            return Err(IpamError::AlreadyAllocated { addr, pool: self.pool });
         }
         self.take(offset);
         Ok(())
@@ -127,10 +123,7 @@ impl AddressAllocator {
     pub fn release(&mut self, addr: IpAddr) -> Result<(), IpamError> {
         let offset = self.offset_of(addr)?;
         if !self.is_usable(offset) || self.is_free(offset) {
-            return Err(IpamError::NotAllocated {
-                addr,
-                pool: self.pool,
-            });
+            return Err(IpamError::NotAllocated { addr, pool: self.pool });
         }
         self.give_back(offset);
         Ok(())
@@ -173,10 +166,7 @@ impl AddressAllocator {
 
     fn offset_of(&self, addr: IpAddr) -> Result<u128, IpamError> {
         if !self.pool.contains(&addr) {
-            return Err(IpamError::OutsidePool {
-                addr,
-                pool: self.pool,
-            });
+            return Err(IpamError::OutsidePool { addr, pool: self.pool });
         }
         Ok(addr_to_u128(addr) - self.base)
     }
@@ -186,16 +176,8 @@ impl AddressAllocator {
         if self.is_usable(offset) {
             return Ok(offset);
         }
-        let reason = if offset == 0 {
-            "network address"
-        } else {
-            "broadcast address"
-        };
-        Err(IpamError::ReservedAddress {
-            addr,
-            pool: self.pool,
-            reason,
-        })
+        let reason = if offset == 0 { "network address" } else { "broadcast address" };
+        Err(IpamError::ReservedAddress { addr, pool: self.pool, reason })
     }
 
     fn addr_at(&self, offset: u128) -> IpAddr {
@@ -231,9 +213,7 @@ impl AddressAllocator {
 
     /// Removes a free `offset` from its interval, splitting it if needed.
     fn take(&mut self, offset: u128) {
-        let (start, end) = self
-            .free_interval_containing(offset)
-            .expect("take() of a non-free offset");
+        let (start, end) = self.free_interval_containing(offset).expect("take() of a non-free offset");
         self.free.remove(&start);
         if start < offset {
             self.free.insert(start, offset - 1);
@@ -304,18 +284,8 @@ mod tests {
     fn skips_network_and_broadcast() {
         let mut a = alloc("10.0.0.0/29");
         let got = next_n(&mut a, 6);
-        assert_eq!(
-            got,
-            ips(&[
-                "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"
-            ])
-        );
-        assert_eq!(
-            a.allocate_next(),
-            Err(IpamError::Exhausted {
-                range: net("10.0.0.0/29")
-            })
-        );
+        assert_eq!(got, ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]));
+        assert_eq!(a.allocate_next(), Err(IpamError::Exhausted { range: net("10.0.0.0/29") }));
         assert!(!a.is_allocated(ip("10.0.0.0")));
         assert!(!a.is_allocated(ip("10.0.0.7")));
     }
@@ -324,21 +294,9 @@ mod tests {
     fn network_and_broadcast_cannot_be_allocated_explicitly() {
         let mut a = alloc("10.0.0.0/24");
         let err = a.allocate_specific(ip("10.0.0.0")).unwrap_err();
-        assert!(matches!(
-            err,
-            IpamError::ReservedAddress {
-                reason: "network address",
-                ..
-            }
-        ));
+        assert!(matches!(err, IpamError::ReservedAddress { reason: "network address", .. }));
         let err = a.allocate_specific(ip("10.0.0.255")).unwrap_err();
-        assert!(matches!(
-            err,
-            IpamError::ReservedAddress {
-                reason: "broadcast address",
-                ..
-            }
-        ));
+        assert!(matches!(err, IpamError::ReservedAddress { reason: "broadcast address", .. }));
         assert_eq!(a.allocated_count(), 0);
     }
 
@@ -359,15 +317,9 @@ mod tests {
     #[test]
     fn next_fit_does_not_reuse_released_until_wrap() {
         let mut a = alloc("10.0.0.0/29");
-        assert_eq!(
-            next_n(&mut a, 3),
-            ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])
-        );
+        assert_eq!(next_n(&mut a, 3), ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
         a.release(ip("10.0.0.2")).unwrap();
-        assert_eq!(
-            next_n(&mut a, 3),
-            ips(&["10.0.0.4", "10.0.0.5", "10.0.0.6"])
-        );
+        assert_eq!(next_n(&mut a, 3), ips(&["10.0.0.4", "10.0.0.5", "10.0.0.6"]));
         // wrapped: the only free address is the released one
         assert_eq!(a.allocate_next().unwrap(), ip("10.0.0.2"));
         assert!(a.allocate_next().is_err());
@@ -380,10 +332,7 @@ mod tests {
         for addr in ["10.0.0.5", "10.0.0.2", "10.0.0.3"] {
             a.release(ip(addr)).unwrap();
         }
-        assert_eq!(
-            next_n(&mut a, 3),
-            ips(&["10.0.0.2", "10.0.0.3", "10.0.0.5"])
-        );
+        assert_eq!(next_n(&mut a, 3), ips(&["10.0.0.2", "10.0.0.3", "10.0.0.5"]));
         assert_eq!(a.allocated_count(), 6);
     }
 
@@ -408,10 +357,7 @@ mod tests {
     fn outside_pool_is_an_error() {
         let mut a = alloc("10.0.0.0/24");
         let err = a.allocate_specific(ip("10.1.0.9")).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "address 10.1.0.9 is outside pool 10.0.0.0/24"
-        );
+        assert_eq!(err.to_string(), "address 10.1.0.9 is outside pool 10.0.0.0/24");
         assert!(a.allocate_specific(ip("fd00::1")).is_err());
         assert!(a.release(ip("10.1.0.9")).is_err());
         assert!(!a.is_allocated(ip("10.1.0.9")));
@@ -422,30 +368,18 @@ mod tests {
         let mut a = alloc("10.0.0.0/24");
         a.allocate_specific(ip("10.0.0.5")).unwrap();
         let err = a.allocate_specific(ip("10.0.0.5")).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "address 10.0.0.5 is already allocated in pool 10.0.0.0/24"
-        );
+        assert_eq!(err.to_string(), "address 10.0.0.5 is already allocated in pool 10.0.0.0/24");
         assert_eq!(a.allocated_count(), 1);
     }
 
     #[test]
     fn release_of_unallocated_is_not_allocated() {
         let mut a = alloc("10.0.0.0/24");
-        assert!(matches!(
-            a.release(ip("10.0.0.5")),
-            Err(IpamError::NotAllocated { .. })
-        ));
-        assert!(matches!(
-            a.release(ip("10.0.0.0")),
-            Err(IpamError::NotAllocated { .. })
-        ));
+        assert!(matches!(a.release(ip("10.0.0.5")), Err(IpamError::NotAllocated { .. })));
+        assert!(matches!(a.release(ip("10.0.0.0")), Err(IpamError::NotAllocated { .. })));
         a.allocate_specific(ip("10.0.0.5")).unwrap();
         a.release(ip("10.0.0.5")).unwrap();
-        assert!(matches!(
-            a.release(ip("10.0.0.5")),
-            Err(IpamError::NotAllocated { .. })
-        ));
+        assert!(matches!(a.release(ip("10.0.0.5")), Err(IpamError::NotAllocated { .. })));
         assert_eq!(a.allocated_count(), 0);
     }
 
@@ -460,16 +394,8 @@ mod tests {
     #[test]
     fn exhaustion_on_sub_pool_leaves_rest_of_pool_free() {
         let mut a = alloc_in_range("10.0.0.0/24", "10.0.0.8/30");
-        assert_eq!(
-            next_n(&mut a, 4),
-            ips(&["10.0.0.8", "10.0.0.9", "10.0.0.10", "10.0.0.11"])
-        );
-        assert_eq!(
-            a.allocate_next(),
-            Err(IpamError::Exhausted {
-                range: net("10.0.0.8/30")
-            })
-        );
+        assert_eq!(next_n(&mut a, 4), ips(&["10.0.0.8", "10.0.0.9", "10.0.0.10", "10.0.0.11"]));
+        assert_eq!(a.allocate_next(), Err(IpamError::Exhausted { range: net("10.0.0.8/30") }));
         a.allocate_specific(ip("10.0.0.12")).unwrap();
         assert_eq!(a.allocated_count(), 5);
     }
@@ -478,10 +404,7 @@ mod tests {
     fn sub_pool_at_pool_start_skips_network_address() {
         let mut a = alloc_in_range("10.0.0.0/24", "10.0.0.0/30");
         assert_eq!(a.first_usable_in_range(), Some(ip("10.0.0.1")));
-        assert_eq!(
-            next_n(&mut a, 3),
-            ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])
-        );
+        assert_eq!(next_n(&mut a, 3), ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
         assert!(a.allocate_next().is_err());
     }
 
@@ -533,8 +456,7 @@ mod tests {
     fn ipv6_64_allocates_at_both_ends() {
         let mut a = alloc("fd00:1:2:3::/64");
         assert_eq!(a.allocate_next().unwrap(), ip("fd00:1:2:3::1"));
-        a.allocate_specific(ip("fd00:1:2:3:ffff:ffff:ffff:ffff"))
-            .unwrap();
+        a.allocate_specific(ip("fd00:1:2:3:ffff:ffff:ffff:ffff")).unwrap();
         assert!(a.is_allocated(ip("fd00:1:2:3:ffff:ffff:ffff:ffff")));
         assert_eq!(a.allocated_count(), 2);
         assert!(a.allocate_specific(ip("fd00:1:2:4::1")).is_err());
@@ -543,11 +465,9 @@ mod tests {
     #[test]
     fn ipv6_whole_space_does_not_overflow() {
         let mut a = alloc("::/0");
-        a.allocate_specific(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))
-            .unwrap();
+        a.allocate_specific(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")).unwrap();
         assert_eq!(a.allocate_next().unwrap(), ip("::1"));
-        a.release(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))
-            .unwrap();
+        a.release(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")).unwrap();
         assert_eq!(a.free_interval_count(), 1);
         assert_eq!(a.allocate_next().unwrap(), ip("::2"));
     }
@@ -580,15 +500,9 @@ mod tests {
     #[test]
     fn new_rejects_bad_pool_and_range() {
         let err = AddressAllocator::new(net("10.0.0.1/24"), None).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid Pool \"10.0.0.1/24\": host bits set (did you mean 10.0.0.0/24?)"
-        );
+        assert_eq!(err.to_string(), "invalid Pool \"10.0.0.1/24\": host bits set (did you mean 10.0.0.0/24?)");
         let err = AddressAllocator::new(net("10.0.0.0/24"), Some(net("10.0.1.0/28"))).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid SubPool \"10.0.1.0/28\": not inside Pool 10.0.0.0/24"
-        );
+        assert_eq!(err.to_string(), "invalid SubPool \"10.0.1.0/28\": not inside Pool 10.0.0.0/24");
         assert!(AddressAllocator::new(net("10.0.0.0/24"), Some(net("fd00::/120"))).is_err());
         assert!(AddressAllocator::new(net("10.0.0.0/24"), Some(net("10.0.0.0/16"))).is_err());
     }

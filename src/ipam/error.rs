@@ -13,11 +13,7 @@ pub enum IpamError {
     OutsidePool { addr: IpAddr, pool: IpNet },
 
     #[error("address {addr} is the {reason} of pool {pool} and cannot be allocated")]
-    ReservedAddress {
-        addr: IpAddr,
-        pool: IpNet,
-        reason: &'static str,
-    },
+    ReservedAddress { addr: IpAddr, pool: IpNet, reason: &'static str },
 
     #[error("address {addr} is not allocated in pool {pool}")]
     NotAllocated { addr: IpAddr, pool: IpNet },
@@ -26,18 +22,10 @@ pub enum IpamError {
     Exhausted { range: IpNet },
 
     #[error("invalid {field} {value:?}: {reason}")]
-    Invalid {
-        field: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { field: &'static str, value: String, reason: String },
 
     #[error("V6 is {v6} but {field} {net} is an {} network", family_name(.net))]
-    FamilyMismatch {
-        field: &'static str,
-        net: IpNet,
-        v6: bool,
-    },
+    FamilyMismatch { field: &'static str, net: IpNet, v6: bool },
 
     #[error("pool {requested} overlaps held pool {held}")]
     PoolOverlap { requested: IpNet, held: IpNet },
@@ -56,16 +44,8 @@ pub enum IpamError {
 }
 
 impl IpamError {
-    pub(crate) fn invalid(
-        field: &'static str,
-        value: impl ToString,
-        reason: impl Into<String>,
-    ) -> Self {
-        IpamError::Invalid {
-            field,
-            value: value.to_string(),
-            reason: reason.into(),
-        }
+    pub(crate) fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> Self {
+        IpamError::Invalid { field, value: value.to_string(), reason: reason.into() }
     }
 }
 

@@ -57,15 +57,8 @@ impl Ipam {
     /// Entries that `DefaultPool::parse` would reject (possible when built by hand or
     /// deserialized) are left out; validate user input with `DefaultPool::parse`.
     pub fn new(defaults: Vec<DefaultPool>) -> Self {
-        let defaults = defaults
-            .into_iter()
-            .filter(|d| d.validate().is_ok())
-            .collect();
-        Ipam {
-            defaults,
-            pools: BTreeMap::new(),
-            picker: DefaultPoolPicker::default(),
-        }
+        let defaults = defaults.into_iter().filter(|d| d.validate().is_ok()).collect();
+        Ipam { defaults, pools: BTreeMap::new(), picker: DefaultPoolPicker::default() }
     }
 
     pub fn default_pools(&self) -> &[DefaultPool] {
@@ -81,8 +74,7 @@ impl Ipam {
         record.address_space = normalize_address_space(&record.address_space)?.to_string();
         require_family("Pool", record.pool, record.v6)?;
         let addresses = AddressAllocator::new(record.pool, record.sub_pool)?;
-        self.pools
-            .insert(record.id.clone(), HeldPool { record, addresses });
+        self.pools.insert(record.id.clone(), HeldPool { record, addresses });
         Ok(())
     }
 
@@ -124,11 +116,7 @@ impl Ipam {
             }
             None => {
                 if let Some(sub_pool) = sub_pool {
-                    return Err(IpamError::invalid(
-                        "SubPool",
-                        sub_pool,
-                        "a SubPool requires a Pool",
-                    ));
+                    return Err(IpamError::invalid("SubPool", sub_pool, "a SubPool requires a Pool"));
                 }
                 (self.pick_default_pool(v6, host_prefixes_in_use)?, true)
             }
@@ -142,22 +130,13 @@ impl Ipam {
             auto,
         };
         let addresses = AddressAllocator::new(pool, sub_pool)?;
-        self.pools.insert(
-            record.id.clone(),
-            HeldPool {
-                record: record.clone(),
-                addresses,
-            },
-        );
+        self.pools.insert(record.id.clone(), HeldPool { record: record.clone(), addresses });
         Ok(record)
     }
 
     /// ReleasePool: forgets the pool and all its addresses.
     pub fn release_pool(&mut self, pool_id: &str) -> Result<PoolRecord, IpamError> {
-        let held = self
-            .pools
-            .remove(pool_id)
-            .ok_or_else(|| unknown_pool(pool_id))?;
+        let held = self.pools.remove(pool_id).ok_or_else(|| unknown_pool(pool_id))?;
         Ok(held.record)
     }
 
@@ -200,9 +179,7 @@ impl Ipam {
     }
 
     fn held_mut(&mut self, pool_id: &str) -> Result<&mut HeldPool, IpamError> {
-        self.pools
-            .get_mut(pool_id)
-            .ok_or_else(|| unknown_pool(pool_id))
+        self.pools.get_mut(pool_id).ok_or_else(|| unknown_pool(pool_id))
     }
 
     fn check_explicit_pool(
@@ -218,10 +195,7 @@ impl Ipam {
             require_sub_pool_inside(sub_pool, pool)?;
         }
         match self.overlapping_held_pool(address_space, pool) {
-            Some(held) => Err(IpamError::PoolOverlap {
-                requested: pool,
-                held,
-            }),
+            Some(held) => Err(IpamError::PoolOverlap { requested: pool, held }),
             None => Ok(()),
         }
     }
@@ -233,27 +207,16 @@ impl Ipam {
             .find(|held| held.contains(&pool) || pool.contains(held))
     }
 
-    fn pick_default_pool(
-        &mut self,
-        v6: bool,
-        host_prefixes_in_use: &[IpNet],
-    ) -> Result<IpNet, IpamError> {
+    fn pick_default_pool(&mut self, v6: bool, host_prefixes_in_use: &[IpNet]) -> Result<IpNet, IpamError> {
         let held = self.pools.values().map(|held| held.record.pool);
-        let host = host_prefixes_in_use
-            .iter()
-            .copied()
-            .filter(|prefix| prefix.prefix_len() > 0);
+        let host = host_prefixes_in_use.iter().copied().filter(|prefix| prefix.prefix_len() > 0);
         let blocked = BlockedRanges::new(held.chain(host).filter(|net| is_v6(net) == v6));
         self.picker.pick(&self.defaults, v6, &blocked)
     }
 }
 
 fn allocate_default_gateway(addresses: &mut AddressAllocator) -> Result<IpAddr, IpamError> {
-    let gateway = addresses
-        .first_usable_in_range()
-        .ok_or(IpamError::Exhausted {
-            range: addresses.range(),
-        })?;
+    let gateway = addresses.first_usable_in_range().ok_or(IpamError::Exhausted { range: addresses.range() })?;
     addresses.allocate_specific(gateway)?;
     Ok(gateway)
 }

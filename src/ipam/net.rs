@@ -56,11 +56,7 @@ pub(crate) fn require_sub_pool_inside(sub_pool: IpNet, pool: IpNet) -> Result<()
     if pool.contains(&sub_pool) {
         return Ok(());
     }
-    Err(IpamError::invalid(
-        "SubPool",
-        sub_pool,
-        format!("not inside Pool {pool}"),
-    ))
+    Err(IpamError::invalid("SubPool", sub_pool, format!("not inside Pool {pool}")))
 }
 
 /// `#[serde(with = ...)]` helpers storing networks as their text form ("10.0.0.0/24"),
@@ -74,9 +70,7 @@ pub(crate) mod ipnet_text {
         serializer.collect_str(net)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<IpNet, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(D::Error::custom)
     }
@@ -87,21 +81,15 @@ pub(crate) mod option_ipnet_text {
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn serialize<S: Serializer>(
-        net: &Option<IpNet>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(net: &Option<IpNet>, serializer: S) -> Result<S::Ok, S::Error> {
         match net {
             Some(net) => serializer.serialize_some(&net.to_string()),
             None => serializer.serialize_none(),
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<IpNet>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<IpNet>, D::Error> {
         let text = Option::<String>::deserialize(deserializer)?;
-        text.map(|t| t.parse().map_err(D::Error::custom))
-            .transpose()
+        text.map(|t| t.parse().map_err(D::Error::custom)).transpose()
     }
 }

@@ -37,26 +37,13 @@ impl DefaultPool {
     /// Parses "CIDR:SIZE", e.g. "10.210.0.0/16:24" or "fd5c::/48:64".
     pub fn parse(s: &str) -> Result<Self, IpamError> {
         let text = s.trim();
-        let (cidr, size) = split_cidr_and_size(text).ok_or_else(|| {
-            IpamError::invalid(
-                DEFAULT_POOL_FIELD,
-                text,
-                "expected CIDR:SIZE, e.g. 10.210.0.0/16:24",
-            )
-        })?;
+        let (cidr, size) = split_cidr_and_size(text)
+            .ok_or_else(|| IpamError::invalid(DEFAULT_POOL_FIELD, text, "expected CIDR:SIZE, e.g. 10.210.0.0/16:24"))?;
         let base: IpNet = cidr.parse().map_err(|_| {
-            IpamError::invalid(
-                DEFAULT_POOL_FIELD,
-                text,
-                format!("{cidr:?} is not a valid CIDR network"),
-            )
+            IpamError::invalid(DEFAULT_POOL_FIELD, text, format!("{cidr:?} is not a valid CIDR network"))
         })?;
         let size: u8 = size.parse().map_err(|_| {
-            IpamError::invalid(
-                DEFAULT_POOL_FIELD,
-                text,
-                format!("{size:?} is not a valid prefix length"),
-            )
+            IpamError::invalid(DEFAULT_POOL_FIELD, text, format!("{size:?} is not a valid prefix length"))
         })?;
         DefaultPool::new(base, size)
     }
@@ -65,10 +52,7 @@ impl DefaultPool {
         require_network(DEFAULT_POOL_FIELD, self.base)?;
         let (prefix, max) = (self.base.prefix_len(), self.base.max_prefix_len());
         if self.size < prefix {
-            let reason = format!(
-                "size /{} is shorter than the base prefix /{prefix}",
-                self.size
-            );
+            let reason = format!("size /{} is shorter than the base prefix /{prefix}", self.size);
             return Err(IpamError::invalid(DEFAULT_POOL_FIELD, self, reason));
         }
         if self.size > max {
@@ -139,10 +123,7 @@ pub(crate) struct BlockedRanges(Vec<(u128, u128)>);
 
 impl BlockedRanges {
     pub(crate) fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
-        let mut ranges: Vec<(u128, u128)> = nets
-            .into_iter()
-            .map(|n| (first_value(&n), last_value(&n)))
-            .collect();
+        let mut ranges: Vec<(u128, u128)> = nets.into_iter().map(|n| (first_value(&n), last_value(&n))).collect();
         ranges.sort_unstable();
         let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
         for (start, end) in ranges {
@@ -193,42 +174,25 @@ impl DefaultPoolPicker {
         v6: bool,
         blocked: &BlockedRanges,
     ) -> Result<IpNet, IpamError> {
-        let family: Vec<usize> = (0..defaults.len())
-            .filter(|&i| defaults[i].is_v6() == v6)
-            .collect();
+        let family: Vec<usize> = (0..defaults.len()).filter(|&i| defaults[i].is_v6() == v6).collect();
         if family.is_empty() {
             return Err(IpamError::NoDefaultPoolConfigured { v6 });
         }
-        let last = if v6 {
-            &mut self.last_v6
-        } else {
-            &mut self.last_v4
-        };
-        let found = search_order(defaults, &family, *last)
-            .into_iter()
-            .find_map(|segment| {
-                let pool = &defaults[segment.pool_index];
-                let start = pool.first_free_candidate(segment.from, segment.to, blocked)?;
-                Some(Candidate {
-                    pool_index: segment.pool_index,
-                    start,
-                })
-            });
+        let last = if v6 { &mut self.last_v6 } else { &mut self.last_v4 };
+        let found = search_order(defaults, &family, *last).into_iter().find_map(|segment| {
+            let pool = &defaults[segment.pool_index];
+            let start = pool.first_free_candidate(segment.from, segment.to, blocked)?;
+            Some(Candidate { pool_index: segment.pool_index, start })
+        });
         *last = found;
         match found {
             Some(candidate) => Ok(defaults[candidate.pool_index].candidate_at(candidate.start)),
-            None => Err(IpamError::NoFreeDefaultPool {
-                candidates: describe(defaults, &family),
-            }),
+            None => Err(IpamError::NoFreeDefaultPool { candidates: describe(defaults, &family) }),
         }
     }
 }
 
-fn search_order(
-    defaults: &[DefaultPool],
-    family: &[usize],
-    last: Option<Candidate>,
-) -> Vec<Segment> {
+fn search_order(defaults: &[DefaultPool], family: &[usize], last: Option<Candidate>) -> Vec<Segment> {
     let whole = |pool_index: usize| Segment {
         pool_index,
         from: defaults[pool_index].first_candidate(),
@@ -242,30 +206,18 @@ fn search_order(
     let step = pool.candidate_span() + 1;
     let mut segments = Vec::with_capacity(family.len() + 1);
     if last.start < pool.last_candidate() {
-        segments.push(Segment {
-            pool_index: last.pool_index,
-            from: last.start + step,
-            to: pool.last_candidate(),
-        });
+        segments.push(Segment { pool_index: last.pool_index, from: last.start + step, to: pool.last_candidate() });
     }
     let others = family[position + 1..].iter().chain(&family[..position]);
     segments.extend(others.map(|&i| whole(i)));
     if last.start > pool.first_candidate() {
-        segments.push(Segment {
-            pool_index: last.pool_index,
-            from: pool.first_candidate(),
-            to: last.start - step,
-        });
+        segments.push(Segment { pool_index: last.pool_index, from: pool.first_candidate(), to: last.start - step });
     }
     segments
 }
 
 fn describe(defaults: &[DefaultPool], family: &[usize]) -> String {
-    family
-        .iter()
-        .map(|&i| defaults[i].to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    family.iter().map(|&i| defaults[i].to_string()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -280,22 +232,10 @@ mod tests {
     fn parses_v4_and_v6() {
         assert_eq!(
             DefaultPool::parse("10.210.0.0/16:24").unwrap(),
-            DefaultPool {
-                base: net("10.210.0.0/16"),
-                size: 24
-            }
+            DefaultPool { base: net("10.210.0.0/16"), size: 24 }
         );
-        assert_eq!(
-            DefaultPool::parse(" fd5c:0:0::/48:64 ").unwrap(),
-            DefaultPool {
-                base: net("fd5c::/48"),
-                size: 64
-            }
-        );
-        assert_eq!(
-            DefaultPool::parse("10.0.0.0/8:8").unwrap().to_string(),
-            "10.0.0.0/8:8"
-        );
+        assert_eq!(DefaultPool::parse(" fd5c:0:0::/48:64 ").unwrap(), DefaultPool { base: net("fd5c::/48"), size: 64 });
+        assert_eq!(DefaultPool::parse("10.0.0.0/8:8").unwrap().to_string(), "10.0.0.0/8:8");
     }
 
     #[test]
@@ -309,13 +249,9 @@ mod tests {
             message("fd5c::/48"),
             "invalid default pool \"fd5c::/48\": expected CIDR:SIZE, e.g. 10.210.0.0/16:24"
         );
-        assert!(
-            message("10.210.0.0/33:34").contains("\"10.210.0.0/33\" is not a valid CIDR network")
-        );
+        assert!(message("10.210.0.0/33:34").contains("\"10.210.0.0/33\" is not a valid CIDR network"));
         assert!(message("10.210.0.0/16:x").contains("\"x\" is not a valid prefix length"));
-        assert!(
-            message("10.210.0.1/16:24").contains("host bits set (did you mean 10.210.0.0/16?)")
-        );
+        assert!(message("10.210.0.1/16:24").contains("host bits set (did you mean 10.210.0.0/16?)"));
         assert!(message("10.210.0.0/16:8").contains("size /8 is shorter than the base prefix /16"));
         assert!(message("10.210.0.0/16:33").contains("size /33 is longer than /32"));
     }
@@ -330,50 +266,33 @@ mod tests {
 
     #[test]
     fn blocked_ranges_merge_and_find_overlaps() {
-        let blocked = BlockedRanges::new([
-            net("10.0.2.0/24"),
-            net("10.0.0.0/16"),
-            net("10.1.0.0/24"),
-            net("192.168.0.0/24"),
-        ]);
+        let blocked =
+            BlockedRanges::new([net("10.0.2.0/24"), net("10.0.0.0/16"), net("10.1.0.0/24"), net("192.168.0.0/24")]);
         assert_eq!(blocked.0.len(), 3);
         let v = |s: &str| first_value(&net(s));
         assert_eq!(
             blocked.end_of_first_overlap(v("10.0.5.0/32"), v("10.0.5.255/32")),
             Some(last_value(&net("10.0.0.0/16")))
         );
-        assert_eq!(
-            blocked.end_of_first_overlap(v("10.2.0.0/32"), v("10.2.0.255/32")),
-            None
-        );
-        assert_eq!(
-            blocked.end_of_first_overlap(v("10.1.0.128/32"), v("10.1.0.128/32")),
-            Some(v("10.1.0.255/32"))
-        );
+        assert_eq!(blocked.end_of_first_overlap(v("10.2.0.0/32"), v("10.2.0.255/32")), None);
+        assert_eq!(blocked.end_of_first_overlap(v("10.1.0.128/32"), v("10.1.0.128/32")), Some(v("10.1.0.255/32")));
     }
 
     #[test]
     fn candidate_search_jumps_over_large_blocks() {
         let pool = DefaultPool::parse("fd00::/40:64").unwrap();
         let blocked = BlockedRanges::new([net("fd00::/41")]);
-        let start = pool
-            .first_free_candidate(pool.first_candidate(), pool.last_candidate(), &blocked)
-            .unwrap();
+        let start = pool.first_free_candidate(pool.first_candidate(), pool.last_candidate(), &blocked).unwrap();
         assert_eq!(pool.candidate_at(start), net("fd00:0:80::/64"));
         let everything = BlockedRanges::new([net("fd00::/40")]);
-        assert_eq!(
-            pool.first_free_candidate(pool.first_candidate(), pool.last_candidate(), &everything),
-            None
-        );
+        assert_eq!(pool.first_free_candidate(pool.first_candidate(), pool.last_candidate(), &everything), None);
     }
 
     #[test]
     fn candidate_search_skips_small_blocks_inside_a_candidate() {
         let pool = DefaultPool::parse("10.0.0.0/22:24").unwrap();
         let blocked = BlockedRanges::new([net("10.0.0.7/32"), net("10.0.1.128/25")]);
-        let start = pool
-            .first_free_candidate(pool.first_candidate(), pool.last_candidate(), &blocked)
-            .unwrap();
+        let start = pool.first_free_candidate(pool.first_candidate(), pool.last_candidate(), &blocked).unwrap();
         assert_eq!(pool.candidate_at(start), net("10.0.2.0/24"));
     }
 

@@ -14,24 +14,15 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn defaults(list: &[&str]) -> Vec<DefaultPool> {
-    list.iter()
-        .map(|s| DefaultPool::parse(s).unwrap())
-        .collect()
+    list.iter().map(|s| DefaultPool::parse(s).unwrap()).collect()
 }
 
 fn explicit(ipam: &mut Ipam, pool: &str, sub_pool: Option<&str>) -> Result<PoolRecord, IpamError> {
-    ipam.request_pool(
-        LOCAL_ADDRESS_SPACE,
-        Some(net(pool)),
-        sub_pool.map(net),
-        pool.contains(':'),
-        &[],
-    )
+    ipam.request_pool(LOCAL_ADDRESS_SPACE, Some(net(pool)), sub_pool.map(net), pool.contains(':'), &[])
 }
 
 fn auto_v4(ipam: &mut Ipam, host: &[IpNet]) -> Result<IpNet, IpamError> {
-    ipam.request_pool(LOCAL_ADDRESS_SPACE, None, None, false, host)
-        .map(|r| r.pool)
+    ipam.request_pool(LOCAL_ADDRESS_SPACE, None, None, false, host).map(|r| r.pool)
 }
 
 fn next_addr(ipam: &mut Ipam, pool_id: &str) -> IpAddr {
@@ -45,49 +36,22 @@ fn explicit_pool_gateway_then_automatic_addresses() {
     assert_eq!(record.id, "rustbridge-local/10.0.0.0/24");
     assert_eq!(record.address_space, LOCAL_ADDRESS_SPACE);
     assert!(!record.auto && !record.v6 && record.sub_pool.is_none());
-    assert_eq!(
-        ipam.request_address(&record.id, None, true).unwrap(),
-        (ip("10.0.0.1"), 24)
-    );
-    assert_eq!(
-        ipam.request_address(&record.id, None, false).unwrap(),
-        (ip("10.0.0.2"), 24)
-    );
-    assert_eq!(
-        ipam.request_address(&record.id, Some(ip("10.0.0.5")), false)
-            .unwrap(),
-        (ip("10.0.0.5"), 24)
-    );
-    let err = ipam
-        .request_address(&record.id, Some(ip("10.0.0.5")), false)
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "address 10.0.0.5 is already allocated in pool 10.0.0.0/24"
-    );
+    assert_eq!(ipam.request_address(&record.id, None, true).unwrap(), (ip("10.0.0.1"), 24));
+    assert_eq!(ipam.request_address(&record.id, None, false).unwrap(), (ip("10.0.0.2"), 24));
+    assert_eq!(ipam.request_address(&record.id, Some(ip("10.0.0.5")), false).unwrap(), (ip("10.0.0.5"), 24));
+    let err = ipam.request_address(&record.id, Some(ip("10.0.0.5")), false).unwrap_err();
+    assert_eq!(err.to_string(), "address 10.0.0.5 is already allocated in pool 10.0.0.0/24");
     let err = ipam.request_address(&record.id, None, true).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "address 10.0.0.1 is already allocated in pool 10.0.0.0/24"
-    );
-    let err = ipam
-        .request_address(&record.id, Some(ip("10.1.0.9")), false)
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "address 10.1.0.9 is outside pool 10.0.0.0/24"
-    );
+    assert_eq!(err.to_string(), "address 10.0.0.1 is already allocated in pool 10.0.0.0/24");
+    let err = ipam.request_address(&record.id, Some(ip("10.1.0.9")), false).unwrap_err();
+    assert_eq!(err.to_string(), "address 10.1.0.9 is outside pool 10.0.0.0/24");
 }
 
 #[test]
 fn explicit_gateway_address_is_accepted() {
     let mut ipam = Ipam::new(default_pools());
     let id = explicit(&mut ipam, "10.0.0.0/24", None).unwrap().id;
-    assert_eq!(
-        ipam.request_address(&id, Some(ip("10.0.0.254")), true)
-            .unwrap(),
-        (ip("10.0.0.254"), 24)
-    );
+    assert_eq!(ipam.request_address(&id, Some(ip("10.0.0.254")), true).unwrap(), (ip("10.0.0.254"), 24));
     assert_eq!(next_addr(&mut ipam, &id), ip("10.0.0.1"));
 }
 
@@ -97,24 +61,15 @@ fn explicit_pool_with_sub_pool() {
     let record = explicit(&mut ipam, "10.1.0.0/16", Some("10.1.2.0/24")).unwrap();
     assert_eq!(record.id, "rustbridge-local/10.1.0.0/16/10.1.2.0/24");
     assert_eq!(record.sub_pool, Some(net("10.1.2.0/24")));
-    assert_eq!(
-        ipam.request_address(&record.id, Some(ip("10.1.0.1")), true)
-            .unwrap(),
-        (ip("10.1.0.1"), 16)
-    );
-    assert_eq!(
-        ipam.request_address(&record.id, None, false).unwrap(),
-        (ip("10.1.2.0"), 16)
-    );
+    assert_eq!(ipam.request_address(&record.id, Some(ip("10.1.0.1")), true).unwrap(), (ip("10.1.0.1"), 16));
+    assert_eq!(ipam.request_address(&record.id, None, false).unwrap(), (ip("10.1.2.0"), 16));
     assert_eq!(next_addr(&mut ipam, &record.id), ip("10.1.2.1"));
 }
 
 #[test]
 fn exhausted_sub_pool_reports_the_range() {
     let mut ipam = Ipam::new(default_pools());
-    let id = explicit(&mut ipam, "10.1.0.0/16", Some("10.1.2.0/31"))
-        .unwrap()
-        .id;
+    let id = explicit(&mut ipam, "10.1.0.0/16", Some("10.1.2.0/31")).unwrap().id;
     next_addr(&mut ipam, &id);
     next_addr(&mut ipam, &id);
     let err = ipam.request_address(&id, None, false).unwrap_err();
@@ -124,18 +79,10 @@ fn exhausted_sub_pool_reports_the_range() {
 #[test]
 fn empty_address_space_is_local_and_unknown_is_refused() {
     let mut ipam = Ipam::new(default_pools());
-    let record = ipam
-        .request_pool("", Some(net("10.0.0.0/24")), None, false, &[])
-        .unwrap();
+    let record = ipam.request_pool("", Some(net("10.0.0.0/24")), None, false, &[]).unwrap();
     assert_eq!(record.address_space, LOCAL_ADDRESS_SPACE);
-    let err = ipam
-        .request_pool("other", Some(net("10.9.0.0/24")), None, false, &[])
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("invalid AddressSpace \"other\""),
-        "{err}"
-    );
+    let err = ipam.request_pool("other", Some(net("10.9.0.0/24")), None, false, &[]).unwrap_err();
+    assert!(err.to_string().starts_with("invalid AddressSpace \"other\""), "{err}");
 }
 
 #[test]
@@ -143,30 +90,13 @@ fn overlapping_explicit_pools_are_refused_within_an_address_space() {
     let mut ipam = Ipam::new(default_pools());
     explicit(&mut ipam, "10.0.1.0/24", None).unwrap();
     let err = explicit(&mut ipam, "10.0.0.0/16", None).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "pool 10.0.0.0/16 overlaps held pool 10.0.1.0/24"
-    );
+    assert_eq!(err.to_string(), "pool 10.0.0.0/16 overlaps held pool 10.0.1.0/24");
     let err = explicit(&mut ipam, "10.0.1.128/25", None).unwrap_err();
-    assert_eq!(
-        err,
-        IpamError::PoolOverlap {
-            requested: net("10.0.1.128/25"),
-            held: net("10.0.1.0/24")
-        }
-    );
+    assert_eq!(err, IpamError::PoolOverlap { requested: net("10.0.1.128/25"), held: net("10.0.1.0/24") });
     let err = explicit(&mut ipam, "10.0.1.0/24", Some("10.0.1.0/28")).unwrap_err();
     assert!(matches!(err, IpamError::PoolOverlap { .. }));
     explicit(&mut ipam, "10.0.2.0/24", None).unwrap();
-    let global = ipam
-        .request_pool(
-            GLOBAL_ADDRESS_SPACE,
-            Some(net("10.0.0.0/16")),
-            None,
-            false,
-            &[],
-        )
-        .unwrap();
+    let global = ipam.request_pool(GLOBAL_ADDRESS_SPACE, Some(net("10.0.0.0/16")), None, false, &[]).unwrap();
     assert_eq!(global.id, "rustbridge-global/10.0.0.0/16");
     assert_eq!(ipam.pools().count(), 3);
 }
@@ -175,38 +105,16 @@ fn overlapping_explicit_pools_are_refused_within_an_address_space() {
 fn invalid_explicit_pools_are_refused() {
     let mut ipam = Ipam::new(default_pools());
     let err = explicit(&mut ipam, "10.0.0.1/24", None).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "invalid Pool \"10.0.0.1/24\": host bits set (did you mean 10.0.0.0/24?)"
-    );
+    assert_eq!(err.to_string(), "invalid Pool \"10.0.0.1/24\": host bits set (did you mean 10.0.0.0/24?)");
     let err = explicit(&mut ipam, "10.0.0.0/24", Some("10.0.1.0/28")).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "invalid SubPool \"10.0.1.0/28\": not inside Pool 10.0.0.0/24"
-    );
+    assert_eq!(err.to_string(), "invalid SubPool \"10.0.1.0/28\": not inside Pool 10.0.0.0/24");
     let err = explicit(&mut ipam, "10.0.0.0/24", Some("10.0.0.1/28")).unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("invalid SubPool \"10.0.0.1/28\": host bits set"),
-        "{err}"
-    );
-    let err = ipam
-        .request_pool("", Some(net("10.0.0.0/24")), None, true, &[])
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "V6 is true but Pool 10.0.0.0/24 is an IPv4 network"
-    );
-    let err = ipam
-        .request_pool("", Some(net("fd00::/64")), None, false, &[])
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "V6 is false but Pool fd00::/64 is an IPv6 network"
-    );
-    let err = ipam
-        .request_pool("", None, Some(net("10.0.0.0/24")), false, &[])
-        .unwrap_err();
+    assert!(err.to_string().starts_with("invalid SubPool \"10.0.0.1/28\": host bits set"), "{err}");
+    let err = ipam.request_pool("", Some(net("10.0.0.0/24")), None, true, &[]).unwrap_err();
+    assert_eq!(err.to_string(), "V6 is true but Pool 10.0.0.0/24 is an IPv4 network");
+    let err = ipam.request_pool("", Some(net("fd00::/64")), None, false, &[]).unwrap_err();
+    assert_eq!(err.to_string(), "V6 is false but Pool fd00::/64 is an IPv6 network");
+    let err = ipam.request_pool("", None, Some(net("10.0.0.0/24")), false, &[]).unwrap_err();
     assert!(err.to_string().starts_with("invalid SubPool"), "{err}");
     assert_eq!(ipam.pools().count(), 0);
 }
@@ -214,48 +122,29 @@ fn invalid_explicit_pools_are_refused() {
 #[test]
 fn default_pools_are_handed_out_in_order() {
     let mut ipam = Ipam::new(default_pools());
-    let record = ipam
-        .request_pool(LOCAL_ADDRESS_SPACE, None, None, false, &[])
-        .unwrap();
+    let record = ipam.request_pool(LOCAL_ADDRESS_SPACE, None, None, false, &[]).unwrap();
     assert_eq!(record.pool, net("10.210.0.0/24"));
     assert_eq!(record.id, "rustbridge-local/10.210.0.0/24");
     assert!(record.auto);
     assert_eq!(auto_v4(&mut ipam, &[]).unwrap(), net("10.210.1.0/24"));
-    let v6 = ipam
-        .request_pool(LOCAL_ADDRESS_SPACE, None, None, true, &[])
-        .unwrap();
+    let v6 = ipam.request_pool(LOCAL_ADDRESS_SPACE, None, None, true, &[]).unwrap();
     assert_eq!(v6.pool, net("fdb7:7b00::/64"));
     assert!(v6.v6 && v6.auto);
-    assert_eq!(
-        ipam.request_address(&v6.id, None, true).unwrap(),
-        (ip("fdb7:7b00::1"), 64)
-    );
+    assert_eq!(ipam.request_address(&v6.id, None, true).unwrap(), (ip("fdb7:7b00::1"), 64));
 }
 
 #[test]
 fn default_picking_skips_held_pools_of_any_address_space() {
     let mut ipam = Ipam::new(default_pools());
     explicit(&mut ipam, "10.210.0.0/24", None).unwrap();
-    ipam.request_pool(
-        GLOBAL_ADDRESS_SPACE,
-        Some(net("10.210.1.0/25")),
-        None,
-        false,
-        &[],
-    )
-    .unwrap();
+    ipam.request_pool(GLOBAL_ADDRESS_SPACE, Some(net("10.210.1.0/25")), None, false, &[]).unwrap();
     assert_eq!(auto_v4(&mut ipam, &[]).unwrap(), net("10.210.2.0/24"));
 }
 
 #[test]
 fn default_picking_skips_host_prefixes_but_not_default_routes() {
     let mut ipam = Ipam::new(default_pools());
-    let host = [
-        net("0.0.0.0/0"),
-        net("10.210.0.0/22"),
-        net("10.210.5.17/24"),
-        net("fdb7:7b00::/48"),
-    ];
+    let host = [net("0.0.0.0/0"), net("10.210.0.0/22"), net("10.210.5.17/24"), net("fdb7:7b00::/48")];
     assert_eq!(auto_v4(&mut ipam, &host).unwrap(), net("10.210.4.0/24"));
     assert_eq!(auto_v4(&mut ipam, &host).unwrap(), net("10.210.6.0/24"));
     let v6 = ipam.request_pool("", None, None, true, &host).unwrap();
@@ -276,11 +165,7 @@ fn repeated_identical_requests_get_different_pools() {
     ipam.release_pool(&first.id).unwrap();
     let fourth = ipam.request_pool("", None, None, false, &[]).unwrap();
     assert_ne!(fourth.pool, third.pool);
-    assert_eq!(
-        fourth.pool,
-        net("10.210.3.0/24"),
-        "next-fit continues after the last answer"
-    );
+    assert_eq!(fourth.pool, net("10.210.3.0/24"), "next-fit continues after the last answer");
 }
 
 #[test]
@@ -289,29 +174,15 @@ fn single_candidate_is_not_answered_twice_in_a_row() {
     let first = ipam.request_pool("", None, None, false, &[]).unwrap();
     ipam.release_pool(&first.id).unwrap();
     let err = ipam.request_pool("", None, None, false, &[]).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "no free default pool: all of 10.0.0.0/24:24 are in use or overlap host routes"
-    );
-    assert_eq!(
-        auto_v4(&mut ipam, &[]).unwrap(),
-        net("10.0.0.0/24"),
-        "a failed request clears the memory"
-    );
+    assert_eq!(err.to_string(), "no free default pool: all of 10.0.0.0/24:24 are in use or overlap host routes");
+    assert_eq!(auto_v4(&mut ipam, &[]).unwrap(), net("10.0.0.0/24"), "a failed request clears the memory");
 }
 
 #[test]
 fn default_pools_exhaust_and_wrap_across_several_bases() {
-    let mut ipam = Ipam::new(defaults(&[
-        "10.0.0.0/23:24",
-        "fd00::/64:64",
-        "10.1.0.0/24:24",
-    ]));
+    let mut ipam = Ipam::new(defaults(&["10.0.0.0/23:24", "fd00::/64:64", "10.1.0.0/24:24"]));
     let got: Vec<IpNet> = (0..3).map(|_| auto_v4(&mut ipam, &[]).unwrap()).collect();
-    assert_eq!(
-        got,
-        vec![net("10.0.0.0/24"), net("10.0.1.0/24"), net("10.1.0.0/24")]
-    );
+    assert_eq!(got, vec![net("10.0.0.0/24"), net("10.0.1.0/24"), net("10.1.0.0/24")]);
     let err = auto_v4(&mut ipam, &[]).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -322,20 +193,13 @@ fn default_pools_exhaust_and_wrap_across_several_bases() {
     ipam.release_pool("rustbridge-local/10.0.0.0/24").unwrap();
     ipam.release_pool("rustbridge-local/10.1.0.0/24").unwrap();
     assert_eq!(auto_v4(&mut ipam, &[]).unwrap(), net("10.1.0.0/24"));
-    assert_eq!(
-        auto_v4(&mut ipam, &[]).unwrap(),
-        net("10.0.0.0/24"),
-        "wraps to the first base"
-    );
+    assert_eq!(auto_v4(&mut ipam, &[]).unwrap(), net("10.0.0.0/24"), "wraps to the first base");
 }
 
 #[test]
 fn host_routes_can_exhaust_default_pools() {
     let mut ipam = Ipam::new(defaults(&["10.0.0.0/23:24"]));
-    assert!(matches!(
-        auto_v4(&mut ipam, &[net("10.0.0.0/8")]),
-        Err(IpamError::NoFreeDefaultPool { .. })
-    ));
+    assert!(matches!(auto_v4(&mut ipam, &[net("10.0.0.0/8")]), Err(IpamError::NoFreeDefaultPool { .. })));
 }
 
 #[test]
@@ -347,19 +211,9 @@ fn missing_default_family_is_reported() {
 
 #[test]
 fn invalid_hand_built_defaults_are_ignored() {
-    let bad = DefaultPool {
-        base: net("10.0.0.1/16"),
-        size: 24,
-    };
-    let too_short = DefaultPool {
-        base: net("10.0.0.0/16"),
-        size: 8,
-    };
-    let ipam = Ipam::new(vec![
-        bad,
-        too_short,
-        DefaultPool::parse("10.5.0.0/16:24").unwrap(),
-    ]);
+    let bad = DefaultPool { base: net("10.0.0.1/16"), size: 24 };
+    let too_short = DefaultPool { base: net("10.0.0.0/16"), size: 8 };
+    let ipam = Ipam::new(vec![bad, too_short, DefaultPool::parse("10.5.0.0/16:24").unwrap()]);
     assert_eq!(ipam.default_pools().len(), 1);
 }
 
@@ -372,20 +226,11 @@ fn release_pool_frees_its_addresses() {
     let released = ipam.release_pool(&id).unwrap();
     assert_eq!(released.pool, net("10.0.0.0/24"));
     assert!(ipam.pool(&id).is_none());
-    assert_eq!(
-        ipam.request_address(&id, None, false),
-        Err(IpamError::UnknownPool(id.clone()))
-    );
-    assert_eq!(
-        ipam.release_pool(&id).unwrap_err().to_string(),
-        format!("unknown pool id {id:?}")
-    );
+    assert_eq!(ipam.request_address(&id, None, false), Err(IpamError::UnknownPool(id.clone())));
+    assert_eq!(ipam.release_pool(&id).unwrap_err().to_string(), format!("unknown pool id {id:?}"));
     let again = explicit(&mut ipam, "10.0.0.0/24", None).unwrap();
     assert_eq!(ipam.addresses(&again.id).unwrap().allocated_count(), 0);
-    assert_eq!(
-        ipam.request_address(&again.id, None, true).unwrap().0,
-        ip("10.0.0.1")
-    );
+    assert_eq!(ipam.request_address(&again.id, None, true).unwrap().0, ip("10.0.0.1"));
 }
 
 #[test]
@@ -394,43 +239,21 @@ fn release_address_reports_unknown_and_unallocated() {
     let id = explicit(&mut ipam, "10.0.0.0/24", None).unwrap().id;
     let addr = next_addr(&mut ipam, &id);
     ipam.release_address(&id, addr).unwrap();
-    assert!(matches!(
-        ipam.release_address(&id, addr),
-        Err(IpamError::NotAllocated { .. })
-    ));
-    assert!(matches!(
-        ipam.release_address("nope", addr),
-        Err(IpamError::UnknownPool(_))
-    ));
+    assert!(matches!(ipam.release_address(&id, addr), Err(IpamError::NotAllocated { .. })));
+    assert!(matches!(ipam.release_address("nope", addr), Err(IpamError::UnknownPool(_))));
     assert!(!ipam.addresses(&id).unwrap().is_allocated(addr));
 }
 
 #[test]
 fn restore_round_trip_continues_without_duplicates() {
     let mut before = Ipam::new(default_pools());
-    let v4 = before
-        .request_pool(
-            "",
-            Some(net("10.1.0.0/16")),
-            Some(net("10.1.2.0/24")),
-            false,
-            &[],
-        )
-        .unwrap();
+    let v4 = before.request_pool("", Some(net("10.1.0.0/16")), Some(net("10.1.2.0/24")), false, &[]).unwrap();
     let v6 = before.request_pool("", None, None, true, &[]).unwrap();
     let mut persisted: Vec<(String, IpAddr)> = Vec::new();
-    for (id, gateway) in [
-        (&v4.id, true),
-        (&v4.id, false),
-        (&v4.id, false),
-        (&v4.id, false),
-        (&v6.id, true),
-        (&v6.id, false),
-    ] {
-        persisted.push((
-            id.clone(),
-            before.request_address(id, None, gateway).unwrap().0,
-        ));
+    for (id, gateway) in
+        [(&v4.id, true), (&v4.id, false), (&v4.id, false), (&v4.id, false), (&v6.id, true), (&v6.id, false)]
+    {
+        persisted.push((id.clone(), before.request_address(id, None, gateway).unwrap().0));
     }
     let released = persisted.remove(2);
     before.release_address(&released.0, released.1).unwrap();
@@ -442,10 +265,7 @@ fn restore_round_trip_continues_without_duplicates() {
     for (id, addr) in persisted.iter().rev() {
         after.restore_address(id, *addr).unwrap();
     }
-    assert_eq!(
-        after.pools().collect::<Vec<_>>(),
-        before.pools().collect::<Vec<_>>()
-    );
+    assert_eq!(after.pools().collect::<Vec<_>>(), before.pools().collect::<Vec<_>>());
     for id in [&v4.id, &v6.id] {
         for _ in 0..3 {
             assert_eq!(next_addr(&mut after, id), next_addr(&mut before, id));
@@ -455,14 +275,8 @@ fn restore_round_trip_continues_without_duplicates() {
     }
     let err = after.restore_address(&v4.id, persisted[0].1).unwrap_err();
     assert!(matches!(err, IpamError::AlreadyAllocated { .. }));
-    assert!(matches!(
-        after.restore_address("nope", persisted[0].1),
-        Err(IpamError::UnknownPool(_))
-    ));
-    assert_eq!(
-        after.restore_pool(v4.clone()),
-        Err(IpamError::DuplicatePool(v4.id.clone()))
-    );
+    assert!(matches!(after.restore_address("nope", persisted[0].1), Err(IpamError::UnknownPool(_))));
+    assert_eq!(after.restore_pool(v4.clone()), Err(IpamError::DuplicatePool(v4.id.clone())));
     let new_pool = after.request_pool("", None, None, true, &[]).unwrap();
     assert_ne!(new_pool.pool, v6.pool);
 }
@@ -478,16 +292,10 @@ fn restore_pool_validates_the_record() {
         v6: true,
         auto: false,
     };
-    assert!(matches!(
-        ipam.restore_pool(record.clone()),
-        Err(IpamError::FamilyMismatch { .. })
-    ));
+    assert!(matches!(ipam.restore_pool(record.clone()), Err(IpamError::FamilyMismatch { .. })));
     record.v6 = false;
     ipam.restore_pool(record.clone()).unwrap();
-    assert_eq!(
-        ipam.pool(&record.id).unwrap().address_space,
-        LOCAL_ADDRESS_SPACE
-    );
+    assert_eq!(ipam.pool(&record.id).unwrap().address_space, LOCAL_ADDRESS_SPACE);
     let err = explicit(&mut ipam, "10.0.0.0/16", None).unwrap_err();
     assert!(matches!(err, IpamError::PoolOverlap { .. }));
 }
@@ -505,15 +313,9 @@ fn records_and_default_pools_serialize_as_text() {
     let json = serde_json::to_string(&record).unwrap();
     assert!(json.contains("\"pool\":\"10.1.0.0/16\""), "{json}");
     assert_eq!(serde_json::from_str::<PoolRecord>(&json).unwrap(), record);
-    let without_sub = PoolRecord {
-        sub_pool: None,
-        ..record
-    };
+    let without_sub = PoolRecord { sub_pool: None, ..record };
     let json = serde_json::to_string(&without_sub).unwrap();
-    assert_eq!(
-        serde_json::from_str::<PoolRecord>(&json).unwrap(),
-        without_sub
-    );
+    assert_eq!(serde_json::from_str::<PoolRecord>(&json).unwrap(), without_sub);
     let pool = DefaultPool::parse("fd5c::/48:64").unwrap();
     let json = serde_json::to_string(&pool).unwrap();
     assert_eq!(json, "{\"base\":\"fd5c::/48\",\"size\":64}");

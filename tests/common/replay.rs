@@ -1,5 +1,5 @@
 //! Replaying the request sequences dockerd really sent (recorded in
-//! `../shared/fixtures/dockerd-*.jsonl`, one `{"path": …, "request": …}` object per
+//! `tests/fixtures/dockerd-*.jsonl`, one `{"path": …, "request": …}` object per
 //! line) against a plugin reached through a [`Transport`]: in process on the fake data
 //! plane and firewall ([`InProcess`], tests/fixtures.rs), or the real binary over its
 //! Unix socket inside a throwaway network namespace (tests/replay_netns.rs).
@@ -44,18 +44,11 @@ pub const CALL_LIMIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------- reading the recordings
 
-/// `../shared/fixtures` beside the crate. In CI (CI=true) it must exist; elsewhere a
-/// checkout without it skips these tests with a note.
-pub fn fixtures_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("fixtures directory {} is missing (CI clones shared/ beside the repository)", dir.display());
-    }
-    eprintln!("note: {} not found; skipping the fixture tests", dir.display());
-    None
+/// The recorded dockerd request bodies kept in the repository (`tests/fixtures`).
+pub fn fixtures_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    assert!(dir.is_dir(), "fixtures directory {} is missing", dir.display());
+    dir
 }
 
 pub struct Recorded {

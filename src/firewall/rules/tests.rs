@@ -58,10 +58,8 @@ fn forward_rules_golden() {
 #[test]
 fn published_ports_golden() {
     let mut n = net("rb-p", "10.9.0.0/24");
-    n.ports = vec![
-        port(Proto::Tcp, None, 8080, "10.9.0.2", 80),
-        port(Proto::Udp, Some("127.0.0.1"), 8081, "10.9.0.2", 81),
-    ];
+    n.ports =
+        vec![port(Proto::Tcp, None, 8080, "10.9.0.2", 80), port(Proto::Udp, Some("127.0.0.1"), 8081, "10.9.0.2", 81)];
     let nets = [n];
     assert_eq!(
         dnat_rules(&nets, Family::V4),
@@ -71,8 +69,14 @@ fn published_ports_golden() {
         ]
     );
     let forward = forward_rules(&nets, Family::V4);
-    assert_eq!(forward[0], "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p tcp -m conntrack --ctstate DNAT -m tcp --dport 80 -j ACCEPT");
-    assert_eq!(forward[1], "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p udp -m conntrack --ctstate DNAT -m udp --dport 81 -j ACCEPT");
+    assert_eq!(
+        forward[0],
+        "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p tcp -m conntrack --ctstate DNAT -m tcp --dport 80 -j ACCEPT"
+    );
+    assert_eq!(
+        forward[1],
+        "-d 10.9.0.2/32 ! -i rb-p -o rb-p -p udp -m conntrack --ctstate DNAT -m udp --dport 81 -j ACCEPT"
+    );
     assert_eq!(
         postrouting_rules(&nets, Family::V4),
         [
@@ -150,7 +154,9 @@ fn render_fills_chain_and_moves_jump_after_docker_user() {
         ],
     };
     let text = render(filter, &saved);
-    assert!(text.starts_with("*filter\n:RUSTBRIDGE-FORWARD - [0:0]\n-A RUSTBRIDGE-FORWARD -i rb-x -o rb-x -j ACCEPT\n"));
+    assert!(
+        text.starts_with("*filter\n:RUSTBRIDGE-FORWARD - [0:0]\n-A RUSTBRIDGE-FORWARD -i rb-x -o rb-x -j ACCEPT\n")
+    );
     assert!(text.ends_with("-D FORWARD -j RUSTBRIDGE-FORWARD\n-I FORWARD 2 -j RUSTBRIDGE-FORWARD\nCOMMIT\n"), "{text}");
     assert!(!holds(filter, &saved, &|_, _| filter.chains[0].rules.len()), "jump above DOCKER-USER is not in place");
 }
