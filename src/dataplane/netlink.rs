@@ -235,7 +235,11 @@ impl NetlinkDataPlane {
                 Ok(()) => added.push(*addr),
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => {
-                    return Err(DataPlaneError::new("add address to bridge", name, format!("{addr}: {}", describe(&e))));
+                    return Err(DataPlaneError::new(
+                        "add address to bridge",
+                        name,
+                        format!("{addr}: {}", describe(&e)),
+                    ));
                 }
             }
         }
