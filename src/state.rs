@@ -24,6 +24,9 @@ const POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam_pools");
 const ADDRESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam_addresses");
 /// Key: pool id, value: the last address handed out automatically (next-fit cursor).
 const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("ipam_cursors");
+/// Facts about the database itself; key "instance_id": see [`Store::instance_id`].
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const INSTANCE_ID_KEY: &str = "instance_id";
 
 pub const DB_FILE: &str = "rustbridge.redb";
 
@@ -43,6 +46,11 @@ pub struct NetworkRecord {
     pub options: NetworkOptions,
     pub ipv4: Vec<SubnetRecord>,
     pub ipv6: Vec<SubnetRecord>,
+    /// Addresses the plugin itself added to an adopted bridge (those that were
+    /// there before stay when the network goes). Empty for records written
+    /// before this was kept: then nothing is removed from an adopted bridge.
+    #[serde(default)]
+    pub added_addresses: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -106,6 +114,7 @@ pub struct Snapshot {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    instance_id: String,
 }
 
 impl Store {
@@ -114,9 +123,35 @@ impl Store {
         let err = |message: String| StoreError::Db { path: path.clone(), message };
         std::fs::create_dir_all(dir).map_err(|e| err(format!("create directory: {e}")))?;
         let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
-        let store = Store { db, path };
+        let mut store = Store { db, path, instance_id: String::new() };
         store.ensure_tables()?;
+        store.instance_id = store.load_or_create_instance_id()?;
         Ok(store)
+    }
+
+    /// A random ID made when the database is created and kept with it. Kernel
+    /// objects the plugin creates carry it, so a start with another (or a new)
+    /// database never takes them for its own.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn load_or_create_instance_id(&self) -> Result<String, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        let id = {
+            let mut meta = txn.open_table(META).map_err(|e| self.db_error(e))?;
+            let existing = meta.get(INSTANCE_ID_KEY).map_err(|e| self.db_error(e))?.map(|v| v.value().to_string());
+            match existing {
+                Some(id) => id,
+                None => {
+                    let id = random_hex(8).map_err(|e| self.db_error(format!("make instance ID: {e}")))?;
+                    meta.insert(INSTANCE_ID_KEY, id.as_str()).map_err(|e| self.db_error(e))?;
+                    id
+                }
+            }
+        };
+        txn.commit().map_err(|e| self.db_error(e))?;
+        Ok(id)
     }
 
     fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
@@ -235,6 +270,14 @@ fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).expect("records always serialize")
 }
 
+/// `bytes` random bytes from the kernel, as lowercase hex.
+fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn address_key(pool: &str, addr: IpAddr) -> String {
     format!("{pool}\n{addr}")
 }
@@ -254,7 +297,28 @@ mod tests {
                 gateway: Some("10.0.0.1/24".parse().unwrap()),
             }],
             ipv6: vec![],
+            added_addresses: vec![],
         }
+    }
+
+    #[test]
+    fn instance_id_is_kept_with_the_database_and_differs_between_databases() {
+        let (a, b) = (tempdir(), tempdir());
+        let first = Store::open(&a).unwrap().instance_id().to_string();
+        assert_eq!(first.len(), 16);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(Store::open(&a).unwrap().instance_id(), first, "reopening keeps the ID");
+        assert_ne!(Store::open(&b).unwrap().instance_id(), first, "another database has another ID");
+        std::fs::remove_dir_all(a).unwrap();
+        std::fs::remove_dir_all(b).unwrap();
+    }
+
+    #[test]
+    fn network_records_without_added_addresses_load_as_none_added() {
+        let mut value = serde_json::to_value(network("old")).unwrap();
+        value.as_object_mut().unwrap().remove("added_addresses");
+        let record: NetworkRecord = serde_json::from_value(value).unwrap();
+        assert!(record.added_addresses.is_empty());
     }
 
     #[test]

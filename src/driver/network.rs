@@ -89,6 +89,7 @@ impl Plugin {
             options,
             ipv4,
             ipv6,
+            added_addresses: vec![],
         };
         if !record.ipv6.is_empty() && !record.options.internal {
             // Like the built-in bridge; where the knob is read-only, the host decides.

@@ -217,6 +217,7 @@ mod tests {
             options: NetworkOptions::default(),
             ipv4: vec![],
             ipv6: vec![],
+            added_addresses: vec![],
         }
     }
 
