@@ -8,6 +8,7 @@ pub mod driver;
 pub mod firewall;
 pub mod ipam;
 pub mod log;
+pub mod names;
 pub mod options;
 pub mod reconcile;
 pub mod server;

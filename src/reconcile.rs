@@ -9,8 +9,9 @@ use std::time::Duration;
 use slog::{Logger, info, warn};
 
 use crate::dataplane::LinkKind;
-use crate::driver::network::{bridge_spec, is_owned_bridge_name, is_owned_veth_name};
+use crate::driver::network::bridge_spec;
 use crate::driver::{Plugin, Result, State};
+use crate::names::{is_owned_bridge_name, is_owned_veth_name, short_id};
 use crate::state::NetworkRecord;
 
 /// Start-up: recreate missing bridges, remove owned links no state knows,
@@ -22,7 +23,7 @@ pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
     for network in state.networks.values() {
         match plugin.dataplane.ensure_bridge(&bridge_spec(network)).await {
             Ok(true) => {
-                info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => &network.id[..12])
+                info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => short_id(&network.id))
             }
             Ok(false) => {}
             Err(e) => errors.push(e.to_string()),

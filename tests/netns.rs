@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Netns, Plugin, fake_container, random_id, ready_or_skip, wait_until};
+use rustbridge::names::{bridge_name, has_plugin_prefix, is_owned_veth_name, veth_names};
 use serde_json::{Value, json};
 
 macro_rules! require_root {
@@ -23,12 +24,8 @@ macro_rules! require_root {
     };
 }
 
-fn bridge_name(network_id: &str) -> String {
-    format!("rb-{}", &network_id[..12])
-}
-
 fn host_veth(endpoint_id: &str) -> String {
-    format!("rbh-{}", &endpoint_id[..11])
+    veth_names(endpoint_id).0
 }
 
 /// A CreateNetwork body as dockerd 20.10–28 sends it.
@@ -117,11 +114,7 @@ fn assert_forward_policy_drop(ns: &Netns) {
 }
 
 fn assert_no_plugin_traces(ns: &Netns) {
-    let leftovers: Vec<String> = ns
-        .link_names()
-        .into_iter()
-        .filter(|n| n.starts_with("rb-") || n.starts_with("rbh-") || n.starts_with("rbc-"))
-        .collect();
+    let leftovers: Vec<String> = ns.link_names().into_iter().filter(|n| has_plugin_prefix(n)).collect();
     assert!(leftovers.is_empty(), "links left behind: {leftovers:?}");
     let saved = ns.iptables_save();
     assert!(!saved.contains("RUSTBRIDGE"), "rules left behind:\n{saved}");
@@ -159,7 +152,7 @@ fn bridge_veth_and_ping() {
     let b = create_and_join(&p, &net, "10.77.0.3/24");
     for e in [&a, &b] {
         assert_eq!(e.gateway.as_deref(), Some("10.77.0.1"), "{}", e.join_reply);
-        assert_eq!(e.peer, format!("rbc-{}", &e.id[..11]));
+        assert_eq!(e.peer, veth_names(&e.id).1);
         let veth = host.link(&host_veth(&e.id)).unwrap_or_else(|| panic!("host veth missing: {:?}", host.link_names()));
         assert_eq!(veth["master"], bridge.as_str(), "{veth}");
         assert!(flags(&veth).contains(&"UP".to_string()), "host veth not up: {veth}");
@@ -287,14 +280,17 @@ fn kill9_and_restart_continue() {
 
     p.kill9();
     host.ip(&["link", "del", &bridge]).expect_ok();
-    host.ip(&["link", "add", "rb-0123456789ab", "type", "bridge"]).expect_ok();
-    host.ip(&["link", "add", "rbh-0123456789a", "type", "veth", "peer", "name", "rbc-0123456789a"]).expect_ok();
+    // Leftovers of a network and an endpoint no state knows (a crash between kernel and store).
+    let stray_bridge = bridge_name(&random_id());
+    let (stray_host, stray_peer) = veth_names(&random_id());
+    host.ip(&["link", "add", &stray_bridge, "type", "bridge"]).expect_ok();
+    host.ip(&["link", "add", &stray_host, "type", "veth", "peer", "name", &stray_peer]).expect_ok();
     p.restart();
 
     let link = host.link(&bridge).unwrap_or_else(|| panic!("bridge not recreated: {:?}", host.link_names()));
     assert!(flags(&link).contains(&"UP".to_string()), "{link}");
     assert_eq!(host.ipv4_addresses(&bridge), vec![gateway.clone()], "recreated bridge must carry the gateway");
-    for stray in ["rb-0123456789ab", "rbh-0123456789a", "rbc-0123456789a"] {
+    for stray in [&stray_bridge, &stray_host, &stray_peer] {
         assert!(!host.has_link(stray), "stray {stray} not removed: {:?}", host.link_names());
     }
     assert!(host.has_link(&ep_host) && host.has_link(&ep_peer), "a joined endpoint's veths must be kept");
@@ -618,8 +614,7 @@ fn concurrent_endpoints_on_one_network() {
             s.spawn(move || leave_and_delete(p, e));
         }
     });
-    let left: Vec<String> =
-        host.link_names().into_iter().filter(|n| n.starts_with("rbh-") || n.starts_with("rbc-")).collect();
+    let left: Vec<String> = host.link_names().into_iter().filter(|n| is_owned_veth_name(n)).collect();
     assert!(left.is_empty(), "veths left after concurrent Leave/DeleteEndpoint: {left:?}");
     p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
     assert_no_plugin_traces(&host);

@@ -32,7 +32,7 @@ use common::replay::{
     replay_in_process, wire_body,
 };
 use common::{Netns, Plugin, ready_or_skip};
-use rustbridge::driver::network::veth_names;
+use rustbridge::names::{has_plugin_prefix, is_owned_veth_name, veth_names};
 
 /// The real binary in its own namespace. Field order matters: the plugin is killed
 /// before the namespace is deleted.
@@ -65,8 +65,7 @@ impl Binary {
         let links = self.host.links();
         let name = |l: &Value| l["ifname"].as_str().unwrap_or("").to_string();
         let kind = |l: &Value| l["linkinfo"]["info_kind"].as_str().unwrap_or("").to_string();
-        let veths: BTreeSet<String> =
-            links.iter().map(name).filter(|n| n.starts_with("rbh-") || n.starts_with("rbc-")).collect();
+        let veths: BTreeSet<String> = links.iter().map(name).filter(|n| is_owned_veth_name(n)).collect();
         for id in &model.deleted_endpoints {
             let (host, peer) = veth_names(id);
             for n in [host, peer] {
@@ -116,7 +115,7 @@ impl Binary {
         for l in self.host.links() {
             let name = l["ifname"].as_str().unwrap_or("");
             let bridge = l["linkinfo"]["info_kind"] == "bridge";
-            if bridge || ["rb-", "rbh-", "rbc-"].iter().any(|p| name.starts_with(p)) {
+            if bridge || has_plugin_prefix(name) {
                 problems.push(format!("link {name} left behind"));
             }
         }

@@ -10,46 +10,9 @@ use serde_json::Value;
 use super::{Plugin, PluginError, Result, State, firewall_network, ports, validate_id};
 use crate::api::{self, *};
 use crate::dataplane::{BridgeSpec, VethSpec};
+use crate::names::{bridge_name, is_docker_bridge_name, is_owned_bridge_name, short_id as short, veth_names};
 use crate::options::{GatewayMode, NetworkOptions, parse_network_options};
 use crate::state::{Change, EndpointRecord, NetworkRecord, SubnetRecord};
-
-/// Prefix of bridges named after the network ID; anything else is only adopted.
-pub const BRIDGE_PREFIX: &str = "rb-";
-/// Host end of an endpoint's veth pair.
-pub const HOST_VETH_PREFIX: &str = "rbh-";
-/// Peer end, moved into the container by dockerd.
-pub const PEER_VETH_PREFIX: &str = "rbc-";
-const ID_CHARS_IN_BRIDGE: usize = 12;
-const ID_CHARS_IN_VETH: usize = 11;
-
-pub fn default_bridge_name(network_id: &str) -> String {
-    format!("{BRIDGE_PREFIX}{}", &network_id[..ID_CHARS_IN_BRIDGE])
-}
-
-pub fn veth_names(endpoint_id: &str) -> (String, String) {
-    let short = &endpoint_id[..ID_CHARS_IN_VETH];
-    (format!("{HOST_VETH_PREFIX}{short}"), format!("{PEER_VETH_PREFIX}{short}"))
-}
-
-/// A name the plugin would have derived itself (so it may delete it when no state knows it).
-pub fn is_owned_bridge_name(name: &str) -> bool {
-    name.strip_prefix(BRIDGE_PREFIX)
-        .is_some_and(|rest| rest.len() == ID_CHARS_IN_BRIDGE && rest.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-/// Names of the built-in bridge driver's devices; adopting one would break Docker's own network.
-fn is_docker_bridge_name(name: &str) -> bool {
-    name == "docker0"
-        || name == "docker_gwbridge"
-        || name.strip_prefix("br-").is_some_and(|rest| rest.len() == 12 && rest.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-pub fn is_owned_veth_name(name: &str) -> bool {
-    [HOST_VETH_PREFIX, PEER_VETH_PREFIX].iter().any(|prefix| {
-        name.strip_prefix(prefix)
-            .is_some_and(|rest| rest.len() == ID_CHARS_IN_VETH && rest.chars().all(|c| c.is_ascii_hexdigit()))
-    })
-}
 
 impl Plugin {
     pub fn capabilities(&self) -> CapabilitiesResponse {
@@ -73,7 +36,7 @@ impl Plugin {
             self.dataplane.ensure_bridge(&bridge_spec(existing)).await?;
             return Ok(());
         }
-        let bridge = options.bridge_name.clone().unwrap_or_else(|| default_bridge_name(&req.network_id));
+        let bridge = options.bridge_name.clone().unwrap_or_else(|| bridge_name(&req.network_id));
         if options.bridge_name.is_some() && (is_docker_bridge_name(&bridge) || is_owned_bridge_name(&bridge)) {
             return Err(PluginError::new(format!(
                 "option {}: {bridge} is reserved (Docker's own bridges are docker0 and br-<id>, rustbridge's are rb-<id>)",
@@ -382,10 +345,6 @@ impl Plugin {
             skip_ipv6: options.gateway_mode_ipv6 == GatewayMode::Isolated,
         })
     }
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 fn parse_ipam_data(

@@ -159,7 +159,7 @@ fn check_free(candidate: &FwPort, taken: &[Taken<'_>], resolved: &[FwPort]) -> R
         return Err(PluginError::new(format!(
             "{} is already published by endpoint {}",
             what(),
-            &t.endpoint_id[..t.endpoint_id.len().min(12)]
+            crate::names::short_id(t.endpoint_id)
         )));
     }
     if resolved.iter().any(|r| overlaps(r, candidate)) {

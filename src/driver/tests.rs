@@ -193,11 +193,11 @@ fn ep_id(n: u64) -> String {
 }
 
 fn expected_bridge(network_id: &str) -> String {
-    format!("rb-{}", &network_id[..12])
+    crate::names::bridge_name(network_id)
 }
 
 fn expected_veths(endpoint_id: &str) -> (String, String) {
-    (format!("rbh-{}", &endpoint_id[..11]), format!("rbc-{}", &endpoint_id[..11]))
+    crate::names::veth_names(endpoint_id)
 }
 
 fn v4_network(id: &str, pool: &str, gateway: &str, generic: Value) -> Value {

@@ -9,15 +9,12 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::{FwNetwork, FwPort};
+use crate::names::docker_bridge_patterns;
 
 pub const FORWARD_CHAIN: &str = "RUSTBRIDGE-FORWARD";
 pub const POSTROUTING_CHAIN: &str = "RUSTBRIDGE-POSTROUTING";
 pub const DNAT_CHAIN: &str = "RUSTBRIDGE-DNAT";
 pub const RAW_CHAIN: &str = "RUSTBRIDGE-PREROUTING";
-
-/// Docker's own bridges: `docker0` and `br-<12 hex>` for user networks. Traffic
-/// from a rustbridge network to them is refused, as between Docker's bridges.
-const DOCKER_BRIDGE_PATTERNS: &[&str] = &["docker0", "br-+"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -163,7 +160,7 @@ pub fn forward_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
             for other in nets.iter().filter(|o| o.bridge != n.bridge) {
                 rules.push(format!("-i {} -o {} -j DROP", other.bridge, n.bridge));
             }
-            for pattern in DOCKER_BRIDGE_PATTERNS {
+            for pattern in docker_bridge_patterns() {
                 rules.push(format!("-i {pattern} -o {} -j DROP", n.bridge));
             }
             rules.push(format!("-o {} -j ACCEPT", n.bridge));
@@ -181,7 +178,7 @@ pub fn forward_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
             rules.push(format!("-i {} -j DROP", n.bridge));
             continue;
         }
-        for pattern in DOCKER_BRIDGE_PATTERNS {
+        for pattern in docker_bridge_patterns() {
             rules.push(format!("-i {} -o {pattern} -j DROP", n.bridge));
         }
         rules.push(format!("-i {} -j ACCEPT", n.bridge));

@@ -26,9 +26,9 @@ use rustbridge::api::*;
 use rustbridge::dataplane::LinkKind;
 use rustbridge::dataplane::fake::FakeDataPlane;
 use rustbridge::driver::Plugin;
-use rustbridge::driver::network::veth_names;
 use rustbridge::firewall::FakeFirewall;
 use rustbridge::ipam::default_pools;
+use rustbridge::names::{bridge_name, veth_names};
 use rustbridge::state::Store;
 
 /// The recordings the protocol notes describe; more `dockerd-*.jsonl` files are read too.
@@ -310,10 +310,8 @@ pub fn requested_bridge(request: &Value) -> String {
         .find_map(|k| generic.get(*k).and_then(Value::as_str).filter(|s| !s.is_empty()));
     match named {
         Some(name) => name.to_string(),
-        None => {
-            let id = raw_str(request, "NetworkID");
-            format!("rb-{}", &id[..id.len().min(12)])
-        }
+        // Only asked for once the plugin accepted the request, so the ID is a valid one.
+        None => bridge_name(raw_str(request, "NetworkID")),
     }
 }
 

@@ -92,13 +92,13 @@ range_port=$(published_port "$(ip_of "$PREFIX-range" "$n1")" 80 tcp)
 expect "it got a host port in 8100-8102 ($range_port)" test "${range_port:-0}" -ge 8100 -a "${range_port:-0}" -le 8102
 eventually "the range port works from the client host" 10 sh -c "ip netns exec $cli curl -s -m 2 http://198.18.11.1:$range_port/ | grep -q hello-range"
 dnat_before=$(iptables -t nat -S RUSTBRIDGE-DNAT | wc -l)
-veths_before=$(ip -br link | grep -c '^rbh-')
+veths_before=$(host_veth_count)
 out_text=$(docker run -d --name "$dup" --network "$n1" -p 8080:80 "$IMAGE" sleep 3600 2>&1)
 status=$?
 expect "a second container asking for host port 8080 fails" test "$status" -ne 0
 expect "the error names the port" sh -c "echo '$out_text' | grep -q '8080/tcp'"
 equal "no DNAT rule leaked" "$dnat_before" "$(iptables -t nat -S RUSTBRIDGE-DNAT | wc -l)"
-equal "no veth leaked" "$veths_before" "$(ip -br link | grep -c '^rbh-')"
+equal "no veth leaked" "$veths_before" "$(host_veth_count)"
 docker rm -f "$dup" >/dev/null 2>&1
 expect "removing $eph removes exactly its rules" sh -c "docker rm -f $eph >/dev/null && ! iptables -t nat -S RUSTBRIDGE-DNAT | grep -q 'to-destination $eph_ip:' && iptables -t nat -S RUSTBRIDGE-DNAT | grep -q 'to-destination $web_ip:80'"
 

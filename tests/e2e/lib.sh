@@ -107,7 +107,16 @@ ping_blocked() { ! docker exec "$1" ping -c 1 -W 1 "$2"; }
 ip_of() { docker inspect -f "{{(index .NetworkSettings.Networks \"$2\").IPAddress}}" "$1"; }
 plugin_pid() { pgrep -f '^/usr/bin/rustbridge serve' | head -n 1; }
 network_id() { docker network inspect -f '{{.Id}}' "$1"; }
-bridge_of() { echo "rb-$(network_id "$1" | cut -c1-12)"; }
+# The plugin's device names (src/names.rs; its unit test checks these lines).
+RB_BRIDGE_PREFIX=rb-
+RB_HOST_VETH_PREFIX=rbh-
+RB_PEER_VETH_PREFIX=rbc-
+RB_ID_CHARS_IN_BRIDGE=12
+RB_ID_CHARS_IN_VETH=11
+bridge_of() { echo "$RB_BRIDGE_PREFIX$(network_id "$1" | cut -c1-$RB_ID_CHARS_IN_BRIDGE)"; }
+# host_veth_of ENDPOINT_ID: the host end of the endpoint's veth pair.
+host_veth_of() { echo "$RB_HOST_VETH_PREFIX$(echo "$1" | cut -c1-$RB_ID_CHARS_IN_VETH)"; }
+host_veth_count() { ip -br link | grep -c "^$RB_HOST_VETH_PREFIX"; }
 rustbridge_rule_count() { { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'RUSTBRIDGE' || true; }
 
 # fake_host NS HOST_IP NS_IP [HOST_IP6 NS_IP6]: a network namespace of the

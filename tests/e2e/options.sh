@@ -47,7 +47,7 @@ expect "run a container" run "$PREFIX-mtu-c" --network "$PREFIX-mtu"
 bridge=$(bridge_of "$PREFIX-mtu")
 equal "bridge MTU" 1400 "$(cat /sys/class/net/$bridge/mtu)"
 endpoint=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$PREFIX-mtu\").EndpointID}}" "$PREFIX-mtu-c")
-equal "host veth MTU" 1400 "$(cat /sys/class/net/rbh-${endpoint:0:11}/mtu)"
+equal "host veth MTU" 1400 "$(cat /sys/class/net/$(host_veth_of "$endpoint")/mtu)"
 equal "container eth0 MTU" 1400 "$(docker exec "$PREFIX-mtu-c" cat /sys/class/net/eth0/mtu)"
 
 step "com.docker.network.container_iface_prefix"
