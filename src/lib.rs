@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod driver;
+pub mod family;
 pub mod firewall;
 pub mod ipam;
 pub mod log;

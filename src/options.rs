@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use crate::api::{self, Options};
+use crate::family::Family;
 
 pub const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 pub const MTU: &str = "com.docker.network.driver.mtu";
@@ -84,6 +85,15 @@ impl Default for NetworkOptions {
             internal: false,
             enable_ipv4: true,
             enable_ipv6: false,
+        }
+    }
+}
+
+impl NetworkOptions {
+    pub fn gateway_mode(&self, family: Family) -> GatewayMode {
+        match family {
+            Family::V4 => self.gateway_mode_ipv4,
+            Family::V6 => self.gateway_mode_ipv6,
         }
     }
 }
@@ -220,20 +230,13 @@ fn parse_iface_prefix(key: &str, prefix: &str) -> Result<String, OptionError> {
     parse_ifname(key, prefix)
 }
 
-#[derive(Clone, Copy)]
-enum Family {
-    V4,
-    V6,
-}
-
 fn parse_ip(key: &str, value: &Value, family: Family) -> Result<IpAddr, OptionError> {
     let text = as_string(key, value)?;
     let ip: IpAddr = text.trim().parse().map_err(|_| invalid(key, format!("{text:?} is not an IP address")))?;
-    match (family, ip) {
-        (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)) => Ok(ip),
-        (Family::V4, _) => Err(invalid(key, format!("{ip} is not an IPv4 address"))),
-        (Family::V6, _) => Err(invalid(key, format!("{ip} is not an IPv6 address"))),
+    if Family::of(&ip) != family {
+        return Err(invalid(key, format!("{ip} is not an {family} address")));
     }
+    Ok(ip)
 }
 
 fn parse_gateway_mode(key: &str, value: &Value) -> Result<GatewayMode, OptionError> {

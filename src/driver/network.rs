@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::{Plugin, PluginError, Result, State, firewall_network, ports, validate_id};
 use crate::api::{self, *};
 use crate::dataplane::{BridgeSpec, VethSpec};
+use crate::family::Family;
 use crate::names::{bridge_name, is_docker_bridge_name, is_owned_bridge_name, short_id as short, veth_names};
 use crate::options::{GatewayMode, NetworkOptions, parse_network_options};
 use crate::state::{Change, EndpointRecord, NetworkRecord, SubnetRecord};
@@ -359,20 +360,17 @@ fn parse_ipam_data(
             .pool
             .parse()
             .map_err(|_| PluginError::new(format!("{field}[{i}].Pool {:?} is not a subnet in CIDR form", d.pool)))?;
-        if pool.trunc() != pool {
-            return Err(PluginError::new(format!(
-                "{field}[{i}].Pool {pool} has host bits set (did you mean {}?)",
-                pool.trunc()
-            )));
-        }
-        if matches!(pool, IpNet::V6(_)) != v6 {
-            return Err(PluginError::new(format!("{field}[{i}].Pool {pool} is of the wrong IP family")));
+        crate::family::require_network(pool)
+            .map_err(|reason| PluginError::new(format!("{field}[{i}].Pool {pool}: {reason}")))?;
+        let family = Family::from_v6(v6);
+        if !family.matches(&pool) {
+            return Err(PluginError::new(format!("{field}[{i}].Pool {pool} is not an {family} subnet")));
         }
         let gateway = match d.gateway.as_str() {
             "" => None,
             text => Some(parse_gateway(&format!("{field}[{i}].Gateway"), text, pool)?),
         };
-        let isolated = if v6 { options.gateway_mode_ipv6 } else { options.gateway_mode_ipv4 } == GatewayMode::Isolated;
+        let isolated = options.gateway_mode(family) == GatewayMode::Isolated;
         out.push(SubnetRecord { pool, gateway: if isolated { None } else { gateway } });
     }
     Ok(out)

@@ -9,35 +9,13 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::{FwNetwork, FwPort};
+pub use crate::family::Family;
 use crate::names::docker_bridge_patterns;
 
 pub const FORWARD_CHAIN: &str = "RUSTBRIDGE-FORWARD";
 pub const POSTROUTING_CHAIN: &str = "RUSTBRIDGE-POSTROUTING";
 pub const DNAT_CHAIN: &str = "RUSTBRIDGE-DNAT";
 pub const RAW_CHAIN: &str = "RUSTBRIDGE-PREROUTING";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: &IpAddr) -> Family {
-        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
-    }
-
-    fn matches(self, net: &ipnet::IpNet) -> bool {
-        Family::of(&net.addr()) == self
-    }
-
-    pub fn host_prefix(self) -> u8 {
-        match self {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        }
-    }
-}
 
 /// A jump from a built-in chain into one of ours.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,9 +16,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::IpamError;
-use super::net::{
-    addr_to_u128, first_value, is_v6, last_value, require_network, require_sub_pool_inside, u128_to_addr,
-};
+use super::net::{addr_to_u128, first_value, last_value, require_network, require_sub_pool_inside, u128_to_addr};
+use crate::family::Family;
 
 #[derive(Clone, Debug)]
 pub struct AddressAllocator {
@@ -155,7 +154,7 @@ impl AddressAllocator {
         if host_bits <= 1 {
             return (0, size_minus_one);
         }
-        let has_broadcast = !is_v6(&self.pool);
+        let has_broadcast = Family::of_net(&self.pool) == Family::V4;
         (1, size_minus_one - u128::from(has_broadcast))
     }
 
@@ -181,7 +180,7 @@ impl AddressAllocator {
     }
 
     fn addr_at(&self, offset: u128) -> IpAddr {
-        u128_to_addr(self.base + offset, is_v6(&self.pool))
+        u128_to_addr(self.base + offset, Family::of_net(&self.pool))
     }
 
     fn next_fit_start(&self) -> u128 {

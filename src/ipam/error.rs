@@ -2,6 +2,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::family::Family;
+
 /// Errors of the IPAM. The messages reach the user through `docker network create`
 /// and `docker run`, so each names the request field or the address and the reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -24,7 +26,7 @@ pub enum IpamError {
     #[error("invalid {field} {value:?}: {reason}")]
     Invalid { field: &'static str, value: String, reason: String },
 
-    #[error("V6 is {v6} but {field} {net} is an {} network", family_name(.net))]
+    #[error("V6 is {v6} but {field} {net} is an {} network", Family::of_net(.net))]
     FamilyMismatch { field: &'static str, net: IpNet, v6: bool },
 
     #[error("pool {requested} overlaps held pool {held}")]
@@ -36,8 +38,8 @@ pub enum IpamError {
     #[error("pool id {0:?} is already held")]
     DuplicatePool(String),
 
-    #[error("no default {} pool configured", family_label(*.v6))]
-    NoDefaultPoolConfigured { v6: bool },
+    #[error("no default {family} pool configured")]
+    NoDefaultPoolConfigured { family: Family },
 
     #[error("no free default pool: all of {candidates} are in use or overlap host routes")]
     NoFreeDefaultPool { candidates: String },
@@ -47,15 +49,4 @@ impl IpamError {
     pub(crate) fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> Self {
         IpamError::Invalid { field, value: value.to_string(), reason: reason.into() }
     }
-}
-
-fn family_name(net: &IpNet) -> &'static str {
-    match net {
-        IpNet::V4(_) => "IPv4",
-        IpNet::V6(_) => "IPv6",
-    }
-}
-
-fn family_label(v6: bool) -> &'static str {
-    if v6 { "IPv6" } else { "IPv4" }
 }

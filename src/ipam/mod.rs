@@ -19,7 +19,9 @@ pub use allocator::AddressAllocator;
 pub use error::IpamError;
 pub use pools::{DefaultPool, default_pools};
 
-use net::{is_v6, require_family, require_network, require_sub_pool_inside};
+use net::{require_family, require_network, require_sub_pool_inside};
+
+use crate::family::Family;
 use pools::{BlockedRanges, DefaultPoolPicker};
 
 pub const LOCAL_ADDRESS_SPACE: &str = "rustbridge-local";
@@ -72,7 +74,7 @@ impl Ipam {
             return Err(IpamError::DuplicatePool(record.id));
         }
         record.address_space = normalize_address_space(&record.address_space)?.to_string();
-        require_family("Pool", record.pool, record.v6)?;
+        require_family("Pool", record.pool, Family::from_v6(record.v6))?;
         let addresses = AddressAllocator::new(record.pool, record.sub_pool)?;
         self.pools.insert(record.id.clone(), HeldPool { record, addresses });
         Ok(())
@@ -111,14 +113,14 @@ impl Ipam {
         let address_space = normalize_address_space(address_space)?;
         let (pool, auto) = match pool {
             Some(pool) => {
-                self.check_explicit_pool(address_space, pool, sub_pool, v6)?;
+                self.check_explicit_pool(address_space, pool, sub_pool, Family::from_v6(v6))?;
                 (pool, false)
             }
             None => {
                 if let Some(sub_pool) = sub_pool {
                     return Err(IpamError::invalid("SubPool", sub_pool, "a SubPool requires a Pool"));
                 }
-                (self.pick_default_pool(v6, host_prefixes_in_use)?, true)
+                (self.pick_default_pool(Family::from_v6(v6), host_prefixes_in_use)?, true)
             }
         };
         let record = PoolRecord {
@@ -187,10 +189,10 @@ impl Ipam {
         address_space: &str,
         pool: IpNet,
         sub_pool: Option<IpNet>,
-        v6: bool,
+        family: Family,
     ) -> Result<(), IpamError> {
         require_network("Pool", pool)?;
-        require_family("Pool", pool, v6)?;
+        require_family("Pool", pool, family)?;
         if let Some(sub_pool) = sub_pool {
             require_sub_pool_inside(sub_pool, pool)?;
         }
@@ -207,11 +209,11 @@ impl Ipam {
             .find(|held| held.contains(&pool) || pool.contains(held))
     }
 
-    fn pick_default_pool(&mut self, v6: bool, host_prefixes_in_use: &[IpNet]) -> Result<IpNet, IpamError> {
+    fn pick_default_pool(&mut self, family: Family, host_prefixes_in_use: &[IpNet]) -> Result<IpNet, IpamError> {
         let held = self.pools.values().map(|held| held.record.pool);
         let host = host_prefixes_in_use.iter().copied().filter(|prefix| prefix.prefix_len() > 0);
-        let blocked = BlockedRanges::new(held.chain(host).filter(|net| is_v6(net) == v6));
-        self.picker.pick(&self.defaults, v6, &blocked)
+        let blocked = BlockedRanges::new(held.chain(host).filter(|net| family.matches(net)));
+        self.picker.pick(&self.defaults, family, &blocked)
     }
 }
 

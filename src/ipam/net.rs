@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::IpamError;
+use crate::family::Family;
 
 pub(crate) fn addr_to_u128(addr: IpAddr) -> u128 {
     match addr {
@@ -15,12 +16,10 @@ pub(crate) fn addr_to_u128(addr: IpAddr) -> u128 {
 }
 
 /// `value` must fit the family (below 2^32 for IPv4).
-pub(crate) fn u128_to_addr(value: u128, v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(value))
-    } else {
-        let v4 = u32::try_from(value).expect("IPv4 value above 2^32");
-        IpAddr::V4(Ipv4Addr::from(v4))
+pub(crate) fn u128_to_addr(value: u128, family: Family) -> IpAddr {
+    match family {
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(value)),
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(u32::try_from(value).expect("IPv4 value above 2^32"))),
     }
 }
 
@@ -32,23 +31,15 @@ pub(crate) fn last_value(net: &IpNet) -> u128 {
     addr_to_u128(net.broadcast())
 }
 
-pub(crate) fn is_v6(net: &IpNet) -> bool {
-    matches!(net, IpNet::V6(_))
-}
-
 pub(crate) fn require_network(field: &'static str, net: IpNet) -> Result<(), IpamError> {
-    if net.addr() == net.network() {
-        return Ok(());
-    }
-    let reason = format!("host bits set (did you mean {}?)", net.trunc());
-    Err(IpamError::invalid(field, net, reason))
+    crate::family::require_network(net).map_err(|reason| IpamError::invalid(field, net, reason))
 }
 
-pub(crate) fn require_family(field: &'static str, net: IpNet, v6: bool) -> Result<(), IpamError> {
-    if is_v6(&net) == v6 {
+pub(crate) fn require_family(field: &'static str, net: IpNet, family: Family) -> Result<(), IpamError> {
+    if family.matches(&net) {
         return Ok(());
     }
-    Err(IpamError::FamilyMismatch { field, net, v6 })
+    Err(IpamError::FamilyMismatch { field, net, v6: family.is_v6() })
 }
 
 pub(crate) fn require_sub_pool_inside(sub_pool: IpNet, pool: IpNet) -> Result<(), IpamError> {

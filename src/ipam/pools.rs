@@ -6,7 +6,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::IpamError;
-use super::net::{first_value, ipnet_text, is_v6, last_value, require_network, u128_to_addr};
+use super::net::{first_value, ipnet_text, last_value, require_network, u128_to_addr};
+use crate::family::Family;
 
 const DEFAULT_POOL_FIELD: &str = "default pool";
 
@@ -62,8 +63,8 @@ impl DefaultPool {
         Ok(())
     }
 
-    pub(crate) fn is_v6(&self) -> bool {
-        is_v6(&self.base)
+    pub(crate) fn family(&self) -> Family {
+        Family::of_net(&self.base)
     }
 
     fn first_candidate(&self) -> u128 {
@@ -81,7 +82,7 @@ impl DefaultPool {
     }
 
     fn candidate_at(&self, start: u128) -> IpNet {
-        IpNet::new(u128_to_addr(start, self.is_v6()), self.size).expect("size validated")
+        IpNet::new(u128_to_addr(start, self.family()), self.size).expect("size validated")
     }
 
     /// The first candidate with start in `from..=to` (both candidate starts) that
@@ -171,15 +172,18 @@ impl DefaultPoolPicker {
     pub(crate) fn pick(
         &mut self,
         defaults: &[DefaultPool],
-        v6: bool,
+        family: Family,
         blocked: &BlockedRanges,
     ) -> Result<IpNet, IpamError> {
-        let family: Vec<usize> = (0..defaults.len()).filter(|&i| defaults[i].is_v6() == v6).collect();
-        if family.is_empty() {
-            return Err(IpamError::NoDefaultPoolConfigured { v6 });
+        let of_family: Vec<usize> = (0..defaults.len()).filter(|&i| defaults[i].family() == family).collect();
+        if of_family.is_empty() {
+            return Err(IpamError::NoDefaultPoolConfigured { family });
         }
-        let last = if v6 { &mut self.last_v6 } else { &mut self.last_v4 };
-        let found = search_order(defaults, &family, *last).into_iter().find_map(|segment| {
+        let last = match family {
+            Family::V4 => &mut self.last_v4,
+            Family::V6 => &mut self.last_v6,
+        };
+        let found = search_order(defaults, &of_family, *last).into_iter().find_map(|segment| {
             let pool = &defaults[segment.pool_index];
             let start = pool.first_free_candidate(segment.from, segment.to, blocked)?;
             Some(Candidate { pool_index: segment.pool_index, start })
@@ -187,7 +191,7 @@ impl DefaultPoolPicker {
         *last = found;
         match found {
             Some(candidate) => Ok(defaults[candidate.pool_index].candidate_at(candidate.start)),
-            None => Err(IpamError::NoFreeDefaultPool { candidates: describe(defaults, &family) }),
+            None => Err(IpamError::NoFreeDefaultPool { candidates: describe(defaults, &of_family) }),
         }
     }
 }
