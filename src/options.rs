@@ -31,8 +31,7 @@ const MAX_MTU: u32 = 65535;
 /// IFNAMSIZ - 1: the kernel refuses longer interface names.
 pub const MAX_IFNAME_LEN: usize = 15;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GatewayMode {
     #[default]
     Nat,
@@ -41,13 +40,13 @@ pub enum GatewayMode {
 }
 
 /// Everything a network's behaviour depends on, decided at CreateNetwork.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// In memory only: the store keeps its own record of it (`state::schema`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct NetworkOptions {
     /// A user-chosen bridge name; None means `rb-<12 hex of the network id>`.
     pub bridge_name: Option<String>,
     pub mtu: u32,
     /// The MTU came from the user (and so also applies to an adopted bridge).
-    #[serde(default)]
     pub mtu_explicit: bool,
     pub iface_prefix: String,
     pub enable_icc: bool,
@@ -59,7 +58,6 @@ pub struct NetworkOptions {
     pub gateway_mode_ipv4: GatewayMode,
     pub gateway_mode_ipv6: GatewayMode,
     /// Host interfaces allowed to reach containers at their own addresses.
-    #[serde(default)]
     pub trusted_host_interfaces: Vec<String>,
     pub internal: bool,
     pub enable_ipv4: bool,

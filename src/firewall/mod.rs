@@ -37,8 +37,7 @@ pub struct FwNetwork {
     pub snat_ipv6: Option<IpAddr>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Proto {
     Tcp,
     Udp,
@@ -69,7 +68,7 @@ impl std::fmt::Display for Proto {
 
 /// One published port: host address (None = every address) and port, DNATed
 /// to the container's address and port.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FwPort {
     pub proto: Proto,
     pub host_ip: Option<IpAddr>,

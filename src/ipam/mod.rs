@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 pub use allocator::AddressAllocator;
 pub use error::IpamError;
@@ -27,15 +26,14 @@ use pools::{BlockedRanges, DefaultPoolPicker};
 pub const LOCAL_ADDRESS_SPACE: &str = "rustbridge-local";
 pub const GLOBAL_ADDRESS_SPACE: &str = "rustbridge-global";
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// In memory only: the store keeps its own record of it (`state::schema`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolRecord {
     /// "<address space>/<pool>" or "<address space>/<pool>/<sub pool>",
     /// e.g. "rustbridge-local/10.1.0.0/16/10.1.2.0/24".
     pub id: String,
     pub address_space: String,
-    #[serde(with = "net::ipnet_text")]
     pub pool: IpNet,
-    #[serde(default, with = "net::option_ipnet_text")]
     pub sub_pool: Option<IpNet>,
     pub v6: bool,
     /// Picked from the default pools rather than requested explicitly.

@@ -50,8 +50,8 @@ pub(crate) fn require_sub_pool_inside(sub_pool: IpNet, pool: IpNet) -> Result<()
     Err(IpamError::invalid("SubPool", sub_pool, format!("not inside Pool {pool}")))
 }
 
-/// `#[serde(with = ...)]` helpers storing networks as their text form ("10.0.0.0/24"),
-/// so persisted records stay readable and do not depend on ipnet's optional serde feature.
+/// `#[serde(with = ...)]` helper writing a network as its text form ("10.0.0.0/24")
+/// (default pools in configuration).
 pub(crate) mod ipnet_text {
     use ipnet::IpNet;
     use serde::de::Error as _;
@@ -64,23 +64,5 @@ pub(crate) mod ipnet_text {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(D::Error::custom)
-    }
-}
-
-pub(crate) mod option_ipnet_text {
-    use ipnet::IpNet;
-    use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(net: &Option<IpNet>, serializer: S) -> Result<S::Ok, S::Error> {
-        match net {
-            Some(net) => serializer.serialize_some(&net.to_string()),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<IpNet>, D::Error> {
-        let text = Option::<String>::deserialize(deserializer)?;
-        text.map(|t| t.parse().map_err(D::Error::custom)).transpose()
     }
 }

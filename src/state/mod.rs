@@ -1,0 +1,245 @@
+//! Persisted state: one embedded, crash-safe redb database with its own,
+//! versioned record format.
+//!
+//! Every protocol call that changes something commits exactly one write
+//! transaction, so a kill -9 at any instant leaves either the state before the
+//! call or the state after it. The kernel (bridges, veths, rules) is derived
+//! from these records, never the other way round.
+//!
+//! The types below are the plugin's in-memory model; what is on disk is
+//! `schema.rs` (schema version [`SCHEMA_VERSION`]), converted field by field.
+//! `open.rs` decides whether a file may be used at all: an emptied, unreadable,
+//! foreign or newer-schema file is refused with the way to recover, never
+//! replaced by a fresh database; older schemas are migrated (`migrate.rs`).
+
+mod migrate;
+mod open;
+mod schema;
+mod v0;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+
+use crate::api::{PortBinding, TransportPort};
+use crate::firewall::FwPort;
+use crate::ipam::PoolRecord;
+use crate::options::NetworkOptions;
+
+pub use open::{DB_FILE, LAST_GOOD_FILE};
+pub use schema::SCHEMA_VERSION;
+use schema::{ADDRESSES, CURSORS, ENDPOINTS, NETWORKS, POOLS, address_key, encode, parse_address_key};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubnetRecord {
+    pub pool: IpNet,
+    /// Gateway address with the pool's prefix length; None for isolated gateways.
+    pub gateway: Option<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub bridge: String,
+    /// False when the bridge already existed (`-o bridge=`): it is adopted and left in place.
+    pub bridge_created: bool,
+    pub options: NetworkOptions,
+    pub ipv4: Vec<SubnetRecord>,
+    pub ipv6: Vec<SubnetRecord>,
+    /// Addresses the plugin itself added to an adopted bridge (those that were
+    /// there before stay when the network goes). Empty for records written
+    /// before this was kept: then nothing is removed from an adopted bridge.
+    pub added_addresses: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub network_id: String,
+    pub address: Option<IpNet>,
+    pub address_v6: Option<IpNet>,
+    pub mac: String,
+    /// Host end of the veth pair (stays on the bridge).
+    pub host_veth: String,
+    /// Peer end, handed to dockerd at Join and moved into the container.
+    pub container_veth: String,
+    pub joined: bool,
+    pub port_bindings: Vec<PortBinding>,
+    pub exposed_ports: Vec<TransportPort>,
+    /// Resolved published ports (host side chosen), present while programmed.
+    pub published: Vec<FwPort>,
+    /// Endpoint driver options (`--driver-opt`, Docker 28) other than dockerd's own keys.
+    pub driver_options: BTreeMap<String, serde_json::Value>,
+}
+
+/// One change inside a transaction.
+pub enum Change {
+    PutNetwork(NetworkRecord),
+    DeleteNetwork(String),
+    PutEndpoint(EndpointRecord),
+    DeleteEndpoint(String),
+    PutPool(PoolRecord),
+    DeletePool(String),
+    PutAddress(String, IpAddr),
+    DeleteAddress(String, IpAddr),
+    /// Every address of a pool (ReleasePool).
+    DeletePoolAddresses(String),
+    PutCursor(String, IpAddr),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {message}")]
+    Db { path: PathBuf, message: String },
+    #[error("state store record {table}/{key}: {message}")]
+    Corrupt { table: &'static str, key: String, message: String },
+    /// The file cannot be used; nothing was changed. `remedy` tells the operator what to do.
+    #[error(
+        "state database {path} {problem}; rustbridge refuses to start on it and changed nothing (no network, bridge, veth or rule touched). To recover: {remedy}"
+    )]
+    Refused { path: PathBuf, problem: String, remedy: String },
+}
+
+/// Everything on disk, as loaded at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub networks: Vec<NetworkRecord>,
+    pub endpoints: Vec<EndpointRecord>,
+    pub pools: Vec<PoolRecord>,
+    pub addresses: Vec<(String, IpAddr)>,
+    pub cursors: Vec<(String, IpAddr)>,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    instance_id: String,
+}
+
+impl Store {
+    fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db { path: self.path.clone(), message: e.to_string() }
+    }
+
+    /// A random ID made when the database is created and kept with it (in
+    /// `meta`, and in its last good copy). Kernel objects the plugin creates
+    /// carry it, so a start with another (or a new) database never takes them
+    /// for its own.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Applies all changes in one durable transaction, or none of them.
+    pub fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        {
+            let mut networks = txn.open_table(NETWORKS).map_err(|e| self.db_error(e))?;
+            let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| self.db_error(e))?;
+            let mut pools = txn.open_table(POOLS).map_err(|e| self.db_error(e))?;
+            let mut addresses = txn.open_table(ADDRESSES).map_err(|e| self.db_error(e))?;
+            let mut cursors = txn.open_table(CURSORS).map_err(|e| self.db_error(e))?;
+            for change in changes {
+                let result = match change {
+                    Change::PutNetwork(r) => {
+                        networks.insert(r.id.as_str(), encode(&schema::Network::from(&r)).as_slice()).map(drop)
+                    }
+                    Change::DeleteNetwork(id) => networks.remove(id.as_str()).map(drop),
+                    Change::PutEndpoint(r) => {
+                        endpoints.insert(r.id.as_str(), encode(&schema::Endpoint::from(&r)).as_slice()).map(drop)
+                    }
+                    Change::DeleteEndpoint(id) => endpoints.remove(id.as_str()).map(drop),
+                    Change::PutPool(r) => {
+                        pools.insert(r.id.as_str(), encode(&schema::Pool::from(&r)).as_slice()).map(drop)
+                    }
+                    Change::DeletePool(id) => {
+                        pools.remove(id.as_str()).map(drop).and_then(|_| cursors.remove(id.as_str()).map(drop))
+                    }
+                    Change::PutCursor(pool, addr) => cursors.insert(pool.as_str(), addr.to_string().as_str()).map(drop),
+                    Change::PutAddress(pool, addr) => {
+                        addresses.insert(address_key(&pool, addr).as_str(), [].as_slice()).map(drop)
+                    }
+                    Change::DeleteAddress(pool, addr) => addresses.remove(address_key(&pool, addr).as_str()).map(drop),
+                    Change::DeletePoolAddresses(pool) => {
+                        // Keys "<pool>\n<address>" sort together; '\u{b}' is the byte after '\n'.
+                        let (start, end) = (format!("{pool}\n"), format!("{pool}\u{b}"));
+                        addresses.retain_in(start.as_str()..end.as_str(), |_, _| false)
+                    }
+                };
+                result.map_err(|e| self.db_error(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.db_error(e))
+    }
+
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
+        let mut snapshot = Snapshot {
+            networks: self.load_table::<schema::Network, _>(&txn, NETWORKS, "networks")?,
+            endpoints: self.load_table::<schema::Endpoint, _>(&txn, ENDPOINTS, "endpoints")?,
+            pools: self.load_table::<schema::Pool, _>(&txn, POOLS, "ipam_pools")?,
+            ..Default::default()
+        };
+        let table = txn.open_table(ADDRESSES).map_err(|e| self.db_error(e))?;
+        for entry in table.iter().map_err(|e| self.db_error(e))? {
+            let (key, _) = entry.map_err(|e| self.db_error(e))?;
+            let key = key.value();
+            match parse_address_key(key) {
+                Some(pair) => snapshot.addresses.push(pair),
+                None => {
+                    return Err(StoreError::Corrupt {
+                        table: "ipam_addresses",
+                        key: key.to_string(),
+                        message: "malformed key".into(),
+                    });
+                }
+            }
+        }
+        let table = txn.open_table(CURSORS).map_err(|e| self.db_error(e))?;
+        for entry in table.iter().map_err(|e| self.db_error(e))? {
+            let (pool, addr) = entry.map_err(|e| self.db_error(e))?;
+            let addr = addr.value().parse::<IpAddr>().map_err(|e| StoreError::Corrupt {
+                table: "ipam_cursors",
+                key: pool.value().to_string(),
+                message: e.to_string(),
+            })?;
+            snapshot.cursors.push((pool.value().to_string(), addr));
+        }
+        Ok(snapshot)
+    }
+
+    /// Decodes every record of a table (stored type `R`) into its domain type `T`.
+    fn load_table<R: DeserializeOwned, T: From<R>>(
+        &self,
+        txn: &redb::ReadTransaction,
+        def: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let table = txn.open_table(def).map_err(|e| self.db_error(e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.db_error(e))? {
+            let (key, value) = entry.map_err(|e| self.db_error(e))?;
+            let record: R = serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+                table: name,
+                key: key.value().to_string(),
+                message: e.to_string(),
+            })?;
+            out.push(T::from(record));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;
