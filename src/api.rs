@@ -11,6 +11,61 @@ use serde_json::Value;
 
 pub type Options = BTreeMap<String, Value>;
 
+/// Longest pool ID accepted (rustbridge's own are "<space>/<pool>/<sub pool>", under 100 bytes).
+pub const MAX_POOL_ID_BYTES: usize = 256;
+/// dockerd's network and endpoint IDs are 64 hex characters.
+pub const MAX_DOCKER_ID_CHARS: usize = 64;
+
+/// A request whose fields the call cannot do without. dockerd re-sends a call
+/// with an empty body when the first attempt failed at the transport
+/// (moby/moby#39331): for these calls that is refused, never read as "no
+/// arguments" (an empty DeleteEndpoint answered "ok" would leak the endpoint).
+pub trait Arguments {
+    /// The fields named in the error for an empty body.
+    const REQUIRED: &'static [&'static str];
+    /// Checks the IDs the request carries: present, and of the expected shape.
+    fn check(&self) -> Result<(), String>;
+}
+
+/// A network or endpoint ID as dockerd sends it: 12 to 64 hex characters
+/// (names such as `rb-<12 hex>` are derived from its first bytes).
+pub fn check_docker_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{field} is missing"));
+    }
+    let hex = id.chars().all(|c| c.is_ascii_hexdigit());
+    if !hex || id.len() < 12 || id.len() > MAX_DOCKER_ID_CHARS {
+        let shown: String = id.chars().take(80).collect();
+        let cut = if shown.len() < id.len() { "…" } else { "" };
+        return Err(format!("{field} {shown:?}{cut} is not a Docker ID (12 to {MAX_DOCKER_ID_CHARS} hex characters)"));
+    }
+    Ok(())
+}
+
+/// A pool ID as answered by RequestPool: printable ASCII, bounded.
+pub fn check_pool_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{field} is missing"));
+    }
+    if id.len() > MAX_POOL_ID_BYTES || !id.chars().all(|c| c.is_ascii_graphic()) {
+        let shown: String = id.chars().take(80).collect();
+        let cut = if shown.len() < id.len() { "…" } else { "" };
+        return Err(format!(
+            "{field} {shown:?}{cut} is not a pool ID (printable ASCII, at most {MAX_POOL_ID_BYTES} bytes)"
+        ));
+    }
+    Ok(())
+}
+
+/// Endpoint calls need the endpoint; the network ID is checked when sent.
+fn check_endpoint_ids(network_id: &str, endpoint_id: &str) -> Result<(), String> {
+    check_docker_id("EndpointID", endpoint_id)?;
+    if !network_id.is_empty() {
+        check_docker_id("NetworkID", network_id)?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- plugin
 
 #[derive(Debug, Serialize)]
@@ -279,6 +334,74 @@ pub struct ReleaseAddressRequest {
     pub address: String,
 }
 
+impl Arguments for CreateNetworkRequest {
+    const REQUIRED: &'static [&'static str] = &["NetworkID"];
+    fn check(&self) -> Result<(), String> {
+        check_docker_id("NetworkID", &self.network_id)
+    }
+}
+
+impl Arguments for NetworkRequest {
+    const REQUIRED: &'static [&'static str] = &["NetworkID"];
+    fn check(&self) -> Result<(), String> {
+        check_docker_id("NetworkID", &self.network_id)
+    }
+}
+
+impl Arguments for CreateEndpointRequest {
+    const REQUIRED: &'static [&'static str] = &["NetworkID", "EndpointID"];
+    fn check(&self) -> Result<(), String> {
+        check_docker_id("NetworkID", &self.network_id)?;
+        check_docker_id("EndpointID", &self.endpoint_id)
+    }
+}
+
+impl Arguments for EndpointRequest {
+    const REQUIRED: &'static [&'static str] = &["EndpointID"];
+    fn check(&self) -> Result<(), String> {
+        check_endpoint_ids(&self.network_id, &self.endpoint_id)
+    }
+}
+
+impl Arguments for JoinRequest {
+    const REQUIRED: &'static [&'static str] = &["EndpointID"];
+    fn check(&self) -> Result<(), String> {
+        check_endpoint_ids(&self.network_id, &self.endpoint_id)
+    }
+}
+
+impl Arguments for RequestPoolRequest {
+    const REQUIRED: &'static [&'static str] = &["AddressSpace"];
+    fn check(&self) -> Result<(), String> {
+        Ok(()) // every field is checked where it is read (IPAM), an empty space meaning the local one
+    }
+}
+
+impl Arguments for ReleasePoolRequest {
+    const REQUIRED: &'static [&'static str] = &["PoolID"];
+    fn check(&self) -> Result<(), String> {
+        check_pool_id("PoolID", &self.pool_id)
+    }
+}
+
+impl Arguments for RequestAddressRequest {
+    const REQUIRED: &'static [&'static str] = &["PoolID"];
+    fn check(&self) -> Result<(), String> {
+        check_pool_id("PoolID", &self.pool_id)
+    }
+}
+
+impl Arguments for ReleaseAddressRequest {
+    const REQUIRED: &'static [&'static str] = &["PoolID", "Address"];
+    fn check(&self) -> Result<(), String> {
+        check_pool_id("PoolID", &self.pool_id)?;
+        if self.address.is_empty() {
+            return Err("Address is missing".to_string());
+        }
+        Ok(())
+    }
+}
+
 pub const GATEWAY_ADDRESS_TYPE: &str = "com.docker.network.gateway";
 pub const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
 
@@ -359,5 +482,42 @@ mod tests {
         };
         let text = serde_json::to_string(&resp).unwrap();
         assert!(!text.contains("\"Gateway\""), "{text}");
+    }
+
+    #[test]
+    fn docker_ids_are_checked_without_slicing_bytes() {
+        assert_eq!(check_docker_id("EndpointID", ""), Err("EndpointID is missing".to_string()));
+        assert!(check_docker_id("EndpointID", &"a".repeat(64)).is_ok());
+        // Multi-byte characters around byte 11/12 once made `short()` panic.
+        for bad in ["ééééééééééééé", "0123456789aé0123", "0123456789a\u{1F600}"] {
+            let err = check_docker_id("EndpointID", bad).unwrap_err();
+            assert!(err.starts_with("EndpointID ") && err.contains("not a Docker ID"), "{err}");
+        }
+        assert!(check_docker_id("NetworkID", &"a".repeat(65)).unwrap_err().contains("12 to 64"));
+        assert!(check_docker_id("NetworkID", &"a".repeat(11)).is_err());
+        let huge = check_docker_id("NetworkID", &"z".repeat(100_000)).unwrap_err();
+        assert!(huge.len() < 200, "error text is bounded: {} bytes", huge.len());
+    }
+
+    #[test]
+    fn pool_ids_are_bounded_printable_ascii() {
+        assert!(check_pool_id("PoolID", "rustbridge-local/10.0.0.0/24").is_ok());
+        assert_eq!(check_pool_id("PoolID", ""), Err("PoolID is missing".to_string()));
+        assert!(check_pool_id("PoolID", "pool\u{e9}").unwrap_err().contains("not a pool ID"));
+        assert!(check_pool_id("PoolID", "a b").is_err());
+        assert!(check_pool_id("PoolID", &"p".repeat(MAX_POOL_ID_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn endpoint_calls_need_the_endpoint_and_check_a_sent_network() {
+        let id = "b".repeat(64);
+        let req = EndpointRequest { endpoint_id: id.clone(), ..Default::default() };
+        assert!(req.check().is_ok());
+        let req = EndpointRequest { endpoint_id: String::new(), network_id: id.clone(), options: None };
+        assert_eq!(req.check(), Err("EndpointID is missing".to_string()));
+        let req = EndpointRequest { endpoint_id: id, network_id: "ü".repeat(20), options: None };
+        assert!(req.check().unwrap_err().starts_with("NetworkID "));
+        let release = ReleaseAddressRequest { pool_id: "p".into(), address: String::new() };
+        assert_eq!(release.check(), Err("Address is missing".to_string()));
     }
 }

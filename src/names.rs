@@ -37,9 +37,13 @@ pub fn veth_names(endpoint_id: &str) -> (String, String) {
     (format!("{HOST_VETH_PREFIX}{short}"), format!("{PEER_VETH_PREFIX}{short}"))
 }
 
-/// The start of an ID, for messages; shorter IDs are shown whole.
+/// The start of an ID, for messages; shorter IDs are shown whole. Counts
+/// characters, not bytes: any text is safe (a non-ASCII ID once panicked here).
 pub fn short_id(id: &str) -> &str {
-    &id[..id.len().min(SHORT_ID_LEN)]
+    match id.char_indices().nth(SHORT_ID_LEN) {
+        Some((end, _)) => &id[..end],
+        None => id,
+    }
 }
 
 fn is_hex_of_len(text: &str, len: usize) -> bool {
@@ -121,6 +125,9 @@ mod tests {
     fn short_ids() {
         assert_eq!(short_id(NETWORK), "0123456789ab");
         assert_eq!(short_id("abc"), "abc");
+        // Whole characters: a non-ASCII ID once panicked (slicing inside a character).
+        assert_eq!(short_id("0123456789aéxyz"), "0123456789aé");
+        assert_eq!(short_id(&"😀".repeat(20)), "😀".repeat(12));
     }
 
     /// tests/e2e/lib.sh derives the same names in shell; a change here must change it too.

@@ -198,12 +198,32 @@ fn ids_of(body: &[u8]) -> (String, String, String) {
     (field("NetworkID", 12), field("EndpointID", 12), field("PoolID", 64))
 }
 
-/// Empty bodies mean "no arguments"; a missing Content-Type is normal.
+/// For calls without required fields an empty body means "no arguments"; a
+/// missing Content-Type is normal.
 fn decode<T: DeserializeOwned + Default>(path: &str, body: &[u8]) -> Result<T, PluginError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if is_empty_body(body) {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| PluginError::new(format!("{path}: malformed request body: {e}")))
+}
+
+/// For calls that need IDs: an empty body is dockerd's retry after a transport
+/// failure (moby/moby#39331) and is refused, so nothing is answered "ok"
+/// having done nothing; the IDs are checked before anything runs.
+fn decode_args<T: DeserializeOwned + Default + Arguments>(path: &str, body: &[u8]) -> Result<T, PluginError> {
+    if is_empty_body(body) {
+        return Err(PluginError::new(format!(
+            "{path}: empty request body, but the call needs {} (dockerd re-sends a call with an empty body after a transport failure); nothing was done",
+            T::REQUIRED.join(" and ")
+        )));
+    }
+    let req: T = decode(path, body)?;
+    req.check().map_err(|e| PluginError::new(format!("{path}: {e}")))?;
+    Ok(req)
+}
+
+fn is_empty_body(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
 }
 
 async fn dispatch(plugin: &Plugin, path: &str, body: &[u8], key: ErrorKey) -> Reply {
@@ -247,11 +267,11 @@ struct Empty {}
 async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteError> {
     macro_rules! call {
         ($method:ident) => {{
-            let req = decode(path, body)?;
+            let req = decode_args(path, body)?;
             Reply::ok(plugin.$method(req).await?)
         }};
         ($method:ident, empty) => {{
-            let req = decode(path, body)?;
+            let req = decode_args(path, body)?;
             plugin.$method(req).await?;
             Reply::ok(Empty {})
         }};

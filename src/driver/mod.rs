@@ -131,13 +131,7 @@ pub fn firewall_network<'a>(n: &NetworkRecord, endpoints: impl Iterator<Item = &
 
 /// dockerd's IDs are 64 hex characters; names are derived from their start.
 pub fn validate_id(field: &str, id: &str) -> Result<()> {
-    if id.is_empty() {
-        return Err(PluginError::new(format!("{field} is missing")));
-    }
-    if id.len() < 12 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(PluginError::new(format!("{field} {id:?} is not a Docker ID (at least 12 hex characters)")));
-    }
-    Ok(())
+    crate::api::check_docker_id(field, id).map_err(PluginError)
 }
 
 #[cfg(test)]

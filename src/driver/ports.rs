@@ -2,6 +2,7 @@
 //! address/port → container address/port mappings, with ephemeral ports picked
 //! from the kernel's `ip_local_port_range` and conflicts refused.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::ops::RangeInclusive;
 
@@ -40,48 +41,156 @@ pub fn resolve(
     taken: &[Taken<'_>],
     ephemeral: RangeInclusive<u16>,
 ) -> Result<Vec<FwPort>> {
-    let mut resolved: Vec<FwPort> = Vec::new();
-    for binding in bindings {
-        let wanted = mappings_for(binding, endpoint, network)?;
-        if wanted.is_empty() {
-            continue;
+    let mut resolver = Resolver::new(taken, ephemeral, host_port_unused);
+    resolver.resolve(bindings, endpoint, network)
+}
+
+/// Resolving runs under the state lock, so its cost must stay linear in the
+/// number of bindings: the ports in use are indexed once per call, and each
+/// range (ephemeral or `-p 8000-9999`) is walked by one cursor per kind of
+/// mapping, so a port found taken is never examined again in the same call.
+pub struct Resolver<'a, P> {
+    used: UsedPorts<'a>,
+    ephemeral: RangeInclusive<u16>,
+    /// Next port to try, per (kind of mapping, range).
+    cursors: HashMap<(Vec<Slot>, u16, u16), u32>,
+    /// Asks the host whether a service listens on the port (the seam tests count through).
+    probe: P,
+    /// Candidate (mapping, port) pairs examined so far: the work done.
+    pub steps: usize,
+}
+
+/// What makes two mappings compete for a host port, besides the port.
+type Slot = (Proto, bool, Option<IpAddr>);
+
+fn slot(port: &FwPort) -> Slot {
+    (port.proto, port.container_ip.is_ipv6(), port.host_ip)
+}
+
+impl<'a, P: FnMut(&FwPort) -> std::io::Result<()>> Resolver<'a, P> {
+    pub fn new(taken: &[Taken<'a>], ephemeral: RangeInclusive<u16>, probe: P) -> Self {
+        let mut used = UsedPorts::default();
+        for t in taken {
+            used.insert(t.port, Owner::Endpoint(t.endpoint_id));
         }
-        let candidates: Vec<u16> = match (binding.host_port, binding.host_port_end) {
-            (0, _) => ephemeral.clone().collect(),
-            (low, high) if high > low => (low..=high).collect(),
-            (port, _) => vec![port],
-        };
-        let explicit = candidates.len() == 1;
-        let mut last_error = None;
-        let chosen = candidates.into_iter().find(|&port| {
-            wanted.iter().all(|w| {
-                let candidate = FwPort { host_port: port, ..w.clone() };
-                match check_free(&candidate, taken, &resolved) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        last_error = Some(e);
-                        false
-                    }
-                }
-            })
-        });
-        match chosen {
-            Some(port) => resolved.extend(wanted.into_iter().map(|w| FwPort { host_port: port, ..w })),
-            None if explicit => return Err(last_error.expect("a refused explicit port has a reason")),
-            None => {
-                return Err(PluginError::new(format!(
-                    "no free host port for {}/{} in {}-{}",
+        Resolver { used, ephemeral, cursors: HashMap::new(), probe, steps: 0 }
+    }
+
+    pub fn resolve(
+        &mut self,
+        bindings: &[PortBinding],
+        endpoint: &EndpointRecord,
+        network: &NetworkRecord,
+    ) -> Result<Vec<FwPort>> {
+        let mut resolved: Vec<FwPort> = Vec::new();
+        for binding in bindings {
+            let wanted = mappings_for(binding, endpoint, network)?;
+            if wanted.is_empty() {
+                continue;
+            }
+            let (low, high) = match (binding.host_port, binding.host_port_end) {
+                (0, _) => (*self.ephemeral.start(), *self.ephemeral.end()),
+                (low, high) if high > low => (low, high),
+                (port, _) => (port, port),
+            };
+            let port = self.pick(&wanted, low, high).map_err(|last_error| match last_error {
+                Some(e) if low == high => e,
+                _ => PluginError::new(format!(
+                    "no free host port for {}/{} in {low}-{high}",
                     binding.port,
-                    proto_name(binding.proto),
-                    binding.host_port.max(*ephemeral.start()),
-                    if binding.host_port == 0 { *ephemeral.end() } else { binding.host_port_end }
-                )));
+                    proto_name(binding.proto)
+                )),
+            })?;
+            for w in wanted {
+                let chosen = FwPort { host_port: port, ..w };
+                self.used.insert_owned(chosen.clone(), Owner::ThisCall);
+                resolved.push(chosen);
             }
         }
+        resolved.sort();
+        resolved.dedup();
+        Ok(resolved)
     }
-    resolved.sort();
-    resolved.dedup();
-    Ok(resolved)
+
+    /// The first port of `low..=high` free for every mapping in `wanted`,
+    /// continuing where the last search for the same kind and range stopped.
+    /// Err holds why the last candidate was refused.
+    fn pick(&mut self, wanted: &[FwPort], low: u16, high: u16) -> std::result::Result<u16, Option<PluginError>> {
+        let key = (wanted.iter().map(slot).collect::<Vec<_>>(), low, high);
+        let mut next = self.cursors.get(&key).copied().unwrap_or(u32::from(low));
+        let mut last_error = None;
+        let mut chosen = None;
+        while chosen.is_none() && next <= u32::from(high) {
+            let port = u16::try_from(next).expect("cursor stays within u16 ports");
+            next += 1;
+            match self.try_port(wanted, port) {
+                Ok(()) => chosen = Some(port),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        self.cursors.insert(key, next);
+        chosen.ok_or(last_error)
+    }
+
+    fn try_port(&mut self, wanted: &[FwPort], port: u16) -> Result<()> {
+        for w in wanted {
+            self.steps += 1;
+            let candidate = FwPort { host_port: port, ..w.clone() };
+            self.used.check(&candidate)?;
+            (self.probe)(&candidate)
+                .map_err(|e| PluginError::new(format!("{} is in use on the host: {e}", describe(&candidate))))?;
+        }
+        Ok(())
+    }
+}
+
+/// A host address (None: every address) and who holds the port on it.
+type Holder<'a> = (Option<IpAddr>, Owner<'a>);
+
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    Endpoint(&'a str),
+    ThisCall,
+}
+
+/// Published ports by protocol, family and host port; each entry lists the
+/// host addresses (None: every address) and who holds them.
+#[derive(Default)]
+struct UsedPorts<'a> {
+    by_port: HashMap<(Proto, bool, u16), Vec<Holder<'a>>>,
+}
+
+impl<'a> UsedPorts<'a> {
+    fn insert(&mut self, port: &FwPort, owner: Owner<'a>) {
+        self.insert_owned(port.clone(), owner);
+    }
+
+    fn insert_owned(&mut self, port: FwPort, owner: Owner<'a>) {
+        let key = (port.proto, port.container_ip.is_ipv6(), port.host_port);
+        self.by_port.entry(key).or_default().push((port.host_ip, owner));
+    }
+
+    /// Same protocol, family and port, and the same host address or either on every address.
+    fn check(&self, candidate: &FwPort) -> Result<()> {
+        let key = (candidate.proto, candidate.container_ip.is_ipv6(), candidate.host_port);
+        let clash = self.by_port.get(&key).and_then(|holders| {
+            holders.iter().find(|(ip, _)| ip.is_none() || candidate.host_ip.is_none() || *ip == candidate.host_ip)
+        });
+        match clash {
+            None => Ok(()),
+            Some((_, Owner::Endpoint(id))) => Err(PluginError::new(format!(
+                "{} is already published by endpoint {}",
+                describe(candidate),
+                crate::names::short_id(id)
+            ))),
+            Some((_, Owner::ThisCall)) => Err(PluginError::new(format!("{} is requested twice", describe(candidate)))),
+        }
+    }
+}
+
+fn describe(candidate: &FwPort) -> String {
+    let host = candidate.host_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "all addresses".into());
+    format!("host port {}/{} on {host}", candidate.host_port, candidate.proto)
 }
 
 fn proto_name(n: u8) -> String {
@@ -141,33 +250,6 @@ fn mappings_for(binding: &PortBinding, endpoint: &EndpointRecord, network: &Netw
     Ok(out)
 }
 
-fn overlaps(a: &FwPort, b: &FwPort) -> bool {
-    let same_family = a.container_ip.is_ipv4() == b.container_ip.is_ipv4();
-    let same_address = match (a.host_ip, b.host_ip) {
-        (None, _) | (_, None) => true,
-        (Some(x), Some(y)) => x == y,
-    };
-    a.proto == b.proto && a.host_port == b.host_port && same_family && same_address
-}
-
-fn check_free(candidate: &FwPort, taken: &[Taken<'_>], resolved: &[FwPort]) -> Result<()> {
-    let what = || {
-        let host = candidate.host_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "all addresses".into());
-        format!("host port {}/{} on {host}", candidate.host_port, candidate.proto)
-    };
-    if let Some(t) = taken.iter().find(|t| overlaps(t.port, candidate)) {
-        return Err(PluginError::new(format!(
-            "{} is already published by endpoint {}",
-            what(),
-            crate::names::short_id(t.endpoint_id)
-        )));
-    }
-    if resolved.iter().any(|r| overlaps(r, candidate)) {
-        return Err(PluginError::new(format!("{} is requested twice", what())));
-    }
-    host_port_unused(candidate).map_err(|e| PluginError::new(format!("{} is in use on the host: {e}", what())))
-}
-
 /// A host service listening on the port would be shadowed by the DNAT rule: refuse it, like Docker.
 fn host_port_unused(candidate: &FwPort) -> std::io::Result<()> {
     let ip = candidate.host_ip.unwrap_or(match candidate.container_ip {
@@ -189,6 +271,8 @@ fn host_port_unused(candidate: &FwPort) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::options::NetworkOptions;
 
@@ -312,5 +396,83 @@ mod tests {
         let ep = endpoint(Some("10.0.0.2/24"), None);
         let err = resolve(&[binding(6, "127.0.0.1", port, port, 80)], &ep, &network(), &[], EPHEMERAL).unwrap_err();
         assert!(err.0.contains("in use on the host"), "{err}");
+    }
+
+    /// Item 3 of issue 11: resolving N ephemeral bindings once rescanned the
+    /// range for every binding (quadratic, ~17 s for 2,000 under the state
+    /// lock). Counted through the probe seam and the step counter, not timed:
+    /// with the first 1,000 ports of the range held by host services, the old
+    /// walk probed those 1,000 ports again for every binding (1,000,000 probes).
+    #[test]
+    fn resolving_many_ephemeral_bindings_is_linear() {
+        let ep = endpoint(Some("10.0.0.2/24"), Some("fd00::2/64"));
+        let n: u16 = 1000;
+        let busy_below = 31_000;
+        let mut probes = 0usize;
+        let probe = |p: &FwPort| {
+            probes += 1;
+            if p.host_port < busy_below { Err(std::io::Error::other("a host service listens")) } else { Ok(()) }
+        };
+        let bindings: Vec<_> = (0..n).map(|i| binding(if i % 2 == 0 { 6 } else { 17 }, "", 0, 0, 1 + i)).collect();
+        let mut resolver = Resolver::new(&[], 30_000..=34_999, probe);
+        let got = resolver.resolve(&bindings, &ep, &network()).unwrap();
+        let steps = resolver.steps;
+        drop(resolver);
+        // Dual stack: one IPv4 and one IPv6 mapping per binding, on the same host port.
+        assert_eq!(got.len(), 2 * usize::from(n));
+        let distinct: BTreeSet<(Proto, bool, u16)> =
+            got.iter().map(|p| (p.proto, p.container_ip.is_ipv6(), p.host_port)).collect();
+        assert_eq!(distinct.len(), got.len(), "a host port was handed out twice");
+        assert!(got.iter().all(|p| p.host_port >= busy_below));
+        // Two protocols, each walking the 1,000 busy ports once, then one step per mapping.
+        let bound = 2 * (2 * usize::from(n) + 2 * 1000);
+        assert!(probes <= bound, "{probes} probes for {n} bindings (bound {bound})");
+        assert!(steps <= bound, "{steps} steps for {n} bindings (bound {bound})");
+    }
+
+    /// The ports other endpoints hold are indexed once per call, not scanned per candidate.
+    #[test]
+    fn ports_held_by_other_endpoints_are_skipped_once() {
+        let ep = endpoint(Some("10.0.0.3/24"), None);
+        let held: Vec<FwPort> = (0..2000u16)
+            .map(|i| FwPort {
+                proto: Proto::Tcp,
+                host_ip: None,
+                host_port: 40_000 + i,
+                container_ip: "10.0.0.9".parse().unwrap(),
+                container_port: 80,
+            })
+            .collect();
+        let taken: Vec<Taken> = held.iter().map(|p| Taken { port: p, endpoint_id: "other" }).collect();
+        let bindings: Vec<_> = (0..2000u16).map(|i| binding(6, "", 0, 0, 1 + i)).collect();
+        let mut probes = 0usize;
+        let mut resolver = Resolver::new(&taken, 40_000..=45_000, |_: &FwPort| {
+            probes += 1;
+            Ok(())
+        });
+        let got = resolver.resolve(&bindings, &ep, &network()).unwrap();
+        let steps = resolver.steps;
+        drop(resolver);
+        assert_eq!(got.len(), 2000);
+        assert!(got.iter().all(|p| p.host_port >= 42_000));
+        assert!(steps <= 4000 + 10, "{steps} steps");
+        assert_eq!(probes, 2000, "only free candidates reach the host probe");
+        // A range too small for what is asked names the binding and the range.
+        let mut resolver = Resolver::new(&taken, 40_000..=41_999, |_: &FwPort| Ok(()));
+        let err = resolver.resolve(&bindings[..1], &ep, &network()).unwrap_err();
+        assert_eq!(err.0, "no free host port for 1/tcp in 40000-41999");
+    }
+
+    /// A specific host address and "all addresses" compete; two specific ones do not.
+    #[test]
+    fn specific_and_wildcard_host_addresses_compete() {
+        let ep = endpoint(Some("10.0.0.2/24"), None);
+        let first = resolve(&[binding(6, "127.0.0.1", 61011, 61011, 80)], &ep, &network(), &[], EPHEMERAL).unwrap();
+        let taken = [Taken { port: &first[0], endpoint_id: "abcdef0123456789" }];
+        let err = resolve(&[binding(6, "", 61011, 61011, 80)], &ep, &network(), &taken, EPHEMERAL).unwrap_err();
+        assert!(err.0.contains("already published by endpoint abcdef012345"), "{err}");
+        assert!(resolve(&[binding(6, "127.0.0.2", 61011, 61011, 80)], &ep, &network(), &taken, EPHEMERAL).is_ok());
+        let twice = [binding(6, "", 61012, 61012, 80), binding(6, "127.0.0.1", 61012, 61012, 81)];
+        assert!(resolve(&twice, &ep, &network(), &[], EPHEMERAL).unwrap_err().0.contains("requested twice"));
     }
 }
