@@ -15,3 +15,5 @@ pub mod reconcile;
 pub mod server;
 pub mod state;
 pub mod sysctl;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

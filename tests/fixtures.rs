@@ -13,8 +13,8 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use common::replay::{
-    EXPECTED_FILES, Variant, decode, fixtures_dir, parse_recorded_pool_id, raw_str, recordings, replay_in_process,
-    translate,
+    EXPECTED_FILES, Variant, assert_no_violations, decode, fixtures_dir, parse_recorded_pool_id, raw_str, recordings,
+    replay_in_process, translate,
 };
 use rustbridge::api::*;
 
@@ -210,14 +210,7 @@ fn recorded_sequences_replay() {
     for expected in EXPECTED_FILES {
         assert!(replayed.contains(expected), "{expected} not replayed");
     }
-    let shown: Vec<&str> = all_violations.iter().take(60).map(String::as_str).collect();
-    assert!(
-        all_violations.is_empty(),
-        "{} violations (first {}):\n{}",
-        all_violations.len(),
-        shown.len(),
-        shown.join("\n")
-    );
+    assert_no_violations(&all_violations);
 }
 
 // ---------------------------------------------------------------- the mapping helpers themselves

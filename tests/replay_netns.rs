@@ -28,8 +28,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use common::replay::{
-    CALL_LIMIT, Model, Outcome, Recorded, Replay, Transport, Variant, error_key, fixtures_dir, recordings,
-    replay_in_process, wire_body,
+    CALL_LIMIT, Model, Outcome, Recorded, Replay, Transport, Variant, assert_no_violations, error_key, fixtures_dir,
+    recordings, replay_in_process, wire_body,
 };
 use common::{Netns, Plugin, ready_or_skip};
 use rustbridge::names::{has_plugin_prefix, is_owned_veth_name, veth_names};
@@ -66,22 +66,7 @@ impl Binary {
         let name = |l: &Value| l["ifname"].as_str().unwrap_or("").to_string();
         let kind = |l: &Value| l["linkinfo"]["info_kind"].as_str().unwrap_or("").to_string();
         let veths: BTreeSet<String> = links.iter().map(name).filter(|n| is_owned_veth_name(n)).collect();
-        for id in &model.deleted_endpoints {
-            let (host, peer) = veth_names(id);
-            for n in [host, peer] {
-                if veths.contains(&n) {
-                    problems.push(format!("veth {n} of deleted endpoint {} left behind", &id[..12]));
-                }
-            }
-        }
-        let expected_veths = model.expected_veths();
-        if veths != expected_veths {
-            problems.push(format!(
-                "veths: unexpected {:?}, missing {:?}",
-                veths.difference(&expected_veths).collect::<Vec<_>>(),
-                expected_veths.difference(&veths).collect::<Vec<_>>()
-            ));
-        }
+        problems.extend(model.veth_problems(&veths));
         let bridges: BTreeSet<String> = links.iter().filter(|l| kind(l) == "bridge").map(name).collect();
         let expected_bridges = model.expected_bridges();
         if bridges != expected_bridges {
@@ -238,13 +223,5 @@ fn fixtures_replay_against_the_binary() {
         }
     });
     eprintln!("{} files replayed against the binary in {:.1?}", files.len(), started.elapsed());
-    let all_violations = all_violations.into_inner().unwrap();
-    let shown: Vec<&str> = all_violations.iter().take(60).map(String::as_str).collect();
-    assert!(
-        all_violations.is_empty(),
-        "{} violations (first {}):\n{}",
-        all_violations.len(),
-        shown.len(),
-        shown.join("\n")
-    );
+    assert_no_violations(&all_violations.into_inner().unwrap());
 }

@@ -8,30 +8,22 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use common::replay::TempDir;
-use rustbridge::dataplane::fake::FakeDataPlane;
 use rustbridge::driver::Plugin;
-use rustbridge::firewall::FakeFirewall;
-use rustbridge::ipam::default_pools;
 use rustbridge::server;
-use rustbridge::state::Store;
+use rustbridge::testing::{FakeDataPlane, FakePlugin};
 
 // ---------------------------------------------------------------- harness
 
 struct Fixture {
     plugin: Arc<Plugin>,
     fake: Arc<FakeDataPlane>,
-    // Dropped last: the store inside the plugin is closed before the directory goes.
-    _dir: TempDir,
+    // Dropped last: it closes the store, then removes the directory.
+    _inner: FakePlugin,
 }
 
 fn fixture(tag: &str) -> Fixture {
-    let dir = TempDir::new(tag);
-    let fake = Arc::new(FakeDataPlane::default());
-    let fw = Arc::new(FakeFirewall::default());
-    let store = Store::open(&dir.0).expect("open store");
-    let plugin = Arc::new(Plugin::load(store, fake.clone(), fw, default_pools()).expect("load plugin"));
-    Fixture { plugin, fake, _dir: dir }
+    let inner = FakePlugin::new(tag);
+    Fixture { plugin: inner.plugin().clone(), fake: inner.fake.clone(), _inner: inner }
 }
 
 fn id(c: char) -> String {

@@ -1,5 +1,5 @@
-//! An in-memory data plane for unit tests: it records links like the kernel
-//! would and can be told to fail an operation.
+//! An in-memory data plane for tests (see `crate::testing`): it records links
+//! like the kernel would and can be told to fail an operation.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

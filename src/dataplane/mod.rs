@@ -2,6 +2,7 @@
 //! trait so driver logic can be tested against a fake and the netlink layer
 //! can be tested alone in a throwaway network namespace.
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod netlink;
 

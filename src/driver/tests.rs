@@ -3,9 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -14,80 +11,21 @@ use serde_json::{Value, json};
 use super::*;
 use crate::api::*;
 use crate::dataplane::LinkKind;
-use crate::dataplane::fake::{FakeDataPlane, FakeLink};
-use crate::firewall::FakeFirewall;
-use crate::ipam::{LOCAL_ADDRESS_SPACE, default_pools};
-use crate::state::Store;
+use crate::ipam::LOCAL_ADDRESS_SPACE;
+use crate::testing::FakeLink;
 
 // ---------------------------------------------------------------- harness
 
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "rustbridge-driver-test-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A plugin on the fakes. Field order matters: the plugin (and its open
-/// database) is dropped before the directory is removed.
-struct Harness {
-    plugin: Option<Plugin>,
-    fake: Arc<FakeDataPlane>,
-    fw: Arc<FakeFirewall>,
-    dir: TempDir,
-}
+/// The in-process plugin of `crate::testing`, with the driver tests' own helpers.
+use crate::testing::FakePlugin as Harness;
 
 impl Harness {
-    fn new(tag: &str) -> Harness {
-        let dir = TempDir::new(tag);
-        let fake = Arc::new(FakeDataPlane::default());
-        let fw = Arc::new(FakeFirewall::default());
-        let plugin = load(&dir, &fake, &fw);
-        Harness { plugin: Some(plugin), fake, fw, dir }
-    }
-
     fn p(&self) -> &Plugin {
-        self.plugin.as_ref().expect("plugin loaded")
-    }
-
-    /// Simulates a plugin restart: closes the store and loads everything
-    /// back from disk (the fakes, like the kernel, keep their state).
-    fn reload(&mut self) {
-        drop(self.plugin.take());
-        self.plugin = Some(load(&self.dir, &self.fake, &self.fw));
-    }
-
-    fn into_shared(mut self) -> (Arc<Plugin>, Harness) {
-        let plugin = Arc::new(self.plugin.take().unwrap());
-        (plugin, self)
+        self.plugin()
     }
 
     fn link(&self, name: &str) -> Option<FakeLink> {
         self.fake.link(name)
-    }
-
-    fn links_of_kind(&self, kind: LinkKind) -> BTreeSet<String> {
-        self.fake.links.lock().unwrap().iter().filter(|(_, l)| l.kind == kind).map(|(n, _)| n.clone()).collect()
-    }
-
-    fn fw_bridges(&self) -> Vec<String> {
-        self.fw.applied.lock().unwrap().iter().map(|n| n.bridge.clone()).collect()
     }
 
     async fn network_ids(&self) -> BTreeSet<String> {
@@ -167,11 +105,6 @@ impl Harness {
 struct NetworkRecordView {
     bridge: String,
     bridge_created: bool,
-}
-
-fn load(dir: &TempDir, fake: &Arc<FakeDataPlane>, fw: &Arc<FakeFirewall>) -> Plugin {
-    let store = Store::open(&dir.0).expect("open store");
-    Plugin::load(store, fake.clone(), fw.clone(), default_pools()).expect("load plugin")
 }
 
 fn from_json<T: DeserializeOwned>(body: Value) -> T {
@@ -1037,7 +970,7 @@ async fn explicit_pool_overlapping_a_held_one_is_refused() {
 async fn fifty_concurrent_endpoints_join_with_distinct_veths_and_macs() {
     let h = Harness::new("concurrent");
     let id = network_with_subnet(&h, 50, "10.96.0.0/24", "10.96.0.1/24").await;
-    let (plugin, h) = h.into_shared();
+    let plugin = h.plugin().clone();
 
     let tasks: Vec<_> = (1..=50u64)
         .map(|n| {

@@ -7,11 +7,15 @@
 //! iptables filter FORWARD path (an accept in a separate nftables table would
 //! not override dockerd's drop).
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake;
 pub mod iptables;
 pub mod rules;
 
+#[cfg(any(test, feature = "test-support"))]
+pub use fake::FakeFirewall;
+
 use std::net::IpAddr;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -92,30 +96,4 @@ pub trait Firewall: Send + Sync {
     /// True when the rules in the kernel still match what `sync` last wrote
     /// (someone may have flushed them, or dockerd restarted and reordered FORWARD).
     async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError>;
-}
-
-/// Records what it was asked to apply; for driver unit tests.
-#[derive(Default)]
-pub struct FakeFirewall {
-    pub applied: Mutex<Vec<FwNetwork>>,
-    pub syncs: Mutex<usize>,
-    pub fail_next: Mutex<bool>,
-}
-
-#[async_trait]
-impl Firewall for FakeFirewall {
-    async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError> {
-        let mut fail = self.fail_next.lock().unwrap();
-        if *fail {
-            *fail = false;
-            return Err(FirewallError { tool: "fake".into(), message: "injected failure".into() });
-        }
-        *self.applied.lock().unwrap() = networks.to_vec();
-        *self.syncs.lock().unwrap() += 1;
-        Ok(())
-    }
-
-    async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError> {
-        Ok(*self.applied.lock().unwrap() == networks)
-    }
 }

@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -24,12 +23,9 @@ use serde_json::{Value, json};
 
 use rustbridge::api::*;
 use rustbridge::dataplane::LinkKind;
-use rustbridge::dataplane::fake::FakeDataPlane;
 use rustbridge::driver::Plugin;
-use rustbridge::firewall::FakeFirewall;
-use rustbridge::ipam::default_pools;
 use rustbridge::names::{bridge_name, veth_names};
-use rustbridge::state::Store;
+use rustbridge::testing::FakePlugin;
 
 /// The recordings the protocol notes describe; more `dockerd-*.jsonl` files are read too.
 pub const EXPECTED_FILES: [&str; 4] = [
@@ -334,6 +330,26 @@ pub struct Model {
 
 impl Model {
     /// Both ends of every joined endpoint's veth pair (nobody moves the peers away).
+    /// Veths of deleted endpoints left behind, and veths that differ from the joined endpoints'.
+    pub fn veth_problems(&self, veths: &BTreeSet<String>) -> Vec<String> {
+        let mut problems = Vec::new();
+        for id in &self.deleted_endpoints {
+            let (host, peer) = veth_names(id);
+            for name in [host, peer].into_iter().filter(|n| veths.contains(n)) {
+                problems.push(format!("veth {name} of deleted endpoint {} left behind", &id[..12]));
+            }
+        }
+        let expected = self.expected_veths();
+        if *veths != expected {
+            problems.push(format!(
+                "veths: unexpected {:?}, missing {:?}",
+                veths.difference(&expected).collect::<Vec<_>>(),
+                expected.difference(veths).collect::<Vec<_>>()
+            ));
+        }
+        problems
+    }
+
     pub fn expected_veths(&self) -> BTreeSet<String> {
         self.endpoints
             .iter()
@@ -865,69 +881,27 @@ impl<T: Transport> Replay<T> {
 
 // ---------------------------------------------------------------- in process, on the fakes
 
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let safe: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-        let dir = std::env::temp_dir().join(format!(
-            "rustbridge-fixture-{safe}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn load(dir: &TempDir, fake: &Arc<FakeDataPlane>, fw: &Arc<FakeFirewall>) -> Plugin {
-    let store = Store::open(&dir.0).expect("open store");
-    Plugin::load(store, fake.clone(), fw.clone(), default_pools()).expect("load plugin")
-}
-
 /// The plugin in this process on the fake data plane and firewall; its state and the
 /// fake kernel are compared with the model after every call.
 pub struct InProcess {
     file: String,
     runtime: tokio::runtime::Runtime,
-    plugin: Option<Arc<Plugin>>,
-    pub fake: Arc<FakeDataPlane>,
-    pub fw: Arc<FakeFirewall>,
-    dir: TempDir,
+    pub plugin: FakePlugin,
 }
 
 impl InProcess {
     pub fn new(file: &str) -> InProcess {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-        let dir = TempDir::new(file);
-        let fake = Arc::new(FakeDataPlane::default());
-        let fw = Arc::new(FakeFirewall::default());
-        let plugin = Some(Arc::new(load(&dir, &fake, &fw)));
-        InProcess { file: file.to_string(), runtime, plugin, fake, fw, dir }
+        InProcess { file: file.to_string(), runtime, plugin: FakePlugin::new(file) }
     }
 
     pub fn plugin(&self) -> Arc<Plugin> {
-        self.plugin.clone().expect("plugin loaded")
+        self.plugin.plugin().clone()
     }
 
     fn veths(&self) -> BTreeSet<String> {
-        self.fake
-            .links
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, l)| l.kind == LinkKind::Veth)
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.plugin.links_of_kind(LinkKind::Veth)
     }
 }
 
@@ -951,16 +925,12 @@ impl Transport for InProcess {
 
     /// Close the store, load it back and reconcile, as `main` does.
     fn restart(&mut self) -> Vec<String> {
-        let plugin = self.plugin.take().expect("plugin loaded");
-        let plugin = Arc::try_unwrap(plugin).unwrap_or_else(|_| panic!("{}: a call still holds the plugin", self.file));
-        drop(plugin);
-        let plugin = load(&self.dir, &self.fake, &self.fw);
+        self.plugin.reload();
         let log = slog::Logger::root(slog::Discard, slog::o!());
         let mut problems = Vec::new();
-        if let Err(e) = self.runtime.block_on(rustbridge::reconcile::at_start(&plugin, &log)) {
-            problems.push(format!("start-up reconcile failed: {e}"));
+        if let Err(e) = self.runtime.block_on(rustbridge::reconcile::at_start(self.plugin.plugin(), &log)) {
+            problems.push(format!("{}: start-up reconcile failed: {e}", self.file));
         }
-        self.plugin = Some(Arc::new(plugin));
         problems
     }
 
@@ -1005,24 +975,9 @@ impl Transport for InProcess {
     /// the state on disk is what the replay left.
     fn check_at_end(&mut self, model: &Model) -> Vec<String> {
         let mut problems = Vec::new();
-        let links = self.fake.links.lock().unwrap().clone();
-        let veths = self.veths();
-        for id in &model.deleted_endpoints {
-            let (host, peer) = veth_names(id);
-            for name in [host, peer] {
-                if veths.contains(&name) {
-                    problems.push(format!("veth {name} of deleted endpoint {} left behind", &id[..12]));
-                }
-            }
-        }
-        let expected_veths = model.expected_veths();
-        if veths != expected_veths {
-            problems.push(format!(
-                "veths {:?} but joined endpoints need {:?}",
-                veths.difference(&expected_veths).collect::<Vec<_>>(),
-                expected_veths.difference(&veths).collect::<Vec<_>>()
-            ));
-        }
+        // The fake kernel as the replay left it, before the restart's reconcile.
+        let bridges = self.plugin.links_of_kind(LinkKind::Bridge);
+        problems.extend(model.veth_problems(&self.veths()));
 
         // Load the state back from disk and compare it with the model.
         problems.extend(self.restart().into_iter().map(|p| format!("restart at the end: {p}")));
@@ -1043,8 +998,6 @@ impl Transport for InProcess {
         if pools != model_pools {
             problems.push(format!("stored pools {pools:?}, expected {model_pools:?}"));
         }
-        let bridges: BTreeSet<String> =
-            links.iter().filter(|(_, l)| l.kind == LinkKind::Bridge).map(|(n, _)| n.clone()).collect();
         let state_bridges: BTreeSet<String> = state.networks.values().map(|n| n.bridge.clone()).collect();
         if bridges != state_bridges {
             problems.push(format!("bridges {bridges:?}, networks have {state_bridges:?}"));
@@ -1052,12 +1005,24 @@ impl Transport for InProcess {
         if state_bridges != model.expected_bridges() {
             problems.push(format!("networks have bridges {state_bridges:?}, requested {:?}", model.expected_bridges()));
         }
-        let fw: BTreeSet<String> = self.fw.applied.lock().unwrap().iter().map(|n| n.bridge.clone()).collect();
+        let fw: BTreeSet<String> = self.plugin.fw_bridges().into_iter().collect();
         if fw != state_bridges {
             problems.push(format!("firewall has {fw:?}, networks have {state_bridges:?}"));
         }
         problems
     }
+}
+
+/// Fails the test with every violation the replays found (the first 60 shown).
+pub fn assert_no_violations(all_violations: &[String]) {
+    let shown: Vec<&str> = all_violations.iter().take(60).map(String::as_str).collect();
+    assert!(
+        all_violations.is_empty(),
+        "{} violations (first {}):\n{}",
+        all_violations.len(),
+        shown.len(),
+        shown.join("\n")
+    );
 }
 
 /// Replays one file in process and returns what came of it.
