@@ -13,6 +13,15 @@ mkdir -p "$state_dir"
 
 docker_ready() { timeout 5 docker info >/dev/null 2>&1; }
 
+# Closes every descriptor above stderr in this (sub)shell.
+close_inherited_fds() {
+  local fd
+  for fd in $(ls /proc/"$BASHPID"/fd); do
+    [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+  done
+  return 0
+}
+
 wait_ready() {
   for _ in $(seq 1 120); do
     docker_ready && return 0
@@ -31,8 +40,11 @@ start() {
   fi
   local log=/var/log/dockerd-rustbridge.log
   echo "$bin" > "$argsfile"; echo "$root" >> "$argsfile"
-  # setsid: dockerd must outlive the shell that started it.
-  setsid "$bin" --data-root "$root" >"$log" 2>&1 </dev/null &
+  # setsid: dockerd must outlive the shell that started it. It must not keep
+  # this shell's other descriptors either: under `flock /tmp/rb-host.lock`
+  # one of them holds the host lock, which dockerd and containerd would then
+  # hold for as long as they run, blocking every later user of the lock.
+  (close_inherited_fds && exec setsid "$bin" --data-root "$root" >"$log" 2>&1 </dev/null) &
   echo $! > "$pidfile"
   wait_ready "$log"
   echo "dockerd started ($bin, data root $root)"
