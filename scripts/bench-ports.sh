@@ -3,6 +3,11 @@
 # one container with -p A-B:A-B, timed, and the plugin's memory, against what
 # docker-proxy would cost (one process per port). Cleans up after itself.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+if ! docker_ready || ! plugin_socket_ready; then
+  echo "bench-ports: needs dockerd and the plugin (make install)"
+  exit 0
+fi
 count=${COUNT:-1000}
 first=20000
 last=$((first + count - 1))

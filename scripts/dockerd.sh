@@ -5,13 +5,12 @@
 #   scripts/dockerd.sh restart         (restarts the dockerd this script started, or any running one)
 # DOCKERD_BIN defaults to `dockerd` on PATH, DATA_ROOT to /var/lib/docker.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 state_dir=/run/rustbridge-test
 pidfile=$state_dir/dockerd.pid
 argsfile=$state_dir/dockerd.args
 mkdir -p "$state_dir"
-
-docker_ready() { timeout 5 docker info >/dev/null 2>&1; }
 
 # Closes every descriptor above stderr in this (sub)shell.
 close_inherited_fds() {
@@ -23,10 +22,7 @@ close_inherited_fds() {
 }
 
 wait_ready() {
-  for _ in $(seq 1 120); do
-    docker_ready && return 0
-    sleep 0.5
-  done
+  wait_for 120 0.5 docker_ready && return 0
   echo "dockerd did not become ready; last log lines:" >&2
   tail -n 30 "${1:-/var/log/dockerd.log}" >&2 || true
   return 1
@@ -50,16 +46,6 @@ start() {
   echo "dockerd started ($bin, data root $root)"
 }
 
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.5
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-}
-
 stop() {
   [ -f "$pidfile" ] || { echo "no dockerd started by this script"; return 0; }
   stop_pid "$(cat "$pidfile")"
@@ -72,7 +58,7 @@ restart() {
   if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile"); bin=$(sed -n 1p "$argsfile"); root=$(sed -n 2p "$argsfile")
   else
-    pid=$(pidof dockerd | awk '{print $1}'); bin=$(readlink -f "/proc/$pid/exe"); root=/var/lib/docker
+    pid=$(running_dockerd); bin=$(readlink -f "/proc/$pid/exe"); root=/var/lib/docker
   fi
   stop_pid "$pid"
   rm -f "$pidfile"

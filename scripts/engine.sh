@@ -8,6 +8,7 @@
 #                                        dockerd back (also when CMD fails)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
 cache=/var/cache/rustbridge-engines
 
 fetch() {
@@ -28,8 +29,6 @@ fetch() {
   dpkg-deb -x "$dir"/debs/docker.io_*.deb "$dir/root"
   echo "$dir/root"
 }
-
-running_dockerd() { pidof dockerd | awk '{print $1}'; }
 
 # Each engine rewrites its own chains at start but not another engine's (28
 # adds DOCKER-FORWARD, DOCKER-CT, DOCKER-BRIDGE and ip6tables rules that 20.10
@@ -61,12 +60,11 @@ run() {
   local root; root=$(fetch "$suite")
   # Globals, not locals: the EXIT trap runs after this function has returned.
   own_bin=""
-  own_pid=$(running_dockerd || true)
+  own_pid=$(running_dockerd)
   if [ -n "$own_pid" ]; then
     own_bin=$(readlink -f "/proc/$own_pid/exe")
     echo "stopping the machine's dockerd ($own_bin, pid $own_pid)"
-    kill -TERM "$own_pid"
-    for _ in $(seq 1 60); do kill -0 "$own_pid" 2>/dev/null || break; sleep 0.5; done
+    stop_pid "$own_pid"
   fi
   rm -f /run/rustbridge-test/dockerd.pid
   restore() {

@@ -5,6 +5,7 @@
 #   scripts/plugin.sh remove  NAME       disable and remove NAME if present
 #   scripts/plugin.sh publish REF DIR    create REF (a registry reference) from DIR and push it
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 exists() { docker plugin inspect "$1" >/dev/null 2>&1; }
 enabled() { [ "$(docker plugin inspect -f '{{.Enabled}}' "$1" 2>/dev/null)" = true ]; }
@@ -26,11 +27,8 @@ create() {
 
 # The legacy socket the plugin serves appears once the plugin runs.
 wait_for_socket() {
-  for _ in $(seq 1 100); do
-    [ -S /run/docker/plugins/rustbridge.sock ] && return 0
-    sleep 0.1
-  done
-  echo "plugin enabled but /run/docker/plugins/rustbridge.sock did not appear" >&2
+  wait_for 100 0.1 plugin_socket_ready && return 0
+  echo "plugin enabled but $RB_SOCKET did not appear" >&2
   return 1
 }
 

@@ -13,7 +13,7 @@ cp /bin/busybox "$dir/bin/busybox"
 # busybox has no UDP server: add a static one of our own.
 root=$(cd "$(dirname "$0")/.." && pwd)
 (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --example udp_echo --target x86_64-unknown-linux-gnu)
-cp "$root/target/x86_64-unknown-linux-gnu/release/examples/udp_echo" "$dir/bin/udp-echo"
+cp "${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/release/examples/udp_echo" "$dir/bin/udp-echo"
 for applet in $("$dir/bin/busybox" --list); do
   [ "$applet" = busybox ] || ln -sf busybox "$dir/bin/$applet"
 done

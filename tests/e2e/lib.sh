@@ -11,6 +11,7 @@ PLUGIN=${PLUGIN:-rustbridge/rustbridge:latest}
 IMAGE=${IMAGE:-rustbridge-test/busybox:2}
 PREFIX=${PREFIX:-rbe2e$$}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+source "$ROOT/scripts/lib.sh"
 # dockerd's API version as a number (1.41 -> 141), to run what an engine supports.
 api_version() { docker version -f '{{.Server.APIVersion}}' | awk -F. '{print $1 * 100 + $2}'; }
 
@@ -106,6 +107,12 @@ ping_ok() { docker exec "$1" ping -c 1 -W 2 "$2"; }
 ping_blocked() { ! docker exec "$1" ping -c 1 -W 1 "$2"; }
 ip_of() { docker inspect -f "{{(index .NetworkSettings.Networks \"$2\").IPAddress}}" "$1"; }
 plugin_pid() { pgrep -f '^/usr/bin/rustbridge serve' | head -n 1; }
+# plugin_restarted OLD_PID: another plugin process runs and serves the socket.
+plugin_restarted() { local p; p=$(plugin_pid); [ -n "$p" ] && [ "$p" != "$1" ] && plugin_socket_ready; }
+# plugin_call METHOD BODY: one protocol call straight to the plugin's socket (5 s at most).
+plugin_call() { curl -s --max-time 5 --unix-socket "$RB_SOCKET" -X POST "http://plugin/$1" -d "$2"; }
+# endpoint_info_has ENDPOINT_ID TEXT: the plugin's EndpointOperInfo for it contains TEXT.
+endpoint_info_has() { plugin_call NetworkDriver.EndpointOperInfo "{\"EndpointID\":\"$1\"}" | grep -qF -- "$2"; }
 network_id() { docker network inspect -f '{{.Id}}' "$1"; }
 # The plugin's device names (src/names.rs; its unit test checks these lines).
 RB_BRIDGE_PREFIX=rb-

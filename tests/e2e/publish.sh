@@ -46,7 +46,7 @@ if [ "$main_enabled" = true ]; then
 fi
 cleanup "$ROOT/scripts/plugin.sh remove $ref"
 expect "docker plugin install --grant-all-permissions $ref" docker plugin install --grant-all-permissions "$ref"
-eventually "the installed plugin serves rustbridge.sock" 10 test -S /run/docker/plugins/rustbridge.sock
+eventually "the installed plugin serves rustbridge.sock" 10 plugin_socket_ready
 
 step "Use it with the plain name"
 cleanup "docker network rm $net"
@@ -65,7 +65,7 @@ expect "remove the local copy of $ref2" docker plugin rm -f "$ref2"
 expect "docker plugin disable -f (a network uses it)" docker plugin disable -f "$ref"
 expect "docker plugin upgrade $ref $ref2" docker plugin upgrade --grant-all-permissions "$ref" "$ref2"
 expect "docker plugin enable" docker plugin enable "$ref"
-eventually "the upgraded plugin serves rustbridge.sock" 10 test -S /run/docker/plugins/rustbridge.sock
+eventually "the upgraded plugin serves rustbridge.sock" 10 plugin_socket_ready
 expect "$a still reaches $b (traffic never left the kernel)" ping_ok "$a" "$b"
 expect "a new container joins the same network" docker run -d --name "$PREFIX-pc" --network "$net" "$IMAGE" sleep 3600
 c_ip=$(ip_of "$PREFIX-pc" "$net")

@@ -3,8 +3,9 @@
 # installed (make install). Prints one total line at the end.
 set -uo pipefail
 here=$(dirname "$0")
+source "$here/../../scripts/lib.sh"
 total_passed=0 total_failed=0 status=0
-for suite in ${SUITES:-user_story firewall options docker28 publish}; do
+for suite in ${SUITES:-$E2E_SUITES}; do
   out=$(mktemp)
   "$here/$suite.sh" 2>&1 | tee "$out"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

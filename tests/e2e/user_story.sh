@@ -26,8 +26,7 @@ step "The managed reference leads to the same process and state"
 expect "docker network create -d $PLUGIN $net2" docker network create -d "$PLUGIN" "$net2"
 expect "run $m1 on $net2" docker run -d --name "$m1" --network "$net2" "$IMAGE" sleep 3600
 m1_endpoint=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net2\").EndpointID}}" "$m1")
-expect "the process behind -d rustbridge knows $m1's endpoint" sh -c \
-  "curl -s --max-time 5 --unix-socket /run/docker/plugins/rustbridge.sock -X POST http://plugin/NetworkDriver.EndpointOperInfo -d '{\"EndpointID\":\"$m1_endpoint\"}' | grep -q HostVeth"
+expect "the process behind -d rustbridge knows $m1's endpoint" endpoint_info_has "$m1_endpoint" HostVeth
 expect "remove $m1 and $net2" sh -c "docker rm -f $m1 && docker network rm $net2"
 
 step "Two containers talk by name"
@@ -71,7 +70,7 @@ step "A plugin killed with SIGKILL comes back"
 pid=$(plugin_pid)
 expect "plugin process found ($pid)" test -n "$pid"
 show kill -9 "$pid"
-eventually "dockerd restarted the plugin" 30 sh -c "p=\$(pgrep -f '^/usr/bin/rustbridge serve' | head -n 1); [ -n \"\$p\" ] && [ \"\$p\" != $pid ] && [ -S /run/docker/plugins/rustbridge.sock ]"
+eventually "dockerd restarted the plugin" 30 plugin_restarted "$pid"
 expect "docker run on the network works after the kill" docker run -d --name "$late" --network "$net" "$IMAGE" sleep 3600
 addresses=$(docker network inspect -f '{{range .Containers}}{{.IPv4Address}}{{println}}{{end}}' "$net" | grep . | sort)
 equal "no duplicate address on the network" "$(echo "$addresses" | wc -l)" "$(echo "$addresses" | uniq | wc -l)"
@@ -86,8 +85,7 @@ for method in Plugin.Activate NetworkDriver.GetCapabilities IpamDriver.GetCapabi
   NetworkDriver.AllocateNetwork NetworkDriver.FreeNetwork IpamDriver.RequestPool IpamDriver.ReleasePool \
   IpamDriver.RequestAddress IpamDriver.ReleaseAddress NetworkDriver.NoSuchMethod; do
   # An address space that does not exist, so RequestPool allocates nothing.
-  expect "$method answers within 5s" curl -s --max-time 5 -o /dev/null --unix-socket /run/docker/plugins/rustbridge.sock \
-    -X POST "http://plugin/$method" -d '{"AddressSpace":"bounded-time-check"}'
+  expect "$method answers within 5s" plugin_call "$method" '{"AddressSpace":"bounded-time-check"}'
 done
 
 step "docker network rm leaves nothing behind"
