@@ -2,7 +2,7 @@
 # Installs what rustbridge's build, demo and tests need on Debian, skipping what is there.
 set -euo pipefail
 
-packages=(docker.io iptables iproute2 busybox-static curl iputils-ping jq kmod python3)
+packages=(docker.io iptables iproute2 busybox-static curl iputils-ping jq kmod python3 python3-prometheus-client docker-compose)
 [ "${WITH_REGISTRY:-0}" = 1 ] && packages+=(docker-registry)
 
 missing=()

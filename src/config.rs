@@ -20,8 +20,42 @@ pub struct Cli {
 pub enum Command {
     /// Serve the NetworkDriver and IpamDriver protocols.
     Serve(ServeArgs),
-    /// Print the version.
+    /// What the running plugin holds: networks, endpoints, pools, firewall (asked through its socket).
+    Status(StatusArgs),
+    /// List kernel objects that look like rustbridge's but no state knows; remove them with --yes.
+    Gc(GcArgs),
+    /// Print the version, git commit and the engines it was tested with.
     Version,
+}
+
+/// The socket a client command asks the running plugin through.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The plugin's socket (the managed plugin also serves the legacy socket here on the host).
+    #[arg(long, env = "RUSTBRIDGE_SOCKET", default_value = "/run/docker/plugins/rustbridge.sock")]
+    pub socket: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// dockerd's API socket, asked for network names (dockerd does not send them to a remote driver);
+    /// an empty value skips it.
+    #[arg(long, env = "DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    pub docker_socket: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Remove what is listed (without it, gc only lists).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -53,8 +87,44 @@ pub struct ServeArgs {
     /// Seconds between checks that bridges and firewall rules are still in place.
     #[arg(long, env = "RUSTBRIDGE_RECONCILE_SECONDS", default_value = "5", value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_seconds: u64,
+    /// host:port for Prometheus metrics (/metrics) and /health over HTTP; off when unset or empty.
+    #[arg(long, env = "RUSTBRIDGE_METRICS_ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<MetricsAddr>,
+}
+
+/// The metrics listener's address; empty (the managed plugin's default) means off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+impl ServeArgs {
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr.and_then(|a| a.0)
+    }
+}
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s.trim().is_empty() {
+        return Ok(MetricsAddr(None));
+    }
+    s.trim()
+        .parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|e| format!("metrics address {s:?}: {e} (expected host:port, e.g. 127.0.0.1:9474)"))
 }
 
 fn parse_default_pool(s: &str) -> Result<DefaultPool, String> {
     DefaultPool::parse(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_address_empty_is_off_and_bad_is_refused() {
+        assert_eq!(parse_metrics_addr("").unwrap(), MetricsAddr(None));
+        assert_eq!(parse_metrics_addr("127.0.0.1:9474").unwrap(), MetricsAddr(Some("127.0.0.1:9474".parse().unwrap())));
+        let err = parse_metrics_addr("localhost").unwrap_err();
+        assert!(err.contains("metrics address \"localhost\"") && err.contains("host:port"), "{err}");
+    }
 }

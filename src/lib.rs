@@ -2,18 +2,23 @@
 //! bridges, veth pairs and firewall rules. See docs/ARCHITECTURE.md.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod driver;
 pub mod family;
 pub mod firewall;
+pub mod gc;
 pub mod ipam;
 pub mod log;
+pub mod metrics;
 pub mod names;
 pub mod options;
 pub mod reconcile;
 pub mod server;
 pub mod state;
+pub mod status;
 pub mod sysctl;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod version;

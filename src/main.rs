@@ -11,7 +11,7 @@ use rustbridge::dataplane::netlink::NetlinkDataPlane;
 use rustbridge::driver::Plugin;
 use rustbridge::firewall::iptables::IptablesFirewall;
 use rustbridge::state::Store;
-use rustbridge::{log, reconcile, server};
+use rustbridge::{cli, log, metrics, reconcile, server};
 
 /// SIGTERM must end the process within a second: in-flight calls get this long.
 const DRAIN: Duration = Duration::from_millis(600);
@@ -21,9 +21,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
-            println!("rustbridge {}", env!("CARGO_PKG_VERSION"));
+            print!("{}", rustbridge::version::describe());
             std::process::ExitCode::SUCCESS
         }
+        Command::Status(args) => client_result(cli::status(&args).map(|text| (text, false))),
+        Command::Gc(args) => client_result(cli::gc(&args)),
         Command::Serve(args) => {
             let log = log::build(args.log_level, args.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -49,8 +51,9 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     let store = Store::open(&args.state_dir).map_err(|e| e.to_string())?;
     let dataplane = Arc::new(NetlinkDataPlane::connect().map_err(|e| format!("netlink socket: {e}"))?);
     let firewall = IptablesFirewall::detect(args.iptables).await;
-    info!(log, "starting"; "version" => env!("CARGO_PKG_VERSION"), "state_dir" => %args.state_dir.display(),
-        "iptables" => firewall.describe());
+    info!(log, "starting"; "version" => rustbridge::version::VERSION, "commit" => rustbridge::version::COMMIT,
+        "state_dir" => %args.state_dir.display(), "iptables" => firewall.describe());
+    metrics::global().set_firewall(firewall.describe());
     let plugin = Arc::new(
         Plugin::load(store, dataplane, Arc::new(firewall), args.default_pools.clone()).map_err(|e| e.to_string())?,
     );
@@ -58,6 +61,7 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
         let state = plugin.state.lock().await;
         info!(log, "state loaded"; "networks" => state.networks.len(), "endpoints" => state.endpoints.len());
     }
+    metrics::global().set_state_loaded();
     // Reconcile before listening: dockerd may call as soon as the socket exists.
     if let Err(e) = reconcile::at_start(&plugin, &log).await {
         error!(log, "start-up reconcile incomplete; will retry periodically"; "error" => %e);
@@ -74,6 +78,7 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
         log.clone(),
         Duration::from_secs(args.reconcile_seconds),
     ));
+    let metrics_task = start_metrics(args.metrics_addr(), &plugin, &log).await;
     let shutdown = async {
         tokio::select! {
             _ = terminate.recv() => {}
@@ -82,6 +87,9 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     };
     server::serve(listeners, plugin.clone(), log.clone(), shutdown, DRAIN).await;
     reconciler.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     // A call whose answer was already given up on may still be running: let it
     // finish its step (its changes are committed or undone under this lock).
     if tokio::time::timeout(FINISH_CALLS, plugin.state.lock()).await.is_err() {
@@ -93,4 +101,39 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     // Networks stay up: containers keep their traffic while the plugin is away.
     info!(log, "stopped; networks left in place");
     Ok(())
+}
+
+/// The metrics listener, when asked for. A listener that cannot bind is logged
+/// and skipped: the network driver itself keeps serving.
+async fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+    plugin: &Arc<Plugin>,
+    log: &Logger,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let addr = addr?;
+    match metrics::http::bind(addr).await {
+        Ok(listener) => {
+            info!(log, "metrics listening"; "address" => %addr);
+            let serving = metrics::http::serve(listener, plugin.clone(), log.clone(), std::future::pending());
+            Some(tokio::spawn(serving))
+        }
+        Err(e) => {
+            error!(log, "metrics listener not started (RUSTBRIDGE_METRICS_ADDR)"; "address" => %addr, "error" => %e);
+            None
+        }
+    }
+}
+
+/// Prints a client command's output; exit status 1 on failure or reported errors.
+fn client_result(result: Result<(String, bool), String>) -> std::process::ExitCode {
+    match result {
+        Ok((text, failed)) => {
+            print!("{text}");
+            if failed { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
+        }
+        Err(message) => {
+            eprintln!("rustbridge: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -11,6 +11,7 @@ use slog::{Logger, info, warn};
 use crate::dataplane::LinkKind;
 use crate::driver::network::bridge_spec;
 use crate::driver::{Plugin, Result, State};
+use crate::metrics;
 use crate::names::{is_owned_bridge_name, is_owned_veth_name, short_id};
 use crate::state::NetworkRecord;
 
@@ -18,11 +19,18 @@ use crate::state::NetworkRecord;
 /// rewrite the rules. One failing item does not stop the others; the errors
 /// are logged and returned together (the periodic pass retries).
 pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
+    let result = at_start_pass(plugin, log).await;
+    metrics::global().record_check(result.clone().map_err(|e| e.to_string()));
+    result
+}
+
+async fn at_start_pass(plugin: &Plugin, log: &Logger) -> Result<()> {
     let state = plugin.state.lock().await;
     let mut errors: Vec<String> = Vec::new();
     for network in state.networks.values() {
         match plugin.dataplane.ensure_bridge(&bridge_spec(network)).await {
             Ok(true) => {
+                repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
                 info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => short_id(&network.id))
             }
             Ok(false) => {}
@@ -50,7 +58,10 @@ pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
                     && !known_veths.contains(link.name.as_str());
                 if stale_bridge || stale_veth {
                     match plugin.dataplane.delete_link(&link.name).await {
-                        Ok(()) => info!(log, "removed leftover link"; "link" => &link.name),
+                        Ok(()) => {
+                            repaired("leftover_link_removed", format!("leftover link {}", link.name));
+                            info!(log, "removed leftover link"; "link" => &link.name)
+                        }
                         Err(e) => errors.push(e.to_string()),
                     }
                 }
@@ -94,12 +105,14 @@ pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<()> {
         if !plugin.dataplane.link_exists(&network.bridge).await? {
             plugin.dataplane.ensure_bridge(&bridge_spec(network)).await?;
             reattach_endpoints(plugin, &state, network).await?;
+            repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
             warn!(log, "bridge was missing; recreated it and put its endpoints back"; "bridge" => &network.bridge);
         }
     }
     let networks = state.firewall_networks();
     if !plugin.firewall.is_intact(&networks).await? {
         plugin.firewall.sync(&networks).await?;
+        repaired("rules_restored", "firewall rules drifted (flushed, reordered or changed)");
         warn!(log, "firewall rules had drifted (flushed, or dockerd restarted); restored");
     }
     Ok(())
@@ -110,8 +123,16 @@ pub async fn run_periodically(plugin: std::sync::Arc<Plugin>, log: Logger, every
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        if let Err(e) = pass(&plugin, &log).await {
+        let result = pass(&plugin, &log).await;
+        if let Err(e) = &result {
             warn!(log, "reconcile pass failed"; "error" => %e);
         }
+        metrics::global().record_check(result.map_err(|e| e.to_string()));
     }
+}
+
+/// One repair, counted by kind and noted as the current check's drift.
+fn repaired(kind: &str, drift: impl Into<String>) {
+    metrics::global().record_repair(kind);
+    metrics::global().record_drift(drift);
 }

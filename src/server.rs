@@ -170,6 +170,8 @@ async fn handle(plugin: Arc<Plugin>, log: Logger, req: Request<Incoming>) -> Res
 }
 
 fn finish(log: &Logger, path: &str, body: &[u8], reply: Reply, started: Instant) -> Response<Full<Bytes>> {
+    let method = if reply.status == StatusCode::NOT_FOUND { "unknown" } else { path };
+    crate::metrics::global().record_call(method, started.elapsed(), reply.outcome.is_ok());
     let ids = ids_of(body);
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     match &reply.outcome {
@@ -233,7 +235,9 @@ async fn dispatch(plugin: &Plugin, path: &str, body: &[u8], key: ErrorKey) -> Re
         Err(RouteError::NotFound) => Reply::error(
             key,
             StatusCode::NOT_FOUND,
-            format!("{path}: unknown method (rustbridge implements Plugin.Activate, NetworkDriver.* and IpamDriver.*)"),
+            format!(
+                "{path}: unknown method (rustbridge implements Plugin.Activate, NetworkDriver.*, IpamDriver.* and Rustbridge.Status/Gc)"
+            ),
         ),
         Err(RouteError::Plugin(e)) => Reply::error(key, StatusCode::INTERNAL_SERVER_ERROR, e.0),
     }
@@ -307,6 +311,9 @@ async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteE
         "/IpamDriver.ReleasePool" => call!(release_pool, empty),
         "/IpamDriver.RequestAddress" => call!(request_address),
         "/IpamDriver.ReleaseAddress" => call!(release_address, empty),
+        // rustbridge's own operator calls (`rustbridge status`, `rustbridge gc`).
+        "/Rustbridge.Status" => Reply::ok(crate::status::collect(plugin, crate::metrics::global()).await),
+        "/Rustbridge.Gc" => Reply::ok(crate::gc::run(plugin, decode(path, body)?).await),
         _ => return Err(RouteError::NotFound),
     };
     Ok(reply)

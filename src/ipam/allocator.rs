@@ -139,6 +139,18 @@ impl AddressAllocator {
         self.allocated
     }
 
+    /// Free addresses of the range automatic allocation draws from (`--ip-range`, or the
+    /// whole pool), reserved ones not counted. O(free intervals).
+    pub fn free_in_range(&self) -> u128 {
+        self.free
+            .range(..=self.range_last)
+            .map(|(&start, &end)| {
+                let (start, end) = (start.max(self.range_first), end.min(self.range_last));
+                if start <= end { end - start + 1 } else { 0 }
+            })
+            .sum()
+    }
+
     /// The first non-reserved address of the range (the default gateway: 10.0.0.1 for
     /// 10.0.0.0/24), whether free or not; `None` if the range holds only reserved addresses.
     pub fn first_usable_in_range(&self) -> Option<IpAddr> {

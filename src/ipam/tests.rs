@@ -320,3 +320,20 @@ fn many_containers_in_auto_pools_get_unique_addresses() {
         assert_eq!(ipam.addresses(&id).unwrap().allocated_count(), 65_001);
     }
 }
+
+#[test]
+fn free_in_range_counts_usable_free_addresses_of_the_range_only() {
+    let mut a = AddressAllocator::new(net("10.9.0.0/24"), None).unwrap();
+    assert_eq!(a.free_in_range(), 254, "network and broadcast are reserved");
+    a.allocate_specific(ip("10.9.0.1")).unwrap();
+    a.allocate_specific(ip("10.9.0.200")).unwrap();
+    assert_eq!(a.free_in_range(), 252);
+    let mut r = AddressAllocator::new(net("10.9.0.0/24"), Some(net("10.9.0.128/25"))).unwrap();
+    assert_eq!(r.free_in_range(), 127, "the range's upper end is the pool's broadcast");
+    r.allocate_specific(ip("10.9.0.5")).unwrap();
+    assert_eq!(r.free_in_range(), 127, "an address outside the range does not count");
+    r.allocate_specific(ip("10.9.0.130")).unwrap();
+    assert_eq!(r.free_in_range(), 126);
+    let v6 = AddressAllocator::new(net("fd00::/64"), None).unwrap();
+    assert_eq!(v6.free_in_range(), (1u128 << 64) - 1);
+}

@@ -344,11 +344,17 @@ pub struct Plugin {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub log: PathBuf,
+    /// More `serve` flags (e.g. `--metrics-addr`).
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Plugin {
     pub fn start(ns: &Netns) -> Plugin {
+        Plugin::start_with(ns, &[])
+    }
+
+    pub fn start_with(ns: &Netns, extra_args: &[&str]) -> Plugin {
         let dir = std::env::temp_dir().join(format!("rbt-{}-{}-plugin", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create plugin temp dir");
@@ -358,6 +364,7 @@ impl Plugin {
             state_dir: dir.join("state"),
             log: dir.join("plugin.log"),
             dir,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         plugin.spawn();
@@ -376,6 +383,7 @@ impl Plugin {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--log-level", "debug", "--reconcile-seconds", "1"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log2)
             .stderr(log)

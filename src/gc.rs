@@ -1,0 +1,103 @@
+//! `rustbridge gc`: kernel objects that look like rustbridge's but that no
+//! state record knows (a crash between a kernel change and its commit, a wiped
+//! state directory, an engine switch). Served by the running plugin as
+//! `/Rustbridge.Gc` and computed under its state lock, so an object a call is
+//! creating at that moment is never taken for a leftover. Removes only when asked.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::LinkKind;
+use crate::driver::Plugin;
+use crate::names::{is_owned_bridge_name, is_owned_veth_name};
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GcRequest {
+    /// False: only list. True: list and remove.
+    #[serde(rename = "Remove")]
+    pub remove: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Leftover {
+    /// `bridge`, `veth` or `firewall`.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GcReport {
+    pub leftovers: Vec<Leftover>,
+    /// True when removal was asked for (see `errors` for what failed).
+    pub removed: bool,
+    pub errors: Vec<String>,
+}
+
+/// Lists (and with `remove`, deletes) what the kernel holds that the state does not.
+pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
+    let state = plugin.state.lock().await;
+    let mut report = GcReport { removed: req.remove, ..GcReport::default() };
+    let known_bridges: BTreeSet<&str> = state.networks.values().map(|n| n.bridge.as_str()).collect();
+    let known_veths: BTreeSet<&str> =
+        state.endpoints.values().flat_map(|e| [e.host_veth.as_str(), e.container_veth.as_str()]).collect();
+    match plugin.dataplane.list_links().await {
+        Ok(links) => {
+            for link in links {
+                let kind = match link.kind {
+                    LinkKind::Bridge if is_owned_bridge_name(&link.name) => "bridge",
+                    LinkKind::Veth if is_owned_veth_name(&link.name) => "veth",
+                    _ => continue,
+                };
+                if !known_bridges.contains(link.name.as_str()) && !known_veths.contains(link.name.as_str()) {
+                    report.leftovers.push(Leftover { kind: kind.into(), name: link.name });
+                }
+            }
+        }
+        Err(e) => report.errors.push(format!("list links: {e}")),
+    }
+    // With networks, the plugin's chains are its own and the reconciler keeps
+    // their content exact; with none, any RUSTBRIDGE chain or jump is a leftover.
+    if state.networks.is_empty() {
+        match plugin.firewall.is_intact(&[]).await {
+            Ok(true) => {}
+            Ok(false) => report
+                .leftovers
+                .push(Leftover { kind: "firewall".into(), name: "RUSTBRIDGE-* chains and the jumps into them".into() }),
+            Err(e) => report.errors.push(format!("read firewall: {e}")),
+        }
+    }
+    report.leftovers.sort();
+    if req.remove {
+        for leftover in &report.leftovers {
+            let result = match leftover.kind.as_str() {
+                "firewall" => plugin.firewall.sync(&[]).await.map_err(|e| e.to_string()),
+                _ => plugin.dataplane.delete_link(&leftover.name).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = result {
+                report.errors.push(format!("remove {} {}: {e}", leftover.kind, leftover.name));
+            }
+        }
+    }
+    report
+}
+
+/// The text `rustbridge gc` prints.
+pub fn render_text(report: &GcReport) -> String {
+    let mut out = String::new();
+    if report.leftovers.is_empty() {
+        out.push_str("nothing to collect: every rustbridge-looking kernel object is known to the plugin\n");
+    }
+    for l in &report.leftovers {
+        let verb = if report.removed { "removed" } else { "leftover" };
+        out.push_str(&format!("{verb} {} {}\n", l.kind, l.name));
+    }
+    if !report.removed && !report.leftovers.is_empty() {
+        out.push_str("run `rustbridge gc --yes` to remove them\n");
+    }
+    for e in &report.errors {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    out
+}
