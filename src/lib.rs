@@ -18,7 +18,6 @@ pub mod reconcile;
 pub mod server;
 pub mod state;
 pub mod status;
-pub mod sysctl;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod version;

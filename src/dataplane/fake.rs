@@ -1,13 +1,15 @@
 //! An in-memory data plane for tests (see `crate::testing`): it records links
 //! like the kernel would and can be told to fail an operation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, Result, VethSpec};
+use crate::firewall::{FwPort, Proto};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeLink {
@@ -27,6 +29,12 @@ pub struct FakeDataPlane {
     /// Name of an operation ("create_veth", "ensure_bridge") that fails once.
     pub fail_next: Mutex<Option<&'static str>>,
     pub ipv6_forwarding: Mutex<bool>,
+    /// The host's ephemeral port range; the kernel's default when None.
+    pub ephemeral_ports: Mutex<Option<RangeInclusive<u16>>>,
+    /// Host ports a "host service" listens on: (protocol, port).
+    pub busy_ports: Mutex<BTreeSet<(Proto, u16)>>,
+    /// The state of the deterministic random generator (MAC addresses).
+    pub random_state: Mutex<u64>,
 }
 
 impl FakeDataPlane {
@@ -157,5 +165,30 @@ impl DataPlane for FakeDataPlane {
 
     async fn host_prefixes(&self) -> Result<Vec<IpNet>> {
         Ok(self.host_prefixes.lock().unwrap().clone())
+    }
+
+    fn ephemeral_ports(&self) -> RangeInclusive<u16> {
+        self.ephemeral_ports.lock().unwrap().clone().unwrap_or(super::host::DEFAULT_EPHEMERAL_PORTS)
+    }
+
+    fn host_port_free(&self, port: &FwPort) -> std::io::Result<()> {
+        if self.busy_ports.lock().unwrap().contains(&(port.proto, port.host_port)) {
+            return Err(std::io::Error::from(std::io::ErrorKind::AddrInUse));
+        }
+        Ok(())
+    }
+
+    /// splitmix64: deterministic, and different bytes on every call.
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<()> {
+        let mut state = self.random_state.lock().unwrap();
+        for chunk in buf.chunks_mut(8) {
+            *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+        Ok(())
     }
 }

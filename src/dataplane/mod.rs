@@ -4,10 +4,15 @@
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+pub mod host;
 pub mod netlink;
+
+use std::ops::RangeInclusive;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
+
+use crate::firewall::FwPort;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeSpec {
@@ -82,4 +87,11 @@ pub trait DataPlane: Send + Sync {
     /// Prefixes already used on the host (routes and interface addresses), so
     /// IPAM never hands out a pool that would collide with them.
     async fn host_prefixes(&self) -> Result<Vec<IpNet>>;
+    /// The kernel's ephemeral port range (`ip_local_port_range`), where a
+    /// published port without a host port is picked.
+    fn ephemeral_ports(&self) -> RangeInclusive<u16>;
+    /// Fails when a host service listens on the port the mapping would take.
+    fn host_port_free(&self, port: &FwPort) -> std::io::Result<()>;
+    /// Random bytes (MAC addresses).
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<()>;
 }

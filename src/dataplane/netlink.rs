@@ -201,8 +201,20 @@ impl DataPlane for NetlinkDataPlane {
     }
 
     async fn ensure_ipv6_forwarding(&self) -> Result<bool> {
-        crate::sysctl::ensure_ipv6_forwarding()
+        super::host::ensure_ipv6_forwarding()
             .map_err(|e| DataPlaneError::new("enable IPv6 forwarding", "net.ipv6.conf.all.forwarding", e))
+    }
+
+    fn ephemeral_ports(&self) -> std::ops::RangeInclusive<u16> {
+        super::host::ephemeral_ports()
+    }
+
+    fn host_port_free(&self, port: &crate::firewall::FwPort) -> std::io::Result<()> {
+        super::host::host_port_free(port)
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<()> {
+        super::host::random_bytes(buf).map_err(|e| DataPlaneError::new("read random bytes", "/dev/urandom", e))
     }
 
     async fn host_prefixes(&self) -> Result<Vec<IpNet>> {

@@ -1,7 +1,6 @@
 //! NetworkDriver calls.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -9,7 +8,7 @@ use serde_json::Value;
 
 use super::{Plugin, PluginError, Result, State, firewall_network, ports, validate_id};
 use crate::api::{self, *};
-use crate::dataplane::{BridgeSpec, VethSpec};
+use crate::dataplane::{BridgeSpec, DataPlane, VethSpec};
 use crate::family::Family;
 use crate::names::{bridge_name, is_docker_bridge_name, is_owned_bridge_name, short_id as short, veth_names};
 use crate::options::{GatewayMode, NetworkOptions, parse_network_options};
@@ -152,7 +151,7 @@ impl Plugin {
             return Ok(endpoint_response(existing, &interface.mac_address));
         }
         let mac = match interface.mac_address.as_str() {
-            "" => generate_mac(&state)?,
+            "" => generate_mac(&*self.dataplane, &state)?,
             given => parse_mac("Interface.MacAddress", given)?,
         };
         let (host_veth, container_veth) = veth_names(&req.endpoint_id);
@@ -288,7 +287,7 @@ impl Plugin {
                 .filter(|e| e.id != endpoint.id)
                 .flat_map(|e| e.published.iter().map(move |p| ports::Taken { port: p, endpoint_id: &e.id }))
                 .collect();
-            ports::resolve(&bindings, &endpoint, &network, &taken, ports::ephemeral_range())?
+            ports::resolve(&bindings, &endpoint, &network, &taken, &*self.dataplane)?
         };
         let updated =
             EndpointRecord { port_bindings: bindings, exposed_ports: exposed_ports(&options)?, published, ..endpoint };
@@ -460,12 +459,10 @@ fn parse_mac(field: &str, text: &str) -> Result<String> {
 }
 
 /// A locally administered unicast MAC no other endpoint has.
-fn generate_mac(state: &State) -> Result<String> {
+fn generate_mac(host: &dyn DataPlane, state: &State) -> Result<String> {
     for _ in 0..16 {
         let mut bytes = [0u8; 6];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| PluginError::new(format!("generate MAC address: read /dev/urandom: {e}")))?;
+        host.random_bytes(&mut bytes).map_err(|e| PluginError::new(format!("generate MAC address: {e}")))?;
         bytes[0] = (bytes[0] & 0xfc) | 0x02;
         let mac = bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         if !state.endpoints.values().any(|e| e.mac == mac) {

@@ -3,34 +3,19 @@
 //! from the kernel's `ip_local_port_range` and conflicts refused.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use super::{PluginError, Result};
 use crate::api::PortBinding;
+use crate::dataplane::DataPlane;
 use crate::firewall::{FwPort, Proto};
 use crate::state::{EndpointRecord, NetworkRecord};
-
-const PORT_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-const DEFAULT_EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
 
 /// A port already published, and by whom (for the error message).
 pub struct Taken<'a> {
     pub port: &'a FwPort,
     pub endpoint_id: &'a str,
-}
-
-pub fn ephemeral_range() -> RangeInclusive<u16> {
-    std::fs::read_to_string(PORT_RANGE_FILE)
-        .ok()
-        .and_then(|text| {
-            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>());
-            match (parts.next(), parts.next()) {
-                (Some(Ok(low)), Some(Ok(high))) if low <= high => Some(low..=high),
-                _ => None,
-            }
-        })
-        .unwrap_or(DEFAULT_EPHEMERAL)
 }
 
 /// Resolves every binding of one endpoint. All-or-nothing: an error means no port was taken.
@@ -39,9 +24,9 @@ pub fn resolve(
     endpoint: &EndpointRecord,
     network: &NetworkRecord,
     taken: &[Taken<'_>],
-    ephemeral: RangeInclusive<u16>,
+    host: &dyn DataPlane,
 ) -> Result<Vec<FwPort>> {
-    let mut resolver = Resolver::new(taken, ephemeral, host_port_unused);
+    let mut resolver = Resolver::new(taken, host.ephemeral_ports(), |p: &FwPort| host.host_port_free(p));
     resolver.resolve(bindings, endpoint, network)
 }
 
@@ -250,30 +235,12 @@ fn mappings_for(binding: &PortBinding, endpoint: &EndpointRecord, network: &Netw
     Ok(out)
 }
 
-/// A host service listening on the port would be shadowed by the DNAT rule: refuse it, like Docker.
-fn host_port_unused(candidate: &FwPort) -> std::io::Result<()> {
-    let ip = candidate.host_ip.unwrap_or(match candidate.container_ip {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    });
-    let addr = SocketAddr::new(ip, candidate.host_port);
-    let result = match candidate.proto {
-        Proto::Tcp => TcpListener::bind(addr).map(drop),
-        Proto::Udp => UdpSocket::bind(addr).map(drop),
-        Proto::Sctp => Ok(()),
-    };
-    match result {
-        // A host address that is not (or not yet) configured here cannot have listeners.
-        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Ok(()),
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::dataplane::fake::FakeDataPlane;
     use crate::options::NetworkOptions;
 
     fn endpoint(v4: Option<&str>, v6: Option<&str>) -> EndpointRecord {
@@ -309,8 +276,14 @@ mod tests {
         PortBinding { proto, ip: String::new(), port, host_ip: host_ip.into(), host_port, host_port_end: end }
     }
 
-    // High, unlikely-to-be-used ports so the host bind check passes on a test machine.
     const EPHEMERAL: RangeInclusive<u16> = 61010..=61020;
+
+    /// The host: the fake data plane with a small ephemeral range and no port in use.
+    fn host() -> FakeDataPlane {
+        let host = FakeDataPlane::default();
+        *host.ephemeral_ports.lock().unwrap() = Some(EPHEMERAL);
+        host
+    }
 
     #[test]
     fn explicit_and_loopback_bindings() {
@@ -320,7 +293,7 @@ mod tests {
             &ep,
             &network(),
             &[],
-            EPHEMERAL,
+            &host(),
         )
         .unwrap();
         assert_eq!(got.len(), 2);
@@ -336,44 +309,44 @@ mod tests {
     fn ephemeral_ports_never_collide() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
         let bindings: Vec<_> = (0..5).map(|i| binding(6, "", 0, 0, 80 + i)).collect();
-        let got = resolve(&bindings, &ep, &network(), &[], EPHEMERAL).unwrap();
+        let got = resolve(&bindings, &ep, &network(), &[], &host()).unwrap();
         let mut ports: Vec<u16> = got.iter().map(|p| p.host_port).collect();
         ports.dedup();
         assert_eq!(ports.len(), 5);
         assert!(ports.iter().all(|p| EPHEMERAL.contains(p)));
         let taken: Vec<Taken> = got.iter().map(|p| Taken { port: p, endpoint_id: "other" }).collect();
-        let more = resolve(&[binding(6, "", 0, 0, 90)], &ep, &network(), &taken, EPHEMERAL).unwrap();
+        let more = resolve(&[binding(6, "", 0, 0, 90)], &ep, &network(), &taken, &host()).unwrap();
         assert!(!ports.contains(&more[0].host_port));
     }
 
     #[test]
     fn conflicting_explicit_port_names_the_owner() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
-        let first = resolve(&[binding(6, "", 61003, 61003, 80)], &ep, &network(), &[], EPHEMERAL).unwrap();
+        let first = resolve(&[binding(6, "", 61003, 61003, 80)], &ep, &network(), &[], &host()).unwrap();
         let taken = [Taken { port: &first[0], endpoint_id: "abcdef0123456789" }];
-        let err = resolve(&[binding(6, "", 61003, 61003, 80)], &ep, &network(), &taken, EPHEMERAL).unwrap_err();
+        let err = resolve(&[binding(6, "", 61003, 61003, 80)], &ep, &network(), &taken, &host()).unwrap_err();
         assert!(err.0.contains("61003/tcp") && err.0.contains("abcdef012345"), "{err}");
         // Same port, other protocol: fine.
-        assert!(resolve(&[binding(17, "", 61003, 61003, 80)], &ep, &network(), &taken, EPHEMERAL).is_ok());
+        assert!(resolve(&[binding(17, "", 61003, 61003, 80)], &ep, &network(), &taken, &host()).is_ok());
     }
 
     #[test]
     fn range_picks_first_free() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
-        let first = resolve(&[binding(6, "", 61004, 61004, 80)], &ep, &network(), &[], EPHEMERAL).unwrap();
+        let first = resolve(&[binding(6, "", 61004, 61004, 80)], &ep, &network(), &[], &host()).unwrap();
         let taken = [Taken { port: &first[0], endpoint_id: "x" }];
-        let got = resolve(&[binding(6, "", 61004, 61006, 80)], &ep, &network(), &taken, EPHEMERAL).unwrap();
+        let got = resolve(&[binding(6, "", 61004, 61006, 80)], &ep, &network(), &taken, &host()).unwrap();
         assert_eq!(got[0].host_port, 61005);
     }
 
     #[test]
     fn dual_stack_publishes_both_families_and_host_binding_applies() {
         let ep = endpoint(Some("10.0.0.2/24"), Some("fd00::2/64"));
-        let got = resolve(&[binding(6, "", 61007, 61007, 80)], &ep, &network(), &[], EPHEMERAL).unwrap();
+        let got = resolve(&[binding(6, "", 61007, 61007, 80)], &ep, &network(), &[], &host()).unwrap();
         assert_eq!(got.len(), 2);
         let mut net = network();
         net.options.host_binding_ipv4 = Some("127.0.0.1".parse().unwrap());
-        let got = resolve(&[binding(6, "", 61008, 61008, 80)], &ep, &net, &[], EPHEMERAL).unwrap();
+        let got = resolve(&[binding(6, "", 61008, 61008, 80)], &ep, &net, &[], &host()).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].host_ip, Some("127.0.0.1".parse().unwrap()));
     }
@@ -382,20 +355,23 @@ mod tests {
     fn bad_protocol_and_bad_host_ip_are_refused() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
         assert!(
-            resolve(&[binding(99, "", 1, 1, 80)], &ep, &network(), &[], EPHEMERAL).unwrap_err().0.contains("protocol")
+            resolve(&[binding(99, "", 1, 1, 80)], &ep, &network(), &[], &host()).unwrap_err().0.contains("protocol")
         );
         assert!(
-            resolve(&[binding(6, "nope", 1, 1, 80)], &ep, &network(), &[], EPHEMERAL).unwrap_err().0.contains("nope")
+            resolve(&[binding(6, "nope", 1, 1, 80)], &ep, &network(), &[], &host()).unwrap_err().0.contains("nope")
         );
     }
 
     #[test]
-    fn a_listening_host_socket_blocks_an_explicit_port() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+    fn a_port_a_host_service_listens_on_is_refused_or_skipped() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
-        let err = resolve(&[binding(6, "127.0.0.1", port, port, 80)], &ep, &network(), &[], EPHEMERAL).unwrap_err();
-        assert!(err.0.contains("in use on the host"), "{err}");
+        let host = host();
+        host.busy_ports.lock().unwrap().extend([(Proto::Tcp, 61005), (Proto::Tcp, 61010)]);
+        let err = resolve(&[binding(6, "127.0.0.1", 61005, 61005, 80)], &ep, &network(), &[], &host).unwrap_err();
+        assert!(err.0.contains("61005/tcp") && err.0.contains("in use on the host"), "{err}");
+        assert!(resolve(&[binding(17, "", 61005, 61005, 80)], &ep, &network(), &[], &host).is_ok(), "udp is free");
+        let got = resolve(&[binding(6, "", 0, 0, 80)], &ep, &network(), &[], &host).unwrap();
+        assert_eq!(got[0].host_port, 61011, "the ephemeral pick skips a busy port");
     }
 
     /// Item 3 of issue 11: resolving N ephemeral bindings once rescanned the
@@ -467,12 +443,12 @@ mod tests {
     #[test]
     fn specific_and_wildcard_host_addresses_compete() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
-        let first = resolve(&[binding(6, "127.0.0.1", 61011, 61011, 80)], &ep, &network(), &[], EPHEMERAL).unwrap();
+        let first = resolve(&[binding(6, "127.0.0.1", 61011, 61011, 80)], &ep, &network(), &[], &host()).unwrap();
         let taken = [Taken { port: &first[0], endpoint_id: "abcdef0123456789" }];
-        let err = resolve(&[binding(6, "", 61011, 61011, 80)], &ep, &network(), &taken, EPHEMERAL).unwrap_err();
+        let err = resolve(&[binding(6, "", 61011, 61011, 80)], &ep, &network(), &taken, &host()).unwrap_err();
         assert!(err.0.contains("already published by endpoint abcdef012345"), "{err}");
-        assert!(resolve(&[binding(6, "127.0.0.2", 61011, 61011, 80)], &ep, &network(), &taken, EPHEMERAL).is_ok());
+        assert!(resolve(&[binding(6, "127.0.0.2", 61011, 61011, 80)], &ep, &network(), &taken, &host()).is_ok());
         let twice = [binding(6, "", 61012, 61012, 80), binding(6, "127.0.0.1", 61012, 61012, 81)];
-        assert!(resolve(&twice, &ep, &network(), &[], EPHEMERAL).unwrap_err().0.contains("requested twice"));
+        assert!(resolve(&twice, &ep, &network(), &[], &host()).unwrap_err().0.contains("requested twice"));
     }
 }
