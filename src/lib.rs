@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod names;
 pub mod options;
 pub mod reconcile;
+pub mod request;
 pub mod server;
 pub mod state;
 pub mod status;

@@ -1,13 +1,11 @@
 //! IpamDriver calls: the allocator decides, the store makes it durable.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
-use ipnet::IpNet;
-
-use super::{Plugin, PluginError, Result};
+use super::{Plugin, Result};
 use crate::api::*;
 use crate::ipam::{GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE};
+use crate::request::{check_ipam_options, parse_address, parse_optional_net};
 use crate::state::Change;
 
 impl Plugin {
@@ -84,33 +82,4 @@ impl Plugin {
         }
         Ok(())
     }
-}
-
-/// `--ipam-opt`: rustbridge's allocation is always sequential (next-fit), so
-/// Docker's `com.docker.network.ipam.serial` is accepted; anything else is
-/// refused rather than ignored.
-fn check_ipam_options(options: Option<&BTreeMap<String, String>>) -> Result<()> {
-    const SERIAL: &str = "com.docker.network.ipam.serial";
-    for key in options.into_iter().flat_map(|o| o.keys()) {
-        if key != SERIAL {
-            return Err(PluginError::new(format!(
-                "IPAM option {key:?} is not supported by rustbridge (supported: {SERIAL})"
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn parse_optional_net(field: &str, text: &str) -> Result<Option<IpNet>> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    text.parse().map(Some).map_err(|_| PluginError::new(format!("{field} {text:?} is not a subnet in CIDR form")))
-}
-
-/// Addresses arrive bare ("10.0.0.5"); tolerate a prefix too.
-fn parse_address(field: &str, text: &str) -> Result<IpAddr> {
-    text.parse::<IpAddr>()
-        .or_else(|_| text.parse::<IpNet>().map(|n| n.addr()))
-        .map_err(|_| PluginError::new(format!("{field} {text:?} is not an IP address")))
 }

@@ -47,6 +47,8 @@ impl_from_error!(
 
 pub type Result<T> = std::result::Result<T, PluginError>;
 
+pub use crate::request::validate_id;
+
 /// Everything the plugin knows, mirrored from the store.
 pub struct State {
     pub networks: BTreeMap<String, NetworkRecord>,
@@ -127,11 +129,6 @@ pub fn firewall_network<'a>(n: &NetworkRecord, endpoints: impl Iterator<Item = &
         snat_ipv6: n.options.host_ipv6,
         ports,
     }
-}
-
-/// dockerd's IDs are 64 hex characters; names are derived from their start.
-pub fn validate_id(field: &str, id: &str) -> Result<()> {
-    crate::api::check_docker_id(field, id).map_err(PluginError)
 }
 
 #[cfg(test)]

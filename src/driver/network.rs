@@ -1,17 +1,20 @@
 //! NetworkDriver calls.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::{Plugin, PluginError, Result, State, firewall_network, ports, validate_id};
+use super::{Plugin, PluginError, Result, State, firewall_network, ports};
 use crate::api::{self, *};
 use crate::dataplane::{BridgeSpec, DataPlane, VethSpec};
 use crate::family::Family;
 use crate::names::{bridge_name, is_docker_bridge_name, is_owned_bridge_name, short_id as short, veth_names};
-use crate::options::{GatewayMode, NetworkOptions, parse_network_options};
+use crate::options::{GatewayMode, parse_network_options};
+use crate::request::{
+    endpoint_driver_options, exposed_ports, parse_endpoint_address, parse_ipam_data, parse_mac, port_bindings,
+    validate_id,
+};
 use crate::state::{Change, EndpointRecord, NetworkRecord, SubnetRecord};
 
 impl Plugin {
@@ -22,8 +25,8 @@ impl Plugin {
     pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<()> {
         validate_id("NetworkID", &req.network_id)?;
         let options = parse_network_options(req.options.as_ref())?;
-        let ipv4 = parse_ipam_data("IPv4Data", req.ipv4_data.as_deref(), false, &options)?;
-        let ipv6 = parse_ipam_data("IPv6Data", req.ipv6_data.as_deref(), true, &options)?;
+        let ipv4 = parse_ipam_data("IPv4Data", req.ipv4_data.as_deref(), Family::V4, &options)?;
+        let ipv6 = parse_ipam_data("IPv6Data", req.ipv6_data.as_deref(), Family::V6, &options)?;
         let mut state = self.state.lock().await;
         if let Some(existing) = state.networks.get(&req.network_id) {
             if existing.options != options || existing.ipv4 != ipv4 || existing.ipv6 != ipv6 {
@@ -347,46 +350,6 @@ impl Plugin {
     }
 }
 
-fn parse_ipam_data(
-    field: &str,
-    data: Option<&[IpamData]>,
-    v6: bool,
-    options: &NetworkOptions,
-) -> Result<Vec<SubnetRecord>> {
-    let mut out = Vec::new();
-    for (i, d) in data.unwrap_or_default().iter().enumerate() {
-        let pool: IpNet = d
-            .pool
-            .parse()
-            .map_err(|_| PluginError::new(format!("{field}[{i}].Pool {:?} is not a subnet in CIDR form", d.pool)))?;
-        crate::family::require_network(pool)
-            .map_err(|reason| PluginError::new(format!("{field}[{i}].Pool {pool}: {reason}")))?;
-        let family = Family::from_v6(v6);
-        if !family.matches(&pool) {
-            return Err(PluginError::new(format!("{field}[{i}].Pool {pool} is not an {family} subnet")));
-        }
-        let gateway = match d.gateway.as_str() {
-            "" => None,
-            text => Some(parse_gateway(&format!("{field}[{i}].Gateway"), text, pool)?),
-        };
-        let isolated = options.gateway_mode(family) == GatewayMode::Isolated;
-        out.push(SubnetRecord { pool, gateway: if isolated { None } else { gateway } });
-    }
-    Ok(out)
-}
-
-/// Gateways arrive as "10.0.0.1/24"; a bare address takes the pool's prefix length.
-fn parse_gateway(field: &str, text: &str, pool: IpNet) -> Result<IpNet> {
-    let addr: IpAddr = match text.parse::<IpNet>() {
-        Ok(net) => net.addr(),
-        Err(_) => text.parse().map_err(|_| PluginError::new(format!("{field} {text:?} is not an IP address")))?,
-    };
-    if !pool.contains(&addr) {
-        return Err(PluginError::new(format!("{field} {addr} is outside the subnet {pool}")));
-    }
-    Ok(IpNet::new(addr, pool.prefix_len()).expect("prefix length taken from the pool"))
-}
-
 fn check_conflicts<'a>(
     state: &State,
     network_id: &str,
@@ -431,31 +394,6 @@ pub fn bridge_spec(record: &NetworkRecord) -> BridgeSpec {
         owned: record.bridge_created,
         addresses: bridge_addresses(record),
     }
-}
-
-fn parse_endpoint_address(field: &str, text: &str, subnets: &[SubnetRecord]) -> Result<Option<IpNet>> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let addr: IpNet =
-        text.parse().map_err(|_| PluginError::new(format!("{field} {text:?} is not an address in CIDR form")))?;
-    if !subnets.iter().any(|s| s.pool.contains(&addr.addr())) {
-        let known: Vec<String> = subnets.iter().map(|s| s.pool.to_string()).collect();
-        return Err(PluginError::new(format!(
-            "{field} {addr} is not inside the network's subnets [{}]",
-            known.join(", ")
-        )));
-    }
-    Ok(Some(addr))
-}
-
-fn parse_mac(field: &str, text: &str) -> Result<String> {
-    let bytes: Vec<Option<u8>> =
-        text.split(':').map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None }).collect();
-    if bytes.len() != 6 || bytes.iter().any(Option::is_none) {
-        return Err(PluginError::new(format!("{field} {text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
-    }
-    Ok(text.to_ascii_lowercase())
 }
 
 /// A locally administered unicast MAC no other endpoint has.
@@ -507,35 +445,4 @@ fn join_response(network: &NetworkRecord, endpoint: &EndpointRecord) -> JoinResp
         gateway_ipv6,
         disable_gateway_service,
     }
-}
-
-/// The user's `--driver-opt` keys: everything but the keys dockerd itself
-/// sends (`com.docker.network.endpoint.*`, port maps), which live elsewhere.
-fn endpoint_driver_options(options: &Options) -> BTreeMap<String, Value> {
-    options
-        .iter()
-        .filter(|(k, _)| !k.starts_with("com.docker.network.endpoint.") && k.as_str() != api::OPT_PORTMAP)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-fn port_bindings(options: &Options) -> Result<Vec<PortBinding>> {
-    decode_list(options, api::OPT_PORTMAP)
-}
-
-fn exposed_ports(options: &Options) -> Result<Vec<TransportPort>> {
-    decode_list(options, api::OPT_EXPOSED_PORTS)
-}
-
-/// Port lists arrive in varying order; they are sets.
-fn decode_list<T: serde::de::DeserializeOwned + Ord>(options: &Options, key: &str) -> Result<Vec<T>> {
-    let Some(value) = options.get(key) else { return Ok(vec![]) };
-    if value.is_null() {
-        return Ok(vec![]);
-    }
-    let mut list: Vec<T> =
-        serde_json::from_value(value.clone()).map_err(|e| PluginError::new(format!("option {key}: {e}")))?;
-    list.sort();
-    list.dedup();
-    Ok(list)
 }

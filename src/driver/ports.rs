@@ -185,21 +185,7 @@ fn proto_name(n: u8) -> String {
 /// One binding → one mapping per address family the container has and the host address allows.
 /// The host port is filled in later.
 fn mappings_for(binding: &PortBinding, endpoint: &EndpointRecord, network: &NetworkRecord) -> Result<Vec<FwPort>> {
-    let proto = Proto::from_number(binding.proto).ok_or_else(|| {
-        PluginError::new(format!(
-            "port {}: unsupported protocol number {} (tcp, udp and sctp are)",
-            binding.port, binding.proto
-        ))
-    })?;
-    if binding.port == 0 {
-        return Err(PluginError::new("port binding without a container port"));
-    }
-    let host_ip: Option<IpAddr> = match binding.host_ip.as_str() {
-        "" => None,
-        text => Some(text.parse().map_err(|_| {
-            PluginError::new(format!("port {}/{proto}: host address {text:?} is not an IP address", binding.port))
-        })?),
-    };
+    let (proto, host_ip) = crate::request::parse_port_binding(binding)?;
     let v4 = endpoint.address.map(|a| a.addr());
     let v6 = endpoint.address_v6.map(|a| a.addr());
     let mapping = |host: Option<IpAddr>, container: IpAddr| FwPort {
