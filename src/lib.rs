@@ -10,6 +10,7 @@ pub mod family;
 pub mod firewall;
 pub mod gc;
 pub mod ipam;
+pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod names;

@@ -3,27 +3,28 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use slog::{Logger, debug, error, info, warn};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 
 use crate::api::*;
 use crate::driver::{Plugin, PluginError};
+use crate::listener::{self, Connections, Slot};
 
 /// Far above any real request (the largest fixture is a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -63,18 +64,9 @@ impl Reply {
     }
 }
 
-/// Binds a socket, replacing a stale file (dockerd retries a dead socket for ~15 s per call).
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    UnixListener::bind(path)
-}
+pub use crate::listener::Limits;
+/// Binds a socket only root may use (see `listener::bind`).
+pub use crate::listener::bind;
 
 /// Serves until `shutdown` resolves, then lets in-flight calls finish (bounded by `drain`).
 pub async fn serve(
@@ -84,44 +76,34 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
+    serve_with(listeners, plugin, log, shutdown, drain, Limits::default()).await
+}
+
+/// `serve` with other limits on clients (tests make them small).
+pub async fn serve_with(
+    listeners: Vec<(PathBuf, UnixListener)>,
+    plugin: Arc<Plugin>,
+    log: Logger,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    limits: Limits,
+) {
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Connections::default());
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
     let mut accept_tasks = Vec::new();
     for (path, listener) in listeners {
-        let tx = conn_tx.clone();
-        let log = log.clone();
-        accept_tasks.push(tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        if tx.send(stream).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        warn!(log, "accept failed"; "socket" => %path.display(), "error" => %e);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }));
+        let accept = listener::accept_loop(path, listener, connections.clone(), limits, log.clone(), conn_tx.clone());
+        accept_tasks.push(tokio::spawn(accept));
     }
     drop(conn_tx);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            Some(stream) = conn_rx.recv() => {
-                let plugin = plugin.clone();
-                let call_log = log.clone();
-                let service = service_fn(move |req| handle(plugin.clone(), call_log.clone(), req));
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                let log = log.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(log, "connection ended with an error"; "error" => %e);
-                    }
-                });
+            Some((stream, slot)) = conn_rx.recv() => {
+                let id = slot.id();
+                let conn = serve_connection(stream, slot, plugin.clone(), log.clone(), limits, &graceful);
+                connections.set_abort(id, tokio::spawn(conn).abort_handle());
             }
             _ = &mut shutdown => break,
         }
@@ -134,16 +116,76 @@ pub async fn serve(
     }
 }
 
-async fn handle(plugin: Arc<Plugin>, log: Logger, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// HTTP/1.1 on one connection: headers within `limits.header_timeout`, the
+/// connection marked busy (never evicted) while a call runs.
+fn serve_connection(
+    stream: UnixStream,
+    slot: Slot,
+    plugin: Arc<Plugin>,
+    log: Logger,
+    limits: Limits,
+    graceful: &GracefulShutdown,
+) -> impl Future<Output = ()> + Send + 'static {
+    let slot = Arc::new(slot);
+    let call_log = log.clone();
+    let service = service_fn(move |req| {
+        let busy = slot.busy();
+        let call = handle(plugin.clone(), call_log.clone(), limits, req);
+        async move {
+            let reply = call.await;
+            drop(busy);
+            reply
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    let conn = graceful.watch(conn);
+    async move {
+        if let Err(e) = conn.await {
+            debug!(log, "connection ended with an error"; "error" => %e);
+        }
+    }
+}
+
+/// The request body, bounded in size and time; a refusal is the reply to send.
+/// A declared length over the limit is refused before a byte of the body is read.
+async fn read_body(req: Request<Incoming>, key: ErrorKey, limits: Limits) -> Result<Bytes, Reply> {
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|&l| l > MAX_BODY_BYTES as u64) {
+        let message = format!("request body refused: {length} bytes declared, the limit is {MAX_BODY_BYTES} bytes");
+        return Err(Reply::error(key, StatusCode::PAYLOAD_TOO_LARGE, message));
+    }
+    match tokio::time::timeout(limits.body_timeout, Limited::new(req.into_body(), MAX_BODY_BYTES).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => {
+            let message = format!("request body refused: {e} (limit {MAX_BODY_BYTES} bytes)");
+            Err(Reply::error(key, StatusCode::PAYLOAD_TOO_LARGE, message))
+        }
+        Err(_) => {
+            let message = format!("request body refused: not received within {}s", limits.body_timeout.as_secs_f64());
+            Err(Reply::error(key, StatusCode::REQUEST_TIMEOUT, message))
+        }
+    }
+}
+
+async fn handle(
+    plugin: Arc<Plugin>,
+    log: Logger,
+    limits: Limits,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let path = req.uri().path().to_string();
     let key = if path.starts_with("/IpamDriver.") { ErrorKey::Error } else { ErrorKey::Err };
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            let message = format!("request body refused: {e} (limit {MAX_BODY_BYTES} bytes)");
-            let reply = Reply::error(key, StatusCode::PAYLOAD_TOO_LARGE, message);
-            return Ok(finish(&log, &path, &[], reply, started));
+    let body = match read_body(req, key, limits).await {
+        Ok(body) => body,
+        Err(reply) => {
+            // The rest of the body is not read: the connection cannot be reused.
+            let mut response = finish(&log, &path, &[], reply, started);
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            return Ok(response);
         }
     };
     // The call runs as its own task: when dockerd's answer is late, the call
