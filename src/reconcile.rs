@@ -136,3 +136,6 @@ fn repaired(kind: &str, drift: impl Into<String>) {
     metrics::global().record_repair(kind);
     metrics::global().record_drift(drift);
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+//! The reconciler on the fakes: what it repairs at start-up and in a
+//! periodic pass, and what it leaves alone. The plugin's state is built
+//! through the protocol (as dockerd would), the "kernel" damaged by hand.
+//! tests/dataplane_netns.rs runs it against a real kernel too.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::dataplane::LinkKind;
+use crate::names::{bridge_name, veth_names};
+use crate::testing::{FakeLink, FakePlugin};
+
+const NETWORK: &str = "1111111111112222222222222222222222222222222222222222222222222222";
+const ENDPOINT: &str = "3333333333344444444444444444444444444444444444444444444444444444";
+
+fn log() -> Logger {
+    Logger::root(slog::Discard, slog::o!())
+}
+
+async fn call(p: &FakePlugin, path: &str, body: Value) -> Value {
+    crate::server::answer(p.plugin(), path, body.to_string().as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{path} {body}: {e}"))
+}
+
+/// One network (10.91.0.0/24, gateway .1) with one joined endpoint (.2).
+async fn network_with_joined_endpoint(tag: &str) -> FakePlugin {
+    let p = FakePlugin::new(tag);
+    call(
+        &p,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NETWORK, "Options": {},
+               "IPv4Data": [{"AddressSpace": "", "Pool": "10.91.0.0/24", "Gateway": "10.91.0.1/24"}]}),
+    )
+    .await;
+    call(
+        &p,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "Interface": {"Address": "10.91.0.2/24"}}),
+    )
+    .await;
+    call(
+        &p,
+        "/NetworkDriver.Join",
+        json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "SandboxKey": "/var/run/docker/netns/x"}),
+    )
+    .await;
+    p
+}
+
+fn foreign_link(kind: LinkKind) -> FakeLink {
+    FakeLink { kind, mtu: 1500, addresses: vec![], controller: None, up: true, peer: None }
+}
+
+#[tokio::test]
+async fn at_start_recreates_a_missing_bridge_and_puts_its_endpoints_back() {
+    let p = network_with_joined_endpoint("recreate").await;
+    let bridge = bridge_name(NETWORK);
+    let (host_end, _) = veth_names(ENDPOINT);
+    p.fake.links.lock().unwrap().remove(&bridge); // someone ran `ip link del`
+    p.fake.links.lock().unwrap().get_mut(&host_end).unwrap().controller = None;
+
+    at_start(p.plugin(), &log()).await.unwrap();
+
+    let link = p.fake.link(&bridge).expect("bridge recreated");
+    assert_eq!(link.addresses, vec!["10.91.0.1/24".parse().unwrap()]);
+    assert!(link.up);
+    assert_eq!(p.fake.link(&host_end).unwrap().controller.as_deref(), Some(bridge.as_str()));
+}
+
+#[tokio::test]
+async fn at_start_removes_owned_leftovers_and_keeps_everything_else() {
+    let p = network_with_joined_endpoint("leftovers").await;
+    let stray_bridge = bridge_name("abcdefabcdef0000000000000000000000000000000000000000000000000000");
+    let (stray_host, stray_peer) = veth_names("abcdefabcde00000000000000000000000000000000000000000000000000000");
+    let foreign = ["br-user", "rb-short", "eth0", "rbh-notanid"];
+    {
+        let mut links = p.fake.links.lock().unwrap();
+        links.insert(stray_bridge.clone(), foreign_link(LinkKind::Bridge));
+        let mut veth = foreign_link(LinkKind::Veth);
+        veth.peer = Some(stray_peer.clone());
+        links.insert(stray_host.clone(), veth.clone());
+        veth.peer = Some(stray_host.clone());
+        links.insert(stray_peer.clone(), veth);
+        for name in foreign {
+            let kind = if name == "eth0" { LinkKind::Other } else { LinkKind::Bridge };
+            links.insert(name.to_string(), foreign_link(kind));
+        }
+    }
+
+    at_start(p.plugin(), &log()).await.unwrap();
+
+    for stray in [&stray_bridge, &stray_host, &stray_peer] {
+        assert!(p.fake.link(stray).is_none(), "{stray} not removed: {:?}", p.fake.names());
+    }
+    for name in foreign {
+        assert!(p.fake.link(name).is_some(), "{name} removed");
+    }
+    let (host_end, peer) = veth_names(ENDPOINT);
+    for kept in [bridge_name(NETWORK), host_end, peer] {
+        assert!(p.fake.link(&kept).is_some(), "{kept} of the state removed");
+    }
+}
+
+#[tokio::test]
+async fn at_start_rewrites_the_rules_and_goes_on_past_a_failing_item() {
+    let p = network_with_joined_endpoint("past-failure").await;
+    let bridge = bridge_name(NETWORK);
+    let stray = bridge_name("abcdefabcdef0000000000000000000000000000000000000000000000000000");
+    p.fake.links.lock().unwrap().remove(&bridge);
+    p.fake.links.lock().unwrap().insert(stray.clone(), foreign_link(LinkKind::Bridge));
+    p.fw.applied.lock().unwrap().clear(); // rules flushed
+    *p.fake.fail_next.lock().unwrap() = Some("ensure_bridge");
+
+    let err = at_start(p.plugin(), &log()).await.unwrap_err();
+
+    assert!(err.0.contains(&bridge) && err.0.contains("injected failure"), "{err}");
+    assert!(p.fake.link(&stray).is_none(), "the leftover is still removed");
+    assert_eq!(p.fw_bridges(), vec![bridge.clone()], "the rules are still rewritten");
+    // The periodic pass retries what failed.
+    pass(p.plugin(), &log()).await.unwrap();
+    assert!(p.fake.link(&bridge).is_some());
+}
+
+#[tokio::test]
+async fn a_pass_with_nothing_to_repair_changes_nothing() {
+    let p = network_with_joined_endpoint("quiet").await;
+    let links = p.fake.names();
+    let syncs = *p.fw.syncs.lock().unwrap();
+    pass(p.plugin(), &log()).await.unwrap();
+    assert_eq!(p.fake.names(), links);
+    assert_eq!(*p.fw.syncs.lock().unwrap(), syncs, "no rewrite of intact rules");
+}
+
+#[tokio::test]
+async fn a_pass_restores_flushed_rules_and_a_deleted_bridge() {
+    let p = network_with_joined_endpoint("drift").await;
+    let bridge = bridge_name(NETWORK);
+    p.fw.applied.lock().unwrap().clear();
+    pass(p.plugin(), &log()).await.unwrap();
+    assert_eq!(p.fw_bridges(), vec![bridge.clone()]);
+
+    p.fake.links.lock().unwrap().remove(&bridge);
+    pass(p.plugin(), &log()).await.unwrap();
+    let (host_end, _) = veth_names(ENDPOINT);
+    assert!(p.fake.link(&bridge).is_some(), "bridge recreated");
+    assert_eq!(p.fake.link(&host_end).unwrap().controller.as_deref(), Some(bridge.as_str()));
+}

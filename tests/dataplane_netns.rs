@@ -1,0 +1,247 @@
+//! The netlink data plane (src/dataplane/netlink.rs) and the start-up
+//! reconcile (src/reconcile.rs) against a real kernel, in a throwaway network
+//! namespace per test, with `ip` as the independent witness. The data plane's
+//! socket is opened on a thread that entered the namespace, so nothing here
+//! touches the host's own links.
+//!
+//! Needs root; without it the tests print "skipped: needs root", except with
+//! CI=true where they fail. Run under the host lock:
+//! `flock /tmp/rb-host.lock cargo test --test dataplane_netns`.
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use common::{Netns, ready_or_skip};
+use rustbridge::dataplane::netlink::NetlinkDataPlane;
+use rustbridge::dataplane::{BridgeSpec, DataPlane, LinkKind, VethSpec};
+use rustbridge::driver::Plugin;
+use rustbridge::ipam::default_pools;
+use rustbridge::names::{bridge_name, veth_names};
+use rustbridge::state::Store;
+use rustbridge::testing::{FakeFirewall, TempDir};
+
+macro_rules! require_root {
+    () => {
+        if !ready_or_skip(std::thread::current().name().unwrap_or("dataplane_netns")) {
+            return;
+        }
+    };
+}
+
+/// Runs `body` on a thread inside `ns`, with a current-thread runtime (the
+/// netlink socket is opened there, so it belongs to the namespace).
+fn in_netns<T: Send>(ns: &Netns, body: impl AsyncFnOnce(Arc<NetlinkDataPlane>) -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(format!("/var/run/netns/{}", ns.name)).expect("open the namespace");
+            // SAFETY: setns on a valid descriptor; it changes only this thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let dataplane = Arc::new(NetlinkDataPlane::connect().expect("netlink socket"));
+                body(dataplane).await
+            })
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn bridge_spec(name: &str, mtu: u32, owned: bool, addresses: &[&str]) -> BridgeSpec {
+    BridgeSpec {
+        name: name.to_string(),
+        mtu,
+        mtu_explicit: false,
+        owned,
+        addresses: addresses.iter().map(|a| net(a)).collect(),
+    }
+}
+
+fn flags(link: &Value) -> Vec<String> {
+    link["flags"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(str::to_string)).collect()
+}
+
+fn addresses(ns: &Netns, name: &str) -> Vec<String> {
+    let out = ns.ip(&["-j", "addr", "show", "dev", name]).expect_ok();
+    let links: Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut found: Vec<String> = links[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_bridge_is_made_once_configured_and_deleted() {
+    require_root!();
+    let ns = Netns::container();
+    let spec = bridge_spec("rb-0123456789ab", 1400, true, &["10.81.0.1/24", "fd00:81::1/64"]);
+    let (first, second) =
+        in_netns(&ns, async |dp| (dp.ensure_bridge(&spec).await.unwrap(), dp.ensure_bridge(&spec).await.unwrap()));
+    assert!(first && !second, "created once, then found");
+    let link = ns.link(&spec.name).expect("bridge exists");
+    assert_eq!(link["linkinfo"]["info_kind"], "bridge");
+    assert_eq!(link["mtu"], 1400);
+    assert!(flags(&link).contains(&"UP".to_string()), "{link}");
+    assert_eq!(addresses(&ns, &spec.name), ["10.81.0.1/24", "fd00:81::1/64"], "each address once");
+
+    let (exists, kinds) = in_netns(&ns, async |dp| {
+        dp.remove_bridge_addresses(&spec.name, &[net("10.81.0.1/24")]).await.unwrap();
+        let exists = dp.link_exists(&spec.name).await.unwrap();
+        let kinds: Vec<(String, LinkKind)> =
+            dp.list_links().await.unwrap().into_iter().map(|l| (l.name, l.kind)).collect();
+        dp.delete_link(&spec.name).await.unwrap();
+        dp.delete_link(&spec.name).await.expect("deleting a gone link is success");
+        (exists, kinds)
+    });
+    assert!(exists);
+    assert!(kinds.contains(&(spec.name.clone(), LinkKind::Bridge)), "{kinds:?}");
+    assert!(kinds.contains(&("lo".to_string(), LinkKind::Other)), "{kinds:?}");
+    assert!(!ns.has_link(&spec.name), "bridge deleted: {:?}", ns.link_names());
+}
+
+#[test]
+fn an_adopted_bridge_keeps_its_mtu_unless_one_is_asked_for() {
+    require_root!();
+    let ns = Netns::container();
+    ns.ip(&["link", "add", "br-user", "mtu", "9000", "type", "bridge"]).expect_ok();
+    let adopted = bridge_spec("br-user", 1500, false, &["10.82.0.1/24"]);
+    let created = in_netns(&ns, async |dp| dp.ensure_bridge(&adopted).await.unwrap());
+    assert!(!created);
+    assert_eq!(ns.link("br-user").unwrap()["mtu"], 9000);
+    assert_eq!(addresses(&ns, "br-user"), ["10.82.0.1/24"]);
+    let explicit = BridgeSpec { mtu: 1400, mtu_explicit: true, ..adopted };
+    in_netns(&ns, async |dp| dp.ensure_bridge(&explicit).await.unwrap());
+    assert_eq!(ns.link("br-user").unwrap()["mtu"], 1400);
+}
+
+#[test]
+fn a_veth_pair_hangs_on_its_bridge_and_goes_as_a_pair() {
+    require_root!();
+    let ns = Netns::container();
+    let bridge = bridge_spec("rb-0123456789ab", 1500, true, &["10.83.0.1/24"]);
+    let veth = VethSpec {
+        host_name: "rbh-0123456789a".into(),
+        peer_name: "rbc-0123456789a".into(),
+        bridge: bridge.name.clone(),
+        mtu: 1400,
+    };
+    let missing_bridge = VethSpec { bridge: "rb-missing".into(), ..veth.clone() };
+    let refused = in_netns(&ns, async |dp| {
+        dp.ensure_bridge(&bridge).await.unwrap();
+        let refused = dp.create_veth(&missing_bridge).await.unwrap_err();
+        dp.create_veth(&veth).await.unwrap();
+        refused
+    });
+    assert!(refused.to_string().contains("rb-missing"), "{refused}");
+    let host = ns.link(&veth.host_name).expect("host end");
+    assert_eq!(host["master"], bridge.name.as_str(), "{host}");
+    assert_eq!(host["mtu"], 1400);
+    assert!(flags(&host).contains(&"UP".to_string()), "{host}");
+    assert_eq!(ns.link(&veth.peer_name).expect("peer end")["mtu"], 1400);
+
+    ns.ip(&["link", "set", &veth.host_name, "nomaster"]).expect_ok();
+    in_netns(&ns, async |dp| {
+        dp.attach_to_bridge(&veth.host_name, &bridge.name).await.unwrap();
+        dp.attach_to_bridge("rbh-gone0000000", &bridge.name).await.expect("a gone link is success");
+    });
+    assert_eq!(ns.link(&veth.host_name).unwrap()["master"], bridge.name.as_str());
+
+    in_netns(&ns, async |dp| dp.delete_link(&veth.host_name).await.unwrap());
+    assert!(!ns.has_link(&veth.host_name) && !ns.has_link(&veth.peer_name), "{:?}", ns.link_names());
+}
+
+#[test]
+fn host_prefixes_include_routes_and_addresses_but_not_default_routes() {
+    require_root!();
+    let ns = Netns::container();
+    // A veth pair stands in for a host interface (the dummy driver may be missing).
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]).expect_ok();
+    ns.ip(&["link", "set", "d1", "up"]).expect_ok();
+    ns.ip(&["link", "set", "d0", "up"]).expect_ok();
+    ns.ip(&["addr", "add", "10.84.1.5/24", "dev", "d0"]).expect_ok();
+    ns.ip(&["route", "add", "10.85.0.0/16", "dev", "d0"]).expect_ok();
+    ns.ip(&["route", "add", "default", "via", "10.84.1.1"]).expect_ok();
+    let prefixes = in_netns(&ns, async |dp| dp.host_prefixes().await.unwrap());
+    for expected in ["10.84.1.0/24", "10.85.0.0/16"] {
+        assert!(prefixes.contains(&net(expected)), "{expected} missing from {prefixes:?}");
+    }
+    assert!(prefixes.iter().all(|p| p.prefix_len() > 0), "a default route counted: {prefixes:?}");
+}
+
+/// The start-up reconcile with the real data plane (rules on the fake firewall):
+/// a deleted bridge comes back with its gateway and its endpoint's host end,
+/// leftovers with the plugin's naming go, a user's bridge stays.
+#[test]
+fn reconcile_at_start_repairs_the_kernel() {
+    require_root!();
+    let ns = Netns::container();
+    let dir = TempDir::new("reconcile-netns");
+    let network = "5555555555556666666666666666666666666666666666666666666666666666";
+    let endpoint = "7777777777788888888888888888888888888888888888888888888888888888";
+    let bridge = bridge_name(network);
+    let (host_end, peer) = veth_names(endpoint);
+    let stray = bridge_name("abcdefabcdef0000000000000000000000000000000000000000000000000000");
+    let (stray_host, stray_peer) = veth_names("abcdefabcde00000000000000000000000000000000000000000000000000000");
+
+    let build = |dp: Arc<NetlinkDataPlane>| {
+        let store = Store::open(&dir.0).expect("open store");
+        Plugin::load(store, dp, Arc::new(FakeFirewall::default()), default_pools()).expect("load plugin")
+    };
+    in_netns(&ns, async |dp| {
+        let plugin = build(dp);
+        let call = async |path: &str, body: Value| {
+            rustbridge::server::answer(&plugin, path, body.to_string().as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        call(
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": network, "Options": {},
+                   "IPv4Data": [{"AddressSpace": "", "Pool": "10.86.0.0/24", "Gateway": "10.86.0.1/24"}]}),
+        )
+        .await;
+        call(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": network, "EndpointID": endpoint, "Interface": {"Address": "10.86.0.2/24"}}),
+        )
+        .await;
+        call("/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": endpoint, "SandboxKey": "x"})).await;
+    });
+
+    // A crash and some damage: the bridge deleted (its port detached), leftovers of a
+    // network and an endpoint no state knows, and a user's bridge.
+    ns.ip(&["link", "del", &bridge]).expect_ok();
+    ns.ip(&["link", "add", &stray, "type", "bridge"]).expect_ok();
+    ns.ip(&["link", "add", &stray_host, "type", "veth", "peer", "name", &stray_peer]).expect_ok();
+    ns.ip(&["link", "add", "br-user", "type", "bridge"]).expect_ok();
+
+    in_netns(&ns, async |dp| {
+        let plugin = build(dp);
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        rustbridge::reconcile::at_start(&plugin, &log).await.expect("reconcile");
+    });
+
+    assert_eq!(addresses(&ns, &bridge), ["10.86.0.1/24"], "bridge recreated with its gateway");
+    assert_eq!(ns.link(&host_end).expect("host end kept")["master"], bridge.as_str());
+    assert!(ns.has_link(&peer));
+    for gone in [&stray, &stray_host, &stray_peer] {
+        assert!(!ns.has_link(gone), "{gone} left: {:?}", ns.link_names());
+    }
+    assert!(ns.has_link("br-user"), "a user's bridge is not the plugin's");
+}
