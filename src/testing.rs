@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::dataplane::LinkKind;
 pub use crate::dataplane::fake::{FakeDataPlane, FakeLink};
 use crate::driver::Plugin;
+use crate::firewall::FwNetwork;
 pub use crate::firewall::fake::FakeFirewall;
 use crate::ipam::default_pools;
 use crate::state::Store;
@@ -84,6 +85,24 @@ impl FakePlugin {
     /// The bridges the fake firewall was last told about.
     pub fn fw_bridges(&self) -> Vec<String> {
         self.fw.applied.lock().unwrap().iter().map(|n| n.bridge.clone()).collect()
+    }
+}
+
+/// The firewall's view of a plain network on `bridge` (icc and masquerade on,
+/// as Docker's defaults; no ports).
+pub fn fw_network(bridge: &str, subnets: &[&str]) -> FwNetwork {
+    FwNetwork {
+        bridge: bridge.into(),
+        subnets: subnets.iter().map(|s| s.parse().unwrap_or_else(|_| panic!("{s} is not a subnet"))).collect(),
+        internal: false,
+        icc: true,
+        masquerade: true,
+        routed_v4: false,
+        routed_v6: false,
+        trusted_interfaces: vec![],
+        snat_ipv4: None,
+        snat_ipv6: None,
+        ports: vec![],
     }
 }
 

@@ -128,19 +128,7 @@ async fn gc_lists_unknown_owned_links_and_removes_them_only_when_asked() {
 async fn gc_counts_firewall_chains_as_leftovers_only_without_networks() {
     let s = setup("gcfw");
     // Chains written for a network the state no longer has.
-    s.fw.applied.lock().unwrap().push(crate::firewall::FwNetwork {
-        bridge: "rb-aaaaaaaaaaaa".into(),
-        subnets: vec![],
-        internal: false,
-        icc: true,
-        masquerade: true,
-        routed_v4: false,
-        routed_v6: false,
-        trusted_interfaces: vec![],
-        ports: vec![],
-        snat_ipv4: None,
-        snat_ipv6: None,
-    });
+    s.fw.applied.lock().unwrap().push(crate::testing::fw_network("rb-aaaaaaaaaaaa", &[]));
     let listed: GcReport = serde_json::from_value(call(&s, "/Rustbridge.Gc", json!({})).await).unwrap();
     assert_eq!(listed.leftovers.len(), 1);
     assert_eq!(listed.leftovers[0].kind, "firewall");

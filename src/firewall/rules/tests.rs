@@ -2,19 +2,7 @@ use super::*;
 use crate::firewall::Proto;
 
 fn net(bridge: &str, subnet: &str) -> FwNetwork {
-    FwNetwork {
-        bridge: bridge.into(),
-        subnets: vec![subnet.parse().unwrap()],
-        internal: false,
-        icc: true,
-        masquerade: true,
-        routed_v4: false,
-        routed_v6: false,
-        trusted_interfaces: vec![],
-        snat_ipv4: None,
-        snat_ipv6: None,
-        ports: vec![],
-    }
+    crate::testing::fw_network(bridge, &[subnet])
 }
 
 fn port(proto: Proto, host_ip: Option<&str>, host_port: u16, container_ip: &str, container_port: u16) -> FwPort {
