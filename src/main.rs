@@ -10,6 +10,7 @@ use rustbridge::config::{Cli, Command, ServeArgs};
 use rustbridge::dataplane::netlink::NetlinkDataPlane;
 use rustbridge::driver::Plugin;
 use rustbridge::firewall::iptables::IptablesFirewall;
+use rustbridge::server::Serving;
 use rustbridge::state::Store;
 use rustbridge::{cli, log, metrics, reconcile, server};
 
@@ -45,27 +46,54 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    let store = Store::open(&args.state_dir).map_err(|e| e.to_string())?;
+/// Loads the state and puts the kernel in line with it; or, when the state
+/// cannot be used, serves the reason instead of exiting: dockerd would only
+/// show "connection refused" (and a managed plugin that exits at enable is
+/// disabled), whereas an answered call shows the reason in docker's output.
+/// In that mode nothing in the kernel is touched.
+async fn start(args: &ServeArgs, log: &Logger) -> Result<Serving, String> {
+    let store = match Store::open(&args.state_dir) {
+        Ok(store) => store,
+        Err(e) => return Ok(refusing(log, e.to_string())),
+    };
     let dataplane = Arc::new(NetlinkDataPlane::connect().map_err(|e| format!("netlink socket: {e}"))?);
     let firewall = IptablesFirewall::detect(args.iptables).await;
     info!(log, "starting"; "version" => rustbridge::version::VERSION, "commit" => rustbridge::version::COMMIT,
         "state_dir" => %args.state_dir.display(), "iptables" => firewall.describe());
     metrics::global().set_firewall(firewall.describe());
-    let plugin = Arc::new(
-        Plugin::load(store, dataplane, Arc::new(firewall), args.default_pools.clone()).map_err(|e| e.to_string())?,
-    );
+    let db = store.path().to_path_buf();
+    let plugin = match Plugin::load(store, dataplane, Arc::new(firewall), args.default_pools.clone()) {
+        Ok(plugin) => Arc::new(plugin),
+        Err(e) => return Ok(refusing(log, format!("state database {} cannot be loaded: {e}", db.display()))),
+    };
     {
         let state = plugin.state.lock().await;
         info!(log, "state loaded"; "networks" => state.networks.len(), "endpoints" => state.endpoints.len());
     }
     metrics::global().set_state_loaded();
     // Reconcile before listening: dockerd may call as soon as the socket exists.
-    if let Err(e) = reconcile::at_start(&plugin, &log).await {
+    if let Err(e) = reconcile::at_start(&plugin, log).await {
         error!(log, "start-up reconcile incomplete; will retry periodically"; "error" => %e);
     }
+    Ok(Serving::Plugin(plugin))
+}
+
+fn refusing(log: &Logger, reason: String) -> Serving {
+    error!(log, "not serving: the state cannot be used; every call is answered with the reason and nothing in the kernel is touched";
+        "reason" => &reason);
+    eprintln!("rustbridge: {reason}");
+    Serving::Refusing(
+        format!(
+            "rustbridge is not serving: {reason}. Once fixed, restart the plugin (docker plugin disable -f <plugin>; docker plugin enable <plugin>)"
+        )
+        .into(),
+    )
+}
+
+async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let serving = start(&args, &log).await?;
     let mut listeners = Vec::new();
     let paths: Vec<PathBuf> = std::iter::once(args.socket.clone()).chain(args.also_listen.iter().cloned()).collect();
     for path in &paths {
@@ -73,26 +101,32 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
         info!(log, "listening"; "socket" => %path.display());
         listeners.push((path.clone(), listener));
     }
-    let reconciler = tokio::spawn(reconcile::run_periodically(
-        plugin.clone(),
-        log.clone(),
-        Duration::from_secs(args.reconcile_seconds),
-    ));
-    let metrics_task = start_metrics(args.metrics_addr(), &plugin, &log).await;
+    let (reconciler, metrics_task) = match &serving {
+        Serving::Plugin(plugin) => (
+            Some(tokio::spawn(reconcile::run_periodically(
+                plugin.clone(),
+                log.clone(),
+                Duration::from_secs(args.reconcile_seconds),
+            ))),
+            start_metrics(args.metrics_addr(), plugin, &log).await,
+        ),
+        Serving::Refusing(_) => (None, None),
+    };
     let shutdown = async {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
     };
-    server::serve(listeners, plugin.clone(), log.clone(), shutdown, DRAIN).await;
-    reconciler.abort();
-    if let Some(task) = metrics_task {
+    server::serve(listeners, serving.clone(), log.clone(), shutdown, DRAIN).await;
+    for task in reconciler.into_iter().chain(metrics_task) {
         task.abort();
     }
     // A call whose answer was already given up on may still be running: let it
     // finish its step (its changes are committed or undone under this lock).
-    if tokio::time::timeout(FINISH_CALLS, plugin.state.lock()).await.is_err() {
+    if let Serving::Plugin(plugin) = &serving
+        && tokio::time::timeout(FINISH_CALLS, plugin.state.lock()).await.is_err()
+    {
         info!(log, "a call was still running at exit; the next start reconciles what it left");
     }
     for path in &paths {

@@ -64,6 +64,23 @@ impl Reply {
     }
 }
 
+/// What answers the calls.
+#[derive(Clone)]
+pub enum Serving {
+    Plugin(Arc<Plugin>),
+    /// The state could not be used (see `state::StoreError::Refused`): the
+    /// handshake is answered, so that dockerd registers the driver, and every
+    /// other call gets this reason as its error, so that the operator reads
+    /// it in docker's own output. Nothing else is done.
+    Refusing(Arc<str>),
+}
+
+impl From<Arc<Plugin>> for Serving {
+    fn from(plugin: Arc<Plugin>) -> Self {
+        Serving::Plugin(plugin)
+    }
+}
+
 pub use crate::listener::Limits;
 /// Binds a socket only root may use (see `listener::bind`).
 pub use crate::listener::bind;
@@ -71,23 +88,24 @@ pub use crate::listener::bind;
 /// Serves until `shutdown` resolves, then lets in-flight calls finish (bounded by `drain`).
 pub async fn serve(
     listeners: Vec<(PathBuf, UnixListener)>,
-    plugin: Arc<Plugin>,
+    serving: impl Into<Serving>,
     log: Logger,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    serve_with(listeners, plugin, log, shutdown, drain, Limits::default()).await
+    serve_with(listeners, serving, log, shutdown, drain, Limits::default()).await
 }
 
 /// `serve` with other limits on clients (tests make them small).
 pub async fn serve_with(
     listeners: Vec<(PathBuf, UnixListener)>,
-    plugin: Arc<Plugin>,
+    serving: impl Into<Serving>,
     log: Logger,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
     limits: Limits,
 ) {
+    let serving = serving.into();
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Connections::default());
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
@@ -102,7 +120,7 @@ pub async fn serve_with(
         tokio::select! {
             Some((stream, slot)) = conn_rx.recv() => {
                 let id = slot.id();
-                let conn = serve_connection(stream, slot, plugin.clone(), log.clone(), limits, &graceful);
+                let conn = serve_connection(stream, slot, serving.clone(), log.clone(), limits, &graceful);
                 connections.set_abort(id, tokio::spawn(conn).abort_handle());
             }
             _ = &mut shutdown => break,
@@ -121,7 +139,7 @@ pub async fn serve_with(
 fn serve_connection(
     stream: UnixStream,
     slot: Slot,
-    plugin: Arc<Plugin>,
+    serving: Serving,
     log: Logger,
     limits: Limits,
     graceful: &GracefulShutdown,
@@ -130,7 +148,7 @@ fn serve_connection(
     let call_log = log.clone();
     let service = service_fn(move |req| {
         let busy = slot.busy();
-        let call = handle(plugin.clone(), call_log.clone(), limits, req);
+        let call = handle(serving.clone(), call_log.clone(), limits, req);
         async move {
             let reply = call.await;
             drop(busy);
@@ -171,7 +189,7 @@ async fn read_body(req: Request<Incoming>, key: ErrorKey, limits: Limits) -> Res
 }
 
 async fn handle(
-    plugin: Arc<Plugin>,
+    serving: Serving,
     log: Logger,
     limits: Limits,
     req: Request<Incoming>,
@@ -186,6 +204,14 @@ async fn handle(
             let mut response = finish(&log, &path, &[], reply, started);
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             return Ok(response);
+        }
+    };
+    let plugin = match serving {
+        Serving::Plugin(plugin) => plugin,
+        Serving::Refusing(reason) => {
+            let reply = handshake(&path)
+                .unwrap_or_else(|| Reply::error(key, StatusCode::SERVICE_UNAVAILABLE, reason.to_string()));
+            return Ok(finish(&log, &path, &body, reply, started));
         }
     };
     // The call runs as its own task: when dockerd's answer is late, the call
@@ -310,6 +336,17 @@ impl From<PluginError> for RouteError {
 #[derive(Serialize)]
 struct Empty {}
 
+/// The calls dockerd makes to register the plugin; they need no state.
+fn handshake(path: &str) -> Option<Reply> {
+    Some(match path {
+        "/Plugin.Activate" => Reply::ok(ActivateResponse { implements: vec!["NetworkDriver", "IpamDriver"] }),
+        "/NetworkDriver.GetCapabilities" => Reply::ok(Plugin::capabilities()),
+        "/IpamDriver.GetCapabilities" => Reply::ok(Plugin::ipam_capabilities()),
+        "/IpamDriver.GetDefaultAddressSpaces" => Reply::ok(Plugin::default_address_spaces()),
+        _ => return None,
+    })
+}
+
 async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteError> {
     macro_rules! call {
         ($method:ident) => {{
@@ -322,9 +359,10 @@ async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteE
             Reply::ok(Empty {})
         }};
     }
+    if let Some(reply) = handshake(path) {
+        return Ok(reply);
+    }
     let reply = match path {
-        "/Plugin.Activate" => Reply::ok(ActivateResponse { implements: vec!["NetworkDriver", "IpamDriver"] }),
-        "/NetworkDriver.GetCapabilities" => Reply::ok(plugin.capabilities()),
         "/NetworkDriver.CreateNetwork" => call!(create_network, empty),
         "/NetworkDriver.DeleteNetwork" => call!(delete_network, empty),
         "/NetworkDriver.CreateEndpoint" => call!(create_endpoint),
@@ -347,8 +385,6 @@ async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteE
             decode::<NetworkRequest>(path, body)?;
             Reply::ok(Empty {})
         }
-        "/IpamDriver.GetCapabilities" => Reply::ok(plugin.ipam_capabilities()),
-        "/IpamDriver.GetDefaultAddressSpaces" => Reply::ok(plugin.default_address_spaces()),
         "/IpamDriver.RequestPool" => call!(request_pool),
         "/IpamDriver.ReleasePool" => call!(release_pool, empty),
         "/IpamDriver.RequestAddress" => call!(request_address),

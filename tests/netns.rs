@@ -619,3 +619,84 @@ fn concurrent_endpoints_on_one_network() {
     p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
     assert_no_plugin_traces(&host);
 }
+
+/// Damages a state database in place.
+type Damage = fn(&std::path::Path);
+
+/// The rules and links the plugin's networks consist of, to compare before and after.
+fn kernel_view(ns: &Netns) -> (Vec<String>, Vec<String>) {
+    let rules = ns.iptables_save().lines().filter(|l| l.starts_with("-A")).map(str::to_string).collect();
+    let mut links = ns.link_names();
+    links.sort();
+    (rules, links)
+}
+
+/// A damaged state database (emptied, cut in half, garbage, a newer schema) is
+/// refused: the plugin stays up and answers every call with the reason (so that
+/// docker shows it), touches nothing in the kernel (containers keep talking),
+/// and leaves the file as it was; once the file is restored it serves again.
+#[test]
+fn damaged_state_is_refused_and_the_kernel_is_untouched() {
+    require_root!();
+    let host = Netns::host();
+    let mut p = Plugin::start(&host);
+    let net = random_id();
+    create_network(&p, &net, "10.86.0.0/24", "10.86.0.1/24", json!({}));
+    let e = create_and_join(&p, &net, "10.86.0.2/24");
+    let c = container_for(&host, &e);
+    assert!(c.ping_ok("10.86.0.1", 5), "no traffic before the test");
+    let db = p.state_dir.join(rustbridge::state::DB_FILE);
+    let info = json!({"NetworkID": net, "EndpointID": e.id});
+    p.kill9();
+    let good = std::fs::read(&db).expect("read the state database");
+    let before = kernel_view(&host);
+
+    let newer = |path: &std::path::Path| {
+        let db = redb::Database::open(path).expect("open the database to raise its schema");
+        let txn = db.begin_write().unwrap();
+        let meta: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("meta");
+        txn.open_table(meta).unwrap().insert("schema_version", "999").unwrap();
+        txn.commit().unwrap();
+    };
+    let cases: [(&str, &str, Damage); 4] = [
+        ("emptied", "is empty (0 bytes)", |path| std::fs::write(path, b"").unwrap()),
+        ("cut in half", "cannot be read as a database", |path| {
+            let len = std::fs::metadata(path).unwrap().len();
+            std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len / 2).unwrap();
+        }),
+        ("garbage", "cannot be read as a database", |path| std::fs::write(path, vec![0x5a; 70_000]).unwrap()),
+        ("newer schema", "has schema version 999", newer),
+    ];
+    for (case, problem, damage) in cases {
+        std::fs::write(&db, &good).unwrap();
+        damage(&db);
+        let damaged = std::fs::read(&db).unwrap();
+        p.restart(); // waits for Plugin.Activate: the handshake is still answered
+        let (status, reply) = p.call("/NetworkDriver.EndpointOperInfo", info.clone());
+        let message = reply["Err"].as_str().unwrap_or_default().to_string();
+        assert_ne!(status, 200, "{case}: answered as if the state were fine: {reply}");
+        assert!(message.contains("rustbridge is not serving"), "{case}: {message}");
+        assert!(message.contains(&db.display().to_string()), "{case}: the file is not named: {message}");
+        assert!(message.contains(problem), "{case}: expected {problem:?} in {message}");
+        let (_, ipam) =
+            p.call("/IpamDriver.RequestPool", json!({"AddressSpace": "LocalDefault", "Pool": "", "V6": false}));
+        assert!(
+            ipam["Error"].as_str().unwrap_or_default().contains(problem),
+            "{case}: IPAM calls must say why too: {ipam}"
+        );
+        assert!(p.is_running(), "{case}: the plugin must stay up, not crash-loop");
+        assert_eq!(kernel_view(&host), before, "{case}: the kernel was changed by a refusing plugin");
+        assert!(c.ping_ok("10.86.0.1", 3), "{case}: the container lost its network");
+        assert!(std::fs::read(&db).unwrap() == damaged, "{case}: the refused file was changed");
+        p.kill9();
+    }
+
+    // Following the advice (here: putting the good file back) brings it back.
+    std::fs::write(&db, &good).unwrap();
+    p.restart();
+    p.ok("/NetworkDriver.EndpointOperInfo", info);
+    assert!(forward_rules_in_place(&host, &bridge_name(&net)));
+    drop(c);
+    leave_and_delete(&p, &e);
+    p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+}

@@ -9,12 +9,12 @@ use crate::request::{check_ipam_options, parse_address, parse_optional_net};
 use crate::state::Change;
 
 impl Plugin {
-    pub fn ipam_capabilities(&self) -> IpamCapabilitiesResponse {
+    pub fn ipam_capabilities() -> IpamCapabilitiesResponse {
         // State is durable, so dockerd need not replay pools after a restart.
         IpamCapabilitiesResponse { requires_mac_address: false, requires_request_replay: false }
     }
 
-    pub fn default_address_spaces(&self) -> AddressSpacesResponse {
+    pub fn default_address_spaces() -> AddressSpacesResponse {
         AddressSpacesResponse { local: LOCAL_ADDRESS_SPACE, global: GLOBAL_ADDRESS_SPACE }
     }
 

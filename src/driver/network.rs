@@ -18,7 +18,7 @@ use crate::request::{
 use crate::state::{Change, EndpointRecord, NetworkRecord, SubnetRecord};
 
 impl Plugin {
-    pub fn capabilities(&self) -> CapabilitiesResponse {
+    pub fn capabilities() -> CapabilitiesResponse {
         CapabilitiesResponse { scope: "local", connectivity_scope: "local", gw_alloc_checker: true }
     }
 

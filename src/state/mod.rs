@@ -99,7 +99,7 @@ pub enum StoreError {
     Corrupt { table: &'static str, key: String, message: String },
     /// The file cannot be used; nothing was changed. `remedy` tells the operator what to do.
     #[error(
-        "state database {path} {problem}; rustbridge refuses to start on it and changed nothing (no network, bridge, veth or rule touched). To recover: {remedy}"
+        "state database {path} {problem}; rustbridge will not use it and changed nothing (no network, bridge, veth or rule touched). To recover: {remedy}"
     )]
     Refused { path: PathBuf, problem: String, remedy: String },
 }
