@@ -16,6 +16,10 @@ pub const FORWARD_CHAIN: &str = "RUSTBRIDGE-FORWARD";
 pub const POSTROUTING_CHAIN: &str = "RUSTBRIDGE-POSTROUTING";
 pub const DNAT_CHAIN: &str = "RUSTBRIDGE-DNAT";
 pub const RAW_CHAIN: &str = "RUSTBRIDGE-PREROUTING";
+/// mangle FORWARD: isolation that holds whatever order filter FORWARD is in.
+pub const ISOLATION_CHAIN: &str = "RUSTBRIDGE-ISOLATION";
+/// Second stage: where a packet leaving a container bridge for another bridge may not go.
+pub const ISOLATION_STAGE2_CHAIN: &str = "RUSTBRIDGE-ISOLATION-2";
 
 /// A jump from a built-in chain into one of ours.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,18 @@ pub fn plan(networks: &[FwNetwork], family: Family) -> Vec<TablePlan> {
             }],
         });
     }
+    tables.push(TablePlan {
+        table: "mangle",
+        active,
+        chains: vec![
+            ChainPlan {
+                name: ISOLATION_CHAIN,
+                rules: isolation_rules(networks, family),
+                jumps: vec![jump("FORWARD", "", ISOLATION_CHAIN, false)],
+            },
+            ChainPlan { name: ISOLATION_STAGE2_CHAIN, rules: isolation_stage2_rules(networks, family), jumps: vec![] },
+        ],
+    });
     tables
 }
 
@@ -164,6 +180,54 @@ pub fn forward_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
     rules
 }
 
+/// Isolation in mangle FORWARD, the first stage. dockerd rewrites filter
+/// FORWARD at every start (its own accepts for docker0 and its br- bridges
+/// land above rustbridge's jump until the next repair), and a firewalld reload
+/// may do the same; it never touches mangle, which runs before filter, and a
+/// DROP there is final. So the isolation between container bridges holds
+/// continuously here, and the filter chain keeps the rest (published ports,
+/// icc, outbound) and is repaired periodically.
+///
+/// Replies and DNATed connections (published ports, reached through a host
+/// address) are left to the filter chain. Linear in the number of networks:
+/// a packet leaving a container bridge for another bridge goes through the
+/// second stage, which drops it if the other bridge is rustbridge's.
+pub fn isolation_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
+    let nets = networks_of(networks, family);
+    let mut rules =
+        vec!["-m conntrack --ctdir REPLY -j RETURN".to_string(), "-m conntrack --ctstate DNAT -j RETURN".to_string()];
+    for n in &nets {
+        // Within a network, enable_icc (in filter) decides.
+        rules.push(format!("-i {b} -o {b} -j RETURN", b = n.bridge));
+    }
+    for n in nets.iter().filter(|n| n.internal) {
+        rules.push(format!("-i {b} ! -o {b} -j DROP", b = n.bridge));
+        rules.push(format!("! -i {b} -o {b} -j DROP", b = n.bridge));
+    }
+    for n in nets.iter().filter(|n| !n.internal) {
+        for iface in &n.trusted_interfaces {
+            rules.push(format!("-i {iface} -o {} -j RETURN", n.bridge));
+        }
+    }
+    for n in nets.iter().filter(|n| !n.internal) {
+        for pattern in DOCKER_BRIDGE_PATTERNS {
+            rules.push(format!("-i {} -o {pattern} -j DROP", n.bridge));
+        }
+    }
+    for n in &nets {
+        rules.push(format!("-i {b} ! -o {b} -j {ISOLATION_STAGE2_CHAIN}", b = n.bridge));
+    }
+    for pattern in DOCKER_BRIDGE_PATTERNS {
+        rules.push(format!("-i {pattern} -j {ISOLATION_STAGE2_CHAIN}"));
+    }
+    rules
+}
+
+/// The second isolation stage: nothing from another container bridge enters a rustbridge network.
+pub fn isolation_stage2_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
+    networks_of(networks, family).iter().map(|n| format!("-o {} -j DROP", n.bridge)).collect()
+}
+
 /// The rules of the plugin's nat POSTROUTING chain.
 pub fn postrouting_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
     let mut rules = Vec::new();
@@ -227,7 +291,15 @@ pub fn dnat_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
 /// ports; so nothing from a bridge may reach the host's 127.0.0.0/8
 /// (the CVE-2020-8558 pattern).
 pub fn raw_rules(networks: &[FwNetwork]) -> Vec<String> {
+    debug_assert!(networks_of(networks, Family::V4).iter().all(|n| drops_localnet(&n.subnets)));
     networks_of(networks, Family::V4).iter().map(|n| format!("-i {} -d 127.0.0.0/8 -j DROP", n.bridge)).collect()
+}
+
+/// Whether the raw table drops 127.0.0.0/8 arriving from a network with these
+/// subnets (it does for every network with IPv4): route_localnet may be on
+/// for its bridge only then.
+pub fn drops_localnet(subnets: &[ipnet::IpNet]) -> bool {
+    subnets.iter().any(|s| Family::V4.matches(s))
 }
 
 impl FwNetwork {
@@ -269,8 +341,11 @@ pub fn render(plan: &TablePlan, current: &dyn Current) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "*{}", plan.table);
     if plan.active {
+        // Every chain declared before any rule: one chain may jump to another.
         for chain in &plan.chains {
             let _ = writeln!(out, ":{} - [0:0]", chain.name);
+        }
+        for chain in &plan.chains {
             for rule in &chain.rules {
                 let _ = writeln!(out, "-A {} {rule}", chain.name);
             }
@@ -291,11 +366,14 @@ pub fn render(plan: &TablePlan, current: &dyn Current) -> String {
         }
     }
     if !plan.active {
-        for chain in &plan.chains {
-            if current.chain_exists(plan.table, chain.name) {
-                let _ = writeln!(out, "-F {}", chain.name);
-                let _ = writeln!(out, "-X {}", chain.name);
-            }
+        // All flushed before any is deleted: a chain referenced by another cannot go first.
+        let present: Vec<&ChainPlan> =
+            plan.chains.iter().filter(|c| current.chain_exists(plan.table, c.name)).collect();
+        for chain in &present {
+            let _ = writeln!(out, "-F {}", chain.name);
+        }
+        for chain in &present {
+            let _ = writeln!(out, "-X {}", chain.name);
         }
     }
     let _ = writeln!(out, "COMMIT");

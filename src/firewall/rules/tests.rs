@@ -162,7 +162,7 @@ fn render_inactive_removes_jumps_and_chains() {
     assert_eq!(
         render(nat, &saved),
         "*nat\n-D POSTROUTING -j RUSTBRIDGE-POSTROUTING\n-D OUTPUT -m addrtype --dst-type LOCAL -j RUSTBRIDGE-DNAT\n\
-         -F RUSTBRIDGE-POSTROUTING\n-X RUSTBRIDGE-POSTROUTING\n-F RUSTBRIDGE-DNAT\n-X RUSTBRIDGE-DNAT\nCOMMIT\n"
+         -F RUSTBRIDGE-POSTROUTING\n-F RUSTBRIDGE-DNAT\n-X RUSTBRIDGE-POSTROUTING\n-X RUSTBRIDGE-DNAT\nCOMMIT\n"
     );
     assert!(!holds(nat, &saved, &|_, _| 0));
     let empty = Saved { chains: vec![], builtin: vec![] };
@@ -189,4 +189,167 @@ fn routed_is_per_family() {
     assert!(forward_rules(std::slice::from_ref(&n), Family::V4).contains(&"-o rb-d -j DROP".to_string()));
     assert_eq!(postrouting_rules(std::slice::from_ref(&n), Family::V4), ["-s 10.11.0.0/24 ! -o rb-d -j MASQUERADE"]);
     assert!(postrouting_rules(&[n], Family::V6).is_empty());
+}
+
+#[test]
+fn isolation_golden() {
+    let mut internal = net("rb-i", "10.2.0.0/24");
+    internal.internal = true;
+    let mut trusting = net("rb-t", "10.3.0.0/24");
+    trusting.trusted_interfaces = vec!["eth9".into()];
+    let nets = [net("rb-a", "10.1.0.0/24"), internal, trusting, net("rb-6", "fd00:6::/64")];
+    assert_eq!(
+        isolation_rules(&nets, Family::V4),
+        [
+            "-m conntrack --ctdir REPLY -j RETURN",
+            "-m conntrack --ctstate DNAT -j RETURN",
+            "-i rb-a -o rb-a -j RETURN",
+            "-i rb-i -o rb-i -j RETURN",
+            "-i rb-t -o rb-t -j RETURN",
+            "-i rb-i ! -o rb-i -j DROP",
+            "! -i rb-i -o rb-i -j DROP",
+            "-i eth9 -o rb-t -j RETURN",
+            "-i rb-a -o docker0 -j DROP",
+            "-i rb-a -o br-+ -j DROP",
+            "-i rb-t -o docker0 -j DROP",
+            "-i rb-t -o br-+ -j DROP",
+            "-i rb-a ! -o rb-a -j RUSTBRIDGE-ISOLATION-2",
+            "-i rb-i ! -o rb-i -j RUSTBRIDGE-ISOLATION-2",
+            "-i rb-t ! -o rb-t -j RUSTBRIDGE-ISOLATION-2",
+            "-i docker0 -j RUSTBRIDGE-ISOLATION-2",
+            "-i br-+ -j RUSTBRIDGE-ISOLATION-2",
+        ]
+    );
+    assert_eq!(isolation_stage2_rules(&nets, Family::V4), ["-o rb-a -j DROP", "-o rb-i -j DROP", "-o rb-t -j DROP"]);
+    assert_eq!(isolation_stage2_rules(&nets, Family::V6), ["-o rb-6 -j DROP"]);
+}
+
+/// A packet's way through the two isolation stages, as the kernel would
+/// evaluate it (interface patterns with a trailing '+', '!' negation).
+fn isolation_verdict(nets: &[FwNetwork], family: Family, input: &str, output: &str, reply: bool, dnat: bool) -> bool {
+    fn iface_matches(pattern: &str, name: &str) -> bool {
+        match pattern.strip_suffix('+') {
+            Some(prefix) => name.starts_with(prefix),
+            None => pattern == name,
+        }
+    }
+    fn rule_matches(rule: &str, input: &str, output: &str, reply: bool, dnat: bool) -> bool {
+        let words: Vec<&str> = rule.split_whitespace().collect();
+        let mut i = 0;
+        let mut ok = true;
+        while i < words.len() && words[i] != "-j" {
+            let negate = words[i] == "!";
+            if negate {
+                i += 1;
+            }
+            let hit = match words[i] {
+                "-i" => iface_matches(words[i + 1], input),
+                "-o" => iface_matches(words[i + 1], output),
+                "-m" => {
+                    i += 2;
+                    match (words[i - 1], words[i]) {
+                        ("conntrack", "--ctdir") => reply && words[i + 1] == "REPLY",
+                        ("conntrack", "--ctstate") => dnat && words[i + 1] == "DNAT",
+                        other => panic!("unexpected match {other:?} in {rule}"),
+                    }
+                }
+                other => panic!("unexpected word {other} in {rule}"),
+            };
+            ok &= hit != negate;
+            i += 2;
+        }
+        ok
+    }
+    let stage2 = isolation_stage2_rules(nets, family);
+    for rule in isolation_rules(nets, family) {
+        if !rule_matches(&rule, input, output, reply, dnat) {
+            continue;
+        }
+        match rule.rsplit(' ').next().unwrap() {
+            "RETURN" => return true,
+            "DROP" => return false,
+            ISOLATION_STAGE2_CHAIN => {
+                if stage2.iter().any(|r| rule_matches(r, input, output, reply, dnat)) {
+                    return false;
+                }
+            }
+            other => panic!("unexpected target {other}"),
+        }
+    }
+    true
+}
+
+#[test]
+fn isolation_drops_every_crossing_between_container_bridges_and_nothing_else() {
+    let mut internal = net("rb-i", "10.2.0.0/24");
+    internal.internal = true;
+    let mut trusting = net("rb-t", "10.3.0.0/24");
+    trusting.trusted_interfaces = vec!["docker0".into()];
+    let nets = [net("rb-a", "10.1.0.0/24"), net("rb-b", "10.4.0.0/24"), internal, trusting];
+    let passes = |i: &str, o: &str| isolation_verdict(&nets, Family::V4, i, o, false, false);
+    // Into a rustbridge network from Docker's bridges and from other rustbridge networks: never.
+    for from in ["docker0", "br-0123456789ab", "rb-b", "rb-i", "rb-t"] {
+        assert!(!passes(from, "rb-a"), "{from} -> rb-a must be dropped");
+    }
+    for to in ["docker0", "br-0123456789ab", "rb-b", "rb-i", "rb-t"] {
+        assert!(!passes("rb-a", to), "rb-a -> {to} must be dropped");
+    }
+    // An internal network: nothing in or out.
+    assert!(!passes("eth0", "rb-i"));
+    assert!(!passes("rb-i", "eth0"));
+    // Left to the filter chain: intra-network, outbound, from other hosts, Docker's own bridges among themselves.
+    for (i, o) in [
+        ("rb-a", "rb-a"),
+        ("rb-i", "rb-i"),
+        ("rb-a", "eth0"),
+        ("eth0", "rb-a"),
+        ("docker0", "br-0123456789ab"),
+        ("br-0123456789ab", "br-0123456789ab"),
+        ("docker0", "eth0"),
+    ] {
+        assert!(passes(i, o), "{i} -> {o} is not isolation's business");
+    }
+    // Trusted interfaces, replies and published ports (DNAT) are left to the filter chain.
+    assert!(passes("docker0", "rb-t"));
+    assert!(isolation_verdict(&nets, Family::V4, "docker0", "rb-a", true, false));
+    assert!(isolation_verdict(&nets, Family::V4, "docker0", "rb-a", false, true));
+    // Another family's networks are not in this family's chain.
+    assert!(isolation_verdict(&nets, Family::V6, "docker0", "rb-a", false, false));
+}
+
+#[test]
+fn isolation_rules_grow_linearly_with_networks() {
+    let nets: Vec<FwNetwork> = (0..100).map(|i| net(&format!("rb-{i}"), &format!("10.{i}.0.0/24"))).collect();
+    let count = isolation_rules(&nets, Family::V4).len() + isolation_stage2_rules(&nets, Family::V4).len();
+    assert_eq!(count, 2 + 100 * 5 + 2);
+}
+
+#[test]
+fn isolation_lives_in_mangle_forward_for_both_families_and_renders_stage2_first_declared() {
+    let nets = [net("rb-a", "10.1.0.0/24"), net("rb-6", "fd00:6::/64")];
+    for family in [Family::V4, Family::V6] {
+        let plans = plan(&nets, family);
+        let mangle = plans.iter().find(|p| p.table == "mangle").expect("mangle plan");
+        assert!(mangle.active);
+        assert_eq!(
+            mangle.chains[0].jumps,
+            [Jump { builtin: "FORWARD", spec: format!("-j {ISOLATION_CHAIN}"), positioned: false }]
+        );
+        let empty = Saved { chains: vec![], builtin: vec![] };
+        let text = render(mangle, &empty);
+        let first_rule = text.find("\n-A ").unwrap();
+        assert!(text[..first_rule].contains(":RUSTBRIDGE-ISOLATION-2 - [0:0]"), "{text}");
+        assert!(text.ends_with("-I FORWARD 1 -j RUSTBRIDGE-ISOLATION\nCOMMIT\n"), "{text}");
+    }
+    let gone = plan(&[], Family::V4);
+    let mangle = gone.iter().find(|p| p.table == "mangle").unwrap();
+    let saved = Saved {
+        chains: vec![("mangle", ISOLATION_CHAIN), ("mangle", ISOLATION_STAGE2_CHAIN)],
+        builtin: vec![("mangle", "FORWARD", "-A FORWARD -j RUSTBRIDGE-ISOLATION".into())],
+    };
+    assert_eq!(
+        render(mangle, &saved),
+        "*mangle\n-D FORWARD -j RUSTBRIDGE-ISOLATION\n-F RUSTBRIDGE-ISOLATION\n-F RUSTBRIDGE-ISOLATION-2\n\
+         -X RUSTBRIDGE-ISOLATION\n-X RUSTBRIDGE-ISOLATION-2\nCOMMIT\n"
+    );
 }
