@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, Result, VethSpec};
+use super::{BridgeOutcome, BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, Result, VethSpec};
 use crate::firewall::{FwPort, Proto};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -18,8 +18,27 @@ pub struct FakeLink {
     pub addresses: Vec<IpNet>,
     pub controller: Option<String>,
     pub up: bool,
-    /// The other end of a veth pair: deleting either end deletes both.
+    /// The other end of a veth pair: deleting either end deletes both. A peer
+    /// named here but absent from the map is in another namespace (a container's).
     pub peer: Option<String>,
+    /// The instance ID of the owner mark.
+    pub owner: Option<String>,
+    pub route_localnet: bool,
+}
+
+impl FakeLink {
+    pub fn bridge() -> FakeLink {
+        FakeLink {
+            kind: LinkKind::Bridge,
+            mtu: 1500,
+            addresses: vec![],
+            controller: None,
+            up: false,
+            peer: None,
+            owner: None,
+            route_localnet: false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -58,33 +77,32 @@ impl FakeDataPlane {
 
 #[async_trait]
 impl DataPlane for FakeDataPlane {
-    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<bool> {
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome> {
         if self.should_fail("ensure_bridge") {
             return Err(DataPlaneError::new("create bridge", &spec.name, "injected failure"));
         }
         let mut links = self.links.lock().unwrap();
         let created = !links.contains_key(&spec.name);
-        let link = links.entry(spec.name.clone()).or_insert(FakeLink {
-            kind: LinkKind::Bridge,
-            mtu: 1500,
-            addresses: vec![],
-            controller: None,
-            up: false,
-            peer: None,
-        });
+        let link = links.entry(spec.name.clone()).or_insert_with(FakeLink::bridge);
         if link.kind != LinkKind::Bridge {
             return Err(DataPlaneError::new("create bridge", &spec.name, "a non-bridge link has that name"));
         }
         if created || spec.owned || spec.mtu_explicit {
             link.mtu = spec.mtu;
         }
+        if created || spec.owned {
+            link.route_localnet = spec.route_localnet;
+            link.owner = Some(spec.instance.clone());
+        }
+        let mut added = Vec::new();
         for addr in &spec.addresses {
             if !link.addresses.contains(addr) {
                 link.addresses.push(*addr);
+                added.push(*addr);
             }
         }
         link.up = true;
-        Ok(created)
+        Ok(BridgeOutcome { created, added })
     }
 
     async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()> {
@@ -111,16 +129,19 @@ impl DataPlane for FakeDataPlane {
                 return Err(DataPlaneError::new("create veth", name, "File exists (os error 17)"));
             }
         }
-        let veth = |controller: Option<String>, up, peer: &String| FakeLink {
+        let veth = |controller: Option<String>, up, peer: &String, owner: Option<String>| FakeLink {
             kind: LinkKind::Veth,
             mtu: spec.mtu,
             addresses: vec![],
             controller,
             up,
             peer: Some(peer.clone()),
+            owner,
+            route_localnet: false,
         };
-        links.insert(spec.host_name.clone(), veth(Some(spec.bridge.clone()), true, &spec.peer_name));
-        links.insert(spec.peer_name.clone(), veth(None, false, &spec.host_name));
+        let host = veth(Some(spec.bridge.clone()), true, &spec.peer_name, Some(spec.instance.clone()));
+        links.insert(spec.host_name.clone(), host);
+        links.insert(spec.peer_name.clone(), veth(None, false, &spec.host_name, None));
         Ok(())
     }
 
@@ -149,13 +170,13 @@ impl DataPlane for FakeDataPlane {
     }
 
     async fn list_links(&self) -> Result<Vec<Link>> {
-        Ok(self
-            .links
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(name, l)| Link { name: name.clone(), kind: l.kind.clone() })
-            .collect())
+        let links = self.links.lock().unwrap();
+        Ok(links.iter().map(|(name, l)| describe(&links, name, l)).collect())
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let links = self.links.lock().unwrap();
+        Ok(links.get(name).map(|l| describe(&links, name, l)))
     }
 
     async fn ensure_ipv6_forwarding(&self) -> Result<bool> {
@@ -190,5 +211,15 @@ impl DataPlane for FakeDataPlane {
             chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
         }
         Ok(())
+    }
+}
+
+fn describe(links: &BTreeMap<String, FakeLink>, name: &str, l: &FakeLink) -> Link {
+    Link {
+        name: name.to_string(),
+        kind: l.kind.clone(),
+        owner: l.owner.clone(),
+        controller: l.controller.clone(),
+        peer_elsewhere: l.peer.as_ref().is_some_and(|p| !links.contains_key(p)),
     }
 }

@@ -21,11 +21,34 @@ pub struct BridgeSpec {
     /// The user asked for this MTU: set it even on a bridge the plugin does not own.
     pub mtu_explicit: bool,
     /// The plugin owns the bridge (made it, or it bears the plugin's naming):
-    /// MTU and route_localnet are the plugin's to set. An adopted bridge only
-    /// gets the gateway addresses (and an explicit MTU).
+    /// MTU, route_localnet and the owner mark are the plugin's to set. An
+    /// adopted bridge only gets the gateway addresses (and an explicit MTU).
     pub owned: bool,
+    /// route_localnet on an owned bridge (set either way): only where the
+    /// firewall drops 127.0.0.0/8 arriving from the bridge, i.e. with IPv4.
+    pub route_localnet: bool,
+    /// The instance ID of the state database: an owned bridge is marked with it.
+    pub instance: String,
     /// Gateway addresses with the subnet's prefix length.
     pub addresses: Vec<IpNet>,
+}
+
+/// What `ensure_bridge` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeOutcome {
+    /// The bridge did not exist and was made.
+    pub created: bool,
+    /// Addresses that were not on the bridge and were added (the others were there already).
+    pub added: Vec<IpNet>,
+}
+
+/// Kernel objects the plugin makes carry "rustbridge:<instance ID>" as their
+/// alias (IFLA_IFALIAS), so that only the state database that made them ever
+/// deletes them.
+pub const OWNER_MARK_PREFIX: &str = "rustbridge:";
+
+pub fn owner_mark(instance: &str) -> String {
+    format!("{OWNER_MARK_PREFIX}{instance}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +57,8 @@ pub struct VethSpec {
     pub peer_name: String,
     pub bridge: String,
     pub mtu: u32,
+    /// The instance ID of the state database: the host end is marked with it.
+    pub instance: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +72,12 @@ pub enum LinkKind {
 pub struct Link {
     pub name: String,
     pub kind: LinkKind,
+    /// The instance ID in the link's owner mark, if it has one.
+    pub owner: Option<String>,
+    /// The bridge the link is a port of.
+    pub controller: Option<String>,
+    /// A veth whose other end is in another network namespace (a container's).
+    pub peer_elsewhere: bool,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -68,11 +99,11 @@ pub type Result<T> = std::result::Result<T, DataPlaneError>;
 #[async_trait]
 pub trait DataPlane: Send + Sync {
     /// Creates the bridge if missing, then makes MTU, addresses and state match.
-    /// Returns true when it had to create the bridge.
-    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<bool>;
+    /// Says whether it had to create the bridge and which addresses it added.
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome>;
     /// Removes addresses from a bridge the plugin adopted but does not own.
     async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()>;
-    /// Creates a veth pair in the host namespace, host end on the bridge and up.
+    /// Creates a veth pair in the host namespace, host end on the bridge, up and marked.
     async fn create_veth(&self, spec: &VethSpec) -> Result<()>;
     /// Puts an existing link (a veth's host end) on a bridge and brings it up;
     /// a link that is gone is success (its container went away).
@@ -80,6 +111,8 @@ pub trait DataPlane: Send + Sync {
     /// Deletes a link; a link that is already gone is success.
     async fn delete_link(&self, name: &str) -> Result<()>;
     async fn link_exists(&self, name: &str) -> Result<bool>;
+    /// One link, as `list_links` describes it; None when there is none of that name.
+    async fn link(&self, name: &str) -> Result<Option<Link>>;
     async fn list_links(&self) -> Result<Vec<Link>>;
     /// Switches IPv6 forwarding on (as the built-in bridge does for IPv6
     /// networks); false when the knob is read-only and the host decides.

@@ -6,13 +6,15 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    AfSpecInet, AfSpecUnspec, InetDevConf, InfoKind, LinkAttribute, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use rtnetlink::packet_core::{DefaultNla, NLA_F_NESTED};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use super::{BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, Result, VethSpec};
+use super::{
+    BridgeOutcome, BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, OWNER_MARK_PREFIX, Result, VethSpec,
+    owner_mark,
+};
 
 const ENODEV: i32 = libc_errno::ENODEV;
 const EEXIST: i32 = libc_errno::EEXIST;
@@ -97,7 +99,7 @@ impl NetlinkDataPlane {
 
 #[async_trait]
 impl DataPlane for NetlinkDataPlane {
-    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<bool> {
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome> {
         let name = spec.name.as_str();
         let (index, created) = match self.find_link(name).await? {
             Some(link) => {
@@ -129,7 +131,7 @@ impl DataPlane for NetlinkDataPlane {
                 let _ = self.remove_bridge_addresses(name, &added).await;
             }
         }
-        result.map(|_| created)
+        result.map(|_| BridgeOutcome { created, added })
     }
 
     async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()> {
@@ -189,15 +191,34 @@ impl DataPlane for NetlinkDataPlane {
 
     async fn list_links(&self) -> Result<Vec<Link>> {
         let mut stream = self.handle.link().get().execute();
-        let mut out = Vec::new();
+        let mut messages = Vec::new();
         while let Some(link) =
             stream.try_next().await.map_err(|e| DataPlaneError::new("list links", "all", describe(&e)))?
         {
-            if let Some(name) = link_name(&link) {
-                out.push(Link { name, kind: link_kind(&link) });
-            }
+            messages.push(link);
         }
-        Ok(out)
+        let names: std::collections::BTreeMap<u32, String> =
+            messages.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n))).collect();
+        Ok(messages
+            .iter()
+            .filter_map(|m| to_link(m, controller_index(m).and_then(|i| names.get(&i).cloned())))
+            .collect())
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let Some(message) = self.find_link(name).await? else { return Ok(None) };
+        let controller = match controller_index(&message) {
+            Some(index) => {
+                let mut links = self.handle.link().get().match_index(index).execute();
+                match links.try_next().await {
+                    Ok(found) => found.as_ref().and_then(link_name),
+                    Err(e) if errno(&e) == Some(ENODEV) => None,
+                    Err(e) => return Err(DataPlaneError::new("look up bridge of link", name, describe(&e))),
+                }
+            }
+            None => None,
+        };
+        Ok(to_link(&message, controller))
     }
 
     async fn ensure_ipv6_forwarding(&self) -> Result<bool> {
@@ -263,23 +284,32 @@ impl NetlinkDataPlane {
         if !owned {
             return Ok(());
         }
+        self.mark(index, name, &spec.instance).await?;
         // Lets the host's 127.0.0.1 reach published ports (DNAT to the bridge);
-        // the firewall drops 127.0.0.0/8 arriving from the bridge in return.
+        // the firewall drops 127.0.0.0/8 arriving from the bridge in return,
+        // which it does for IPv4 networks only: off everywhere else.
         // Set through netlink: /proc/sys is read-only inside a managed plugin.
-        let mut localnet = InetDevConf::default();
-        localnet.route_localnet = 1;
         let message = LinkUnspec::new_with_index(index)
-            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
-                AfSpecInet::DevConfRequest(localnet),
-            ])]))
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![route_localnet(
+                spec.route_localnet,
+            )])]))
             .build();
         self.set_link("set route_localnet on bridge", name, message).await
+    }
+
+    /// Writes the owner mark (the alias) on a link the plugin made.
+    async fn mark(&self, index: u32, name: &str, instance: &str) -> Result<()> {
+        let message = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::IfAlias(owner_mark(instance)))
+            .build();
+        self.set_link("mark link as rustbridge's", name, message).await
     }
 
     async fn configure_veth(&self, spec: &VethSpec, bridge_index: u32) -> Result<()> {
         let peer = LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).build();
         self.set_link("set veth mtu", &spec.peer_name, peer).await?;
         let host_index = self.link_index("attach veth to bridge", &spec.host_name).await?;
+        self.mark(host_index, &spec.host_name, &spec.instance).await?;
         let host = LinkUnspec::new_with_index(host_index).controller(bridge_index).mtu(spec.mtu).up().build();
         self.set_link("attach veth to bridge", &spec.host_name, host).await?;
         // Hairpin: a container reaching its own published port through a host
@@ -291,6 +321,19 @@ impl NetlinkDataPlane {
             .await
             .map_err(|e| DataPlaneError::new("set hairpin mode on bridge port", &spec.host_name, describe(&e)))
     }
+}
+
+/// IFLA_INET_CONF carrying route_localnet alone. The crate's DevConfRequest
+/// leaves out every zero value, so it cannot switch a setting off: the nested
+/// attribute is written here (IPV4_DEVCONF_ROUTE_LOCALNET, a u32 in host order).
+fn route_localnet(on: bool) -> AfSpecInet {
+    const IFLA_INET_CONF: u16 = 1;
+    const IPV4_DEVCONF_ROUTE_LOCALNET: u16 = 26;
+    let mut value = Vec::with_capacity(8);
+    value.extend_from_slice(&8u16.to_ne_bytes());
+    value.extend_from_slice(&IPV4_DEVCONF_ROUTE_LOCALNET.to_ne_bytes());
+    value.extend_from_slice(&u32::from(on).to_ne_bytes());
+    AfSpecInet::Other(DefaultNla::new(IFLA_INET_CONF | NLA_F_NESTED, value))
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -313,6 +356,24 @@ fn link_name(link: &LinkMessage) -> Option<String> {
         LinkAttribute::IfName(name) => Some(name.clone()),
         _ => None,
     })
+}
+
+fn controller_index(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(index) => Some(*index),
+        _ => None,
+    })
+}
+
+fn to_link(message: &LinkMessage, controller: Option<String>) -> Option<Link> {
+    let name = link_name(message)?;
+    let owner = message.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(alias) => alias.strip_prefix(OWNER_MARK_PREFIX).map(str::to_string),
+        _ => None,
+    });
+    // The kernel names the peer's namespace only when it is not this one.
+    let peer_elsewhere = message.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+    Some(Link { name, kind: link_kind(message), owner, controller, peer_elsewhere })
 }
 
 fn link_kind(link: &LinkMessage) -> LinkKind {

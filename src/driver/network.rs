@@ -9,7 +9,10 @@ use super::{Plugin, PluginError, Result, State, firewall_network, ports};
 use crate::api::{self, *};
 use crate::dataplane::{BridgeSpec, DataPlane, VethSpec};
 use crate::family::Family;
-use crate::names::{bridge_name, is_docker_bridge_name, is_owned_bridge_name, short_id as short, veth_names};
+use crate::firewall::rules::drops_localnet;
+use crate::names::{
+    ID_CHARS_IN_VETH, bridge_name, is_docker_bridge_name, is_owned_bridge_name, short_id as short, veth_names,
+};
 use crate::options::{GatewayMode, parse_network_options};
 use crate::request::{
     endpoint_driver_options, exposed_ports, parse_endpoint_address, parse_ipam_data, parse_mac, port_bindings,
@@ -36,7 +39,7 @@ impl Plugin {
                 )));
             }
             // dockerd retried after losing our answer: make sure the bridge is there.
-            self.dataplane.ensure_bridge(&bridge_spec(existing)).await?;
+            self.dataplane.ensure_bridge(&self.bridge_spec(existing)).await?;
             return Ok(());
         }
         let bridge = options.bridge_name.clone().unwrap_or_else(|| bridge_name(&req.network_id));
@@ -61,9 +64,11 @@ impl Plugin {
             // Like the built-in bridge; where the knob is read-only, the host decides.
             self.dataplane.ensure_ipv6_forwarding().await?;
         }
-        let created = self.dataplane.ensure_bridge(&bridge_spec(&record)).await?;
+        let outcome = self.dataplane.ensure_bridge(&self.bridge_spec(&record)).await?;
         // A bridge with the plugin's own naming is its own, even when a crash left it behind.
-        record.bridge_created = created || is_owned_bridge_name(&record.bridge);
+        record.bridge_created = outcome.created || is_owned_bridge_name(&record.bridge);
+        // On an adopted bridge, only these go when the network goes.
+        record.added_addresses = outcome.added;
         if let Err(e) = self.commit_network(&mut state, record.clone()).await {
             self.undo_bridge(&record).await;
             return Err(e);
@@ -95,10 +100,29 @@ impl Plugin {
     }
 
     async fn undo_bridge(&self, record: &NetworkRecord) {
+        let _ = self.remove_bridge(record).await;
+    }
+
+    /// Deletes a bridge the plugin owns; from an adopted one, removes only the
+    /// addresses the plugin added (one that was there before is the host's).
+    async fn remove_bridge(&self, record: &NetworkRecord) -> Result<()> {
         if record.bridge_created {
-            let _ = self.dataplane.delete_link(&record.bridge).await;
+            self.dataplane.delete_link(&record.bridge).await?;
         } else {
-            let _ = self.dataplane.remove_bridge_addresses(&record.bridge, &bridge_addresses(record)).await;
+            self.dataplane.remove_bridge_addresses(&record.bridge, &record.added_addresses).await?;
+        }
+        Ok(())
+    }
+
+    pub fn bridge_spec(&self, record: &NetworkRecord) -> BridgeSpec {
+        BridgeSpec {
+            name: record.bridge.clone(),
+            mtu: record.options.mtu,
+            mtu_explicit: record.options.mtu_explicit,
+            owned: record.bridge_created,
+            route_localnet: drops_localnet(&record.ipv4.iter().map(|s| s.pool).collect::<Vec<_>>()),
+            instance: self.store.instance_id().to_string(),
+            addresses: bridge_addresses(record),
         }
     }
 
@@ -117,11 +141,7 @@ impl Plugin {
             .map(|n| firewall_network(n, state.endpoints.values()))
             .collect();
         self.sync_or_restore(&state, &remaining).await?;
-        if record.bridge_created {
-            self.dataplane.delete_link(&record.bridge).await?;
-        } else {
-            self.dataplane.remove_bridge_addresses(&record.bridge, &bridge_addresses(&record)).await?;
-        }
+        self.remove_bridge(&record).await?;
         let mut changes = vec![Change::DeleteNetwork(record.id.clone())];
         changes.extend(endpoints.iter().map(|e| Change::DeleteEndpoint(e.id.clone())));
         self.store.commit(changes)?;
@@ -158,6 +178,13 @@ impl Plugin {
             given => parse_mac("Interface.MacAddress", given)?,
         };
         let (host_veth, container_veth) = veth_names(&req.endpoint_id);
+        if let Some(other) = state.endpoints.values().find(|e| e.host_veth == host_veth) {
+            return Err(PluginError::new(format!(
+                "EndpointID {}: its interface name {host_veth} is already used by endpoint {} (the first {ID_CHARS_IN_VETH} characters of both IDs are the same); remove and recreate the container",
+                short(&req.endpoint_id),
+                short(&other.id)
+            )));
+        }
         let options = req.options.unwrap_or_default();
         if options.contains_key(api::OPT_ENDPOINT_IFNAME) {
             return Err(PluginError::new(format!(
@@ -183,6 +210,30 @@ impl Plugin {
         let response = endpoint_response(&record, &interface.mac_address);
         state.endpoints.insert(record.id.clone(), record);
         Ok(response)
+    }
+
+    /// The endpoint's veth names must be free, or taken by this endpoint's own
+    /// pair (made by this state database, not in a container): a link of that
+    /// name that is someone else's is never deleted.
+    async fn check_veth_names_free(&self, endpoint: &EndpointRecord) -> Result<()> {
+        for name in [&endpoint.host_veth, &endpoint.container_veth] {
+            let Some(link) = self.dataplane.link(name).await? else { continue };
+            let ours = link.owner.as_deref() == Some(self.store.instance_id()) && !link.peer_elsewhere;
+            // The peer end carries no mark: it is ours when its host end is.
+            let our_peer = name == &endpoint.container_veth
+                && self
+                    .dataplane
+                    .link(&endpoint.host_veth)
+                    .await?
+                    .is_some_and(|h| h.owner.as_deref() == Some(self.store.instance_id()) && !h.peer_elsewhere);
+            if !(ours || our_peer) {
+                return Err(PluginError::new(format!(
+                    "endpoint {}: a link named {name} already exists and is not this endpoint's unused pair (another rustbridge state's, a container's, or the host's); rustbridge will not touch it",
+                    short(&endpoint.id)
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<()> {
@@ -224,13 +275,16 @@ impl Plugin {
             .get(&endpoint.network_id)
             .cloned()
             .ok_or_else(|| PluginError::new(format!("network {} not found", short(&endpoint.network_id))))?;
-        // A repeated Join (dockerd retrying) starts from a clean pair.
+        // A repeated Join (dockerd retrying) starts from a clean pair, but
+        // never by deleting a link the plugin did not make.
+        self.check_veth_names_free(&endpoint).await?;
         self.dataplane.delete_link(&endpoint.host_veth).await?;
         let spec = VethSpec {
             host_name: endpoint.host_veth.clone(),
             peer_name: endpoint.container_veth.clone(),
             bridge: network.bridge.clone(),
             mtu: network.options.mtu,
+            instance: self.store.instance_id().to_string(),
         };
         if let Err(e) = self.dataplane.create_veth(&spec).await {
             if endpoint.joined {
@@ -384,16 +438,6 @@ fn overlaps(a: IpNet, b: IpNet) -> bool {
 fn bridge_addresses(record: &NetworkRecord) -> Vec<IpNet> {
     let v4 = record.ipv4.iter().filter(|_| !record.options.inhibit_ipv4);
     v4.chain(&record.ipv6).filter_map(|s| s.gateway).collect()
-}
-
-pub fn bridge_spec(record: &NetworkRecord) -> BridgeSpec {
-    BridgeSpec {
-        name: record.bridge.clone(),
-        mtu: record.options.mtu,
-        mtu_explicit: record.options.mtu_explicit,
-        owned: record.bridge_created,
-        addresses: bridge_addresses(record),
-    }
 }
 
 /// A locally administered unicast MAC no other endpoint has.

@@ -267,14 +267,7 @@ async fn preexisting_bridge_is_adopted_and_kept_without_our_address() {
     let h = Harness::new("adopt");
     h.fake.links.lock().unwrap().insert(
         "br-pre0".to_string(),
-        FakeLink {
-            kind: LinkKind::Bridge,
-            mtu: 1500,
-            addresses: vec![net("192.0.2.1/24")],
-            controller: None,
-            up: true,
-            peer: None,
-        },
+        FakeLink { addresses: vec![net("192.0.2.1/24")], up: true, ..FakeLink::bridge() },
     );
     let id = net_id(6);
     h.create_network(v4_network(&id, "10.56.0.0/24", "10.56.0.1/24", json!({"bridge": "br-pre0"}))).await.unwrap();
@@ -328,10 +321,7 @@ async fn create_network_again_with_other_settings_is_refused() {
 async fn adopted_bridge_keeps_its_mtu_unless_one_is_asked_for() {
     let h = Harness::new("adopt-mtu");
     for name in ["br-keep0", "br-set0"] {
-        h.fake.links.lock().unwrap().insert(
-            name.to_string(),
-            FakeLink { kind: LinkKind::Bridge, mtu: 9000, addresses: vec![], controller: None, up: true, peer: None },
-        );
+        h.fake.links.lock().unwrap().insert(name.to_string(), FakeLink { mtu: 9000, up: true, ..FakeLink::bridge() });
     }
     h.create_network(v4_network(&net_id(71), "10.57.2.0/24", "10.57.2.1/24", json!({"bridge": "br-keep0"})))
         .await
@@ -521,10 +511,7 @@ async fn firewall_failure_deletes_the_bridge_again() {
 #[tokio::test]
 async fn firewall_failure_on_adopted_bridge_keeps_it_without_our_address() {
     let h = Harness::new("fail-fw-adopt");
-    h.fake.links.lock().unwrap().insert(
-        "br-pre1".to_string(),
-        FakeLink { kind: LinkKind::Bridge, mtu: 1500, addresses: vec![], controller: None, up: true, peer: None },
-    );
+    h.fake.links.lock().unwrap().insert("br-pre1".to_string(), FakeLink { up: true, ..FakeLink::bridge() });
     let id = net_id(16);
     *h.fw.fail_next.lock().unwrap() = true;
     h.create_network(v4_network(&id, "10.67.0.0/24", "10.67.0.1/24", json!({"bridge": "br-pre1"}))).await.unwrap_err();
@@ -1024,4 +1011,195 @@ async fn failed_rejoin_does_not_leave_the_endpoint_marked_joined() {
     assert_eq!(h.endpoint_joined(&ep).await, Some(false), "record claims a veth pair that is gone");
     h.reload();
     assert_eq!(h.endpoint_joined(&ep).await, Some(false));
+}
+
+// ---------------------------------------------------------------- kernel ownership (issue 11: 5, 7, 10)
+
+fn discard_log() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+/// Runs the start-up reconcile of the loaded plugin.
+async fn reconcile_at_start(h: &Harness) {
+    crate::reconcile::at_start(h.p(), &discard_log()).await.expect("start-up reconcile");
+}
+
+/// What dockerd does after Join: the peer moves into the container's namespace.
+fn move_peer_into_container(h: &Harness, endpoint_id: &str) -> FakeLink {
+    let (_, peer) = expected_veths(endpoint_id);
+    h.fake.links.lock().unwrap().remove(&peer).expect("peer in the host")
+}
+
+fn v6_network(id: &str, pool: &str, gateway: &str) -> Value {
+    json!({
+        "NetworkID": id,
+        "IPv4Data": [],
+        "IPv6Data": [{"AddressSpace": "LocalDefault", "Pool": pool, "Gateway": gateway}],
+        "Options": {"com.docker.network.enable_ipv6": true, "com.docker.network.generic": {}}
+    })
+}
+
+#[tokio::test]
+async fn route_localnet_only_on_bridges_whose_127_traffic_the_firewall_drops() {
+    let h = Harness::new("localnet");
+    let v6 = net_id(80);
+    h.create_network(v6_network(&v6, "fd00:80::/64", "fd00:80::1/64")).await.unwrap();
+    assert!(
+        !h.link(&expected_bridge(&v6)).unwrap().route_localnet,
+        "IPv6-only: no 127.0.0.0/8 drop, so no route_localnet"
+    );
+    let v4 = network_with_subnet(&h, 81, "10.81.0.0/24", "10.81.0.1/24").await;
+    assert!(h.link(&expected_bridge(&v4)).unwrap().route_localnet);
+    let fw = h.fw.applied.lock().unwrap().clone();
+    let drops = crate::firewall::rules::raw_rules(&fw);
+    assert_eq!(drops, [format!("-i {} -d 127.0.0.0/8 -j DROP", expected_bridge(&v4))]);
+}
+
+#[tokio::test]
+async fn adopted_bridge_keeps_the_address_it_had_before_the_network() {
+    let h = Harness::new("adopt-own-ip");
+    h.fake.links.lock().unwrap().insert(
+        "br-host0".to_string(),
+        FakeLink { addresses: vec![net("10.82.0.1/24"), net("192.0.2.9/24")], up: true, ..FakeLink::bridge() },
+    );
+    let id = net_id(82);
+    h.create_network(v4_network(&id, "10.82.0.0/24", "10.82.0.1/24", json!({"bridge": "br-host0"}))).await.unwrap();
+    h.delete_network(&id).await.unwrap();
+    let link = h.link("br-host0").expect("adopted bridge stays");
+    assert_eq!(link.addresses, [net("10.82.0.1/24"), net("192.0.2.9/24")], "the host's addresses stay");
+    assert!(!link.route_localnet && link.owner.is_none(), "an adopted bridge is not marked or changed");
+}
+
+#[tokio::test]
+async fn links_are_marked_with_the_state_databases_instance_id() {
+    let h = Harness::new("marks");
+    let id = network_with_subnet(&h, 83, "10.83.0.0/24", "10.83.0.1/24").await;
+    let ep = ep_id(83);
+    h.create_endpoint(endpoint(&id, &ep, "10.83.0.2/24", "", "")).await.unwrap();
+    h.join(&id, &ep).await.unwrap();
+    let instance = Some(h.p().store.instance_id().to_string());
+    assert_eq!(h.link(&expected_bridge(&id)).unwrap().owner, instance);
+    assert_eq!(h.link(&expected_veths(&ep).0).unwrap().owner, instance);
+}
+
+#[tokio::test]
+async fn a_fresh_state_never_deletes_another_states_bridges_and_veths() {
+    let first = Harness::new("fresh-a");
+    let id = network_with_subnet(&first, 84, "10.84.0.0/24", "10.84.0.1/24").await;
+    let (live, idle) = (ep_id(84), ep_id(85));
+    for (ep, ip) in [(&live, "10.84.0.2/24"), (&idle, "10.84.0.3/24")] {
+        first.create_endpoint(endpoint(&id, ep, ip, "", "")).await.unwrap();
+        first.join(&id, ep).await.unwrap();
+    }
+    move_peer_into_container(&first, &live);
+    // A second plugin on the same kernel with an empty database of its own.
+    let dir = TempDir::new("fresh-b");
+    let other = load(&dir, &first.fake, &first.fw);
+    crate::reconcile::at_start(&other, &discard_log()).await.unwrap();
+    assert!(first.link(&expected_bridge(&id)).is_some(), "another state's bridge stays");
+    assert!(first.link(&expected_veths(&live).0).is_some(), "another state's veth in a container stays");
+    assert!(first.link(&expected_veths(&idle).0).is_some(), "another state's unused veth stays too");
+}
+
+#[tokio::test]
+async fn own_leftovers_go_unless_in_use() {
+    let mut h = Harness::new("leftovers");
+    let id = network_with_subnet(&h, 86, "10.86.0.0/24", "10.86.0.1/24").await;
+    let (live, idle) = (ep_id(86), ep_id(87));
+    for (ep, ip) in [(&live, "10.86.0.2/24"), (&idle, "10.86.0.3/24")] {
+        h.create_endpoint(endpoint(&id, ep, ip, "", "")).await.unwrap();
+        h.join(&id, ep).await.unwrap();
+    }
+    move_peer_into_container(&h, &live);
+    // The records are lost (as after a crash between kernel step and commit).
+    h.p()
+        .store
+        .commit(vec![
+            crate::state::Change::DeleteEndpoint(live.clone()),
+            crate::state::Change::DeleteEndpoint(idle.clone()),
+            crate::state::Change::DeleteNetwork(id.clone()),
+        ])
+        .unwrap();
+    h.reload();
+    reconcile_at_start(&h).await;
+    assert!(h.link(&expected_veths(&idle).0).is_none(), "own unused veth removed");
+    assert!(h.link(&expected_veths(&idle).1).is_none(), "with its peer");
+    assert!(h.link(&expected_veths(&live).0).is_some(), "own veth whose peer is in a container stays");
+    assert!(h.link(&expected_bridge(&id)).is_some(), "a bridge with a port in use stays");
+    // Once the container is gone too, the next start removes both.
+    h.fake.links.lock().unwrap().remove(&expected_veths(&live).0);
+    h.reload();
+    reconcile_at_start(&h).await;
+    assert!(h.link(&expected_bridge(&id)).is_none(), "own bridge without ports removed");
+}
+
+#[tokio::test]
+async fn veth_name_collision_is_refused_clearly_and_records_nothing() {
+    let h = Harness::new("collide");
+    let id = network_with_subnet(&h, 88, "10.88.0.0/24", "10.88.0.1/24").await;
+    let first = format!("c0ffee12345{}", "a".repeat(53));
+    let second = format!("c0ffee12345{}", "b".repeat(53));
+    h.create_endpoint(endpoint(&id, &first, "10.88.0.2/24", "", "")).await.unwrap();
+    let err = h.create_endpoint(endpoint(&id, &second, "10.88.0.3/24", "", "")).await.unwrap_err();
+    assert!(err.0.contains("rbh-c0ffee12345") && err.0.contains("already used by endpoint c0ffee12345a"), "{err}");
+    assert_eq!(h.endpoint_ids().await, BTreeSet::from([first]));
+}
+
+#[tokio::test]
+async fn join_never_deletes_a_link_of_that_name_it_did_not_make() {
+    let h = Harness::new("foreign-veth");
+    let id = network_with_subnet(&h, 89, "10.89.1.0/24", "10.89.1.1/24").await;
+    let ep = ep_id(89);
+    h.create_endpoint(endpoint(&id, &ep, "10.89.1.2/24", "", "")).await.unwrap();
+    let (host, peer) = expected_veths(&ep);
+    let foreign = FakeLink {
+        kind: LinkKind::Veth,
+        peer: Some(peer.clone()),
+        owner: Some("another-state".into()),
+        ..FakeLink::bridge()
+    };
+    h.fake.links.lock().unwrap().insert(host.clone(), foreign.clone());
+    let err = h.join(&id, &ep).await.unwrap_err();
+    assert!(err.0.contains(&host) && err.0.contains("will not touch it"), "{err}");
+    assert_eq!(h.link(&host), Some(foreign), "the foreign link is untouched");
+    assert_eq!(h.endpoint_joined(&ep).await, Some(false));
+}
+
+#[tokio::test]
+async fn endpoint_whose_container_is_gone_is_cleaned_at_start() {
+    let mut h = Harness::new("forgotten");
+    let pool = h.request_pool("10.90.0.0/24", "", false).await.unwrap().pool_id;
+    h.request_gateway(&pool).await.unwrap();
+    let addr = addr_of(&h.request_address(&pool, "").await.unwrap());
+    let id = net_id(90);
+    h.create_network(v4_network(&id, "10.90.0.0/24", "10.90.0.1/24", json!({}))).await.unwrap();
+    let ep = ep_id(90);
+    h.create_endpoint(endpoint(&id, &ep, &format!("{addr}/24"), "", "")).await.unwrap();
+    h.join(&id, &ep).await.unwrap();
+    h.p()
+        .program_external_connectivity(from_json(json!({
+            "NetworkID": id, "EndpointID": ep,
+            "Options": {"com.docker.network.portmap": [
+                {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18090, "HostPortEnd": 18090}
+            ]}
+        })))
+        .await
+        .unwrap();
+    assert_eq!(h.fw.applied.lock().unwrap()[0].ports.len(), 1);
+    let peer = move_peer_into_container(&h, &ep);
+    // While the container lives, a restart keeps everything.
+    h.reload();
+    reconcile_at_start(&h).await;
+    assert_eq!(h.endpoint_joined(&ep).await, Some(true));
+    // The container is removed while the plugin is away: dockerd moves the peer back.
+    let (host, peer_name) = expected_veths(&ep);
+    h.fake.links.lock().unwrap().insert(peer_name.clone(), peer);
+    h.reload();
+    reconcile_at_start(&h).await;
+    assert!(h.endpoint_ids().await.is_empty(), "record removed");
+    assert!(h.link(&host).is_none() && h.link(&peer_name).is_none(), "veth pair removed");
+    assert!(h.fw.applied.lock().unwrap()[0].ports.is_empty(), "published port withdrawn");
+    h.request_address(&pool, &addr.to_string()).await.expect("the address is free again");
+    h.reload();
+    assert!(h.endpoint_ids().await.is_empty(), "the removal is durable");
 }

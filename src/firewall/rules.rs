@@ -210,14 +210,14 @@ pub fn isolation_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
         }
     }
     for n in nets.iter().filter(|n| !n.internal) {
-        for pattern in DOCKER_BRIDGE_PATTERNS {
+        for pattern in docker_bridge_patterns() {
             rules.push(format!("-i {} -o {pattern} -j DROP", n.bridge));
         }
     }
     for n in &nets {
         rules.push(format!("-i {b} ! -o {b} -j {ISOLATION_STAGE2_CHAIN}", b = n.bridge));
     }
-    for pattern in DOCKER_BRIDGE_PATTERNS {
+    for pattern in docker_bridge_patterns() {
         rules.push(format!("-i {pattern} -j {ISOLATION_STAGE2_CHAIN}"));
     }
     rules
