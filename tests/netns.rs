@@ -102,6 +102,18 @@ fn container_for(host: &Netns, e: &Joined) -> Netns {
     fake_container(host, &e.peer, Some(&e.mac), &e.address, e.gateway.as_deref())
 }
 
+/// The owner mark (alias) the plugin wrote on a link it made.
+fn owner_mark(ns: &Netns, link: &str) -> String {
+    let found = ns.link(link).unwrap_or_else(|| panic!("no link {link}"));
+    let alias = found["ifalias"].as_str().unwrap_or_else(|| panic!("{link} carries no owner mark: {found}"));
+    assert!(alias.starts_with("rustbridge:"), "{alias}");
+    alias.to_string()
+}
+
+fn gateway_ip(cidr: &str) -> String {
+    cidr.split('/').next().unwrap().to_string()
+}
+
 fn flags(link: &Value) -> Vec<String> {
     link["flags"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(str::to_string)).collect()
 }
@@ -276,24 +288,39 @@ fn kill9_and_restart_continue() {
         handed_out.push(request_address(&p));
     }
     let e = create_and_join(&p, &net, &handed_out[1]);
-    let (ep_host, ep_peer) = (host_veth(&e.id), e.peer.clone());
+    let container = container_for(&host, &e);
+    let ep_host = host_veth(&e.id);
+    let mark = owner_mark(&host, &bridge);
 
     p.kill9();
     host.ip(&["link", "del", &bridge]).expect_ok();
-    // Leftovers of a network and an endpoint no state knows (a crash between kernel and store).
+    // Leftovers of this state (marked as its own, as a crash between kernel
+    // step and commit leaves them) and look-alikes nobody can account for.
     let stray_bridge = bridge_name(&random_id());
     let (stray_host, stray_peer) = veth_names(&random_id());
-    host.ip(&["link", "add", &stray_bridge, "type", "bridge"]).expect_ok();
-    host.ip(&["link", "add", &stray_host, "type", "veth", "peer", "name", &stray_peer]).expect_ok();
+    let foreign_bridge = bridge_name(&random_id());
+    let (foreign_host, foreign_peer) = veth_names(&random_id());
+    for (b, (h, c)) in [(&stray_bridge, (&stray_host, &stray_peer)), (&foreign_bridge, (&foreign_host, &foreign_peer))]
+    {
+        host.ip(&["link", "add", b, "type", "bridge"]).expect_ok();
+        host.ip(&["link", "add", h, "type", "veth", "peer", "name", c]).expect_ok();
+    }
+    for own in [&stray_bridge, &stray_host] {
+        host.ip(&["link", "set", own, "alias", &mark]).expect_ok();
+    }
     p.restart();
 
     let link = host.link(&bridge).unwrap_or_else(|| panic!("bridge not recreated: {:?}", host.link_names()));
     assert!(flags(&link).contains(&"UP".to_string()), "{link}");
     assert_eq!(host.ipv4_addresses(&bridge), vec![gateway.clone()], "recreated bridge must carry the gateway");
     for stray in [&stray_bridge, &stray_host, &stray_peer] {
-        assert!(!host.has_link(stray), "stray {stray} not removed: {:?}", host.link_names());
+        assert!(!host.has_link(stray), "own leftover {stray} not removed: {:?}", host.link_names());
     }
-    assert!(host.has_link(&ep_host) && host.has_link(&ep_peer), "a joined endpoint's veths must be kept");
+    for foreign in [&foreign_bridge, &foreign_host, &foreign_peer] {
+        assert!(host.has_link(foreign), "{foreign} is not this state's and must stay: {:?}", host.link_names());
+    }
+    assert!(host.has_link(&ep_host) && container.has_link("eth0"), "a joined endpoint's veths must be kept");
+    assert!(container.ping_ok(&gateway_ip(&gateway), 3), "the container reaches its gateway after the restart");
     assert!(forward_rules_in_place(&host, &bridge), "firewall rules after restart:\n{}", host.iptables_save());
 
     let next = request_address(&p);
@@ -699,4 +726,126 @@ fn damaged_state_is_refused_and_the_kernel_is_untouched() {
     drop(c);
     leave_and_delete(&p, &e);
     p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+}
+
+/// Item 7 of issue 11: a start with an empty (or another) state database
+/// takes away no live networking, and a start with its own database removes
+/// only what is provably its own and unused.
+#[test]
+fn a_fresh_state_leaves_live_networking_alone() {
+    require_root!();
+    let host = Netns::host();
+    let mut p = Plugin::start(&host);
+    let net = random_id();
+    create_network(&p, &net, "10.78.1.0/24", "10.78.1.1/24", json!({}));
+    let live = create_and_join(&p, &net, "10.78.1.2/24");
+    let container = container_for(&host, &live);
+    let idle = create_and_join(&p, &net, "10.78.1.3/24");
+    let own_state = p.state_dir.clone();
+
+    p.kill9();
+    p.state_dir = p.dir.join("another-state");
+    p.restart();
+    let bridge = bridge_name(&net);
+    assert!(host.has_link(&bridge), "bridge of another state removed: {:?}", host.link_names());
+    assert!(host.has_link(&host_veth(&live.id)), "veth of a live container removed: {:?}", host.link_names());
+    assert!(host.has_link(&host_veth(&idle.id)) && host.has_link(&idle.peer), "another state's veth removed");
+    assert!(container.ping_ok("10.78.1.1", 3), "the live container lost its network");
+
+    // Back on its own database: the pair whose container is gone (whole in
+    // the host) goes, the live one stays.
+    p.kill9();
+    p.state_dir = own_state;
+    p.restart();
+    assert!(!host.has_link(&host_veth(&idle.id)) && !host.has_link(&idle.peer), "{:?}", host.link_names());
+    assert!(host.has_link(&host_veth(&live.id)));
+    assert!(container.ping_ok("10.78.1.1", 3));
+}
+
+/// Item 10 of issue 11: a container removed while the plugin was away
+/// (dockerd moved its interface back to the host and forgot the endpoint).
+#[test]
+fn endpoint_of_a_container_removed_while_away_is_cleaned_at_start() {
+    require_root!();
+    let host = Netns::host();
+    let mut p = Plugin::start(&host);
+    let pool = p.ok(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "LocalDefault", "Pool": "10.78.2.0/24", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().expect("PoolID").to_string();
+    let address = p.ok("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "10.78.2.5", "Options": null}))
+        ["Address"]
+        .as_str()
+        .expect("Address")
+        .to_string();
+    let net = random_id();
+    create_network(&p, &net, "10.78.2.0/24", "10.78.2.1/24", json!({}));
+    let e = create_and_join(&p, &net, &address);
+    p.ok(
+        "/NetworkDriver.ProgramExternalConnectivity",
+        json!({"NetworkID": net, "EndpointID": e.id, "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18093, "HostPortEnd": 18093}
+        ]}}),
+    );
+    assert!(host.iptables_save().contains("--dport 18093"), "port published");
+    let container = container_for(&host, &e);
+
+    p.kill9();
+    // dockerd tears the sandbox down: the interface comes back under its own name.
+    container.ip(&["link", "set", "eth0", "down"]).expect_ok();
+    container.ip(&["link", "set", "eth0", "netns", &host.name]).expect_ok();
+    host.ip(&["link", "set", "eth0", "name", &e.peer]).expect_ok();
+    drop(container);
+    p.restart();
+
+    assert!(!host.has_link(&host_veth(&e.id)) && !host.has_link(&e.peer), "veth pair kept: {:?}", host.link_names());
+    assert!(!host.iptables_save().contains("--dport 18093"), "published port kept:\n{}", host.iptables_save());
+    let again =
+        p.call("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "10.78.2.5", "Options": null}));
+    assert_eq!(again.0, 200, "the address was not released: {}", again.1);
+    let (status, reply) =
+        p.call("/NetworkDriver.Join", json!({"NetworkID": net, "EndpointID": e.id, "SandboxKey": "/x", "Options": {}}));
+    assert_ne!(status, 200, "the endpoint record was kept: {reply}");
+}
+
+/// Item 5 of issue 11: route_localnet only where 127.0.0.0/8 is dropped, and
+/// an adopted bridge keeps the address it had before the network.
+#[test]
+fn route_localnet_follows_the_drop_and_adopted_bridges_keep_their_address() {
+    require_root!();
+    let host = Netns::host();
+    let p = Plugin::start(&host);
+    let localnet = |bridge: &str| {
+        host.exec(&["cat", &format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet")])
+            .expect_ok()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let v6 = random_id();
+    p.ok(
+        "/NetworkDriver.CreateNetwork",
+        json!({
+            "NetworkID": v6, "IPv4Data": [],
+            "IPv6Data": [{"AddressSpace": "LocalDefault", "Pool": "fd00:78:3::/64", "Gateway": "fd00:78:3::1/64"}],
+            "Options": {"com.docker.network.enable_ipv6": true, "com.docker.network.generic": {}},
+        }),
+    );
+    assert_eq!(localnet(&bridge_name(&v6)), "0", "IPv6-only bridge: no 127.0.0.0/8 drop, so no route_localnet");
+    let v4 = random_id();
+    create_network(&p, &v4, "10.78.4.0/24", "10.78.4.1/24", json!({}));
+    assert_eq!(localnet(&bridge_name(&v4)), "1");
+    assert!(host.iptables_save().contains(&format!("-i {} -d 127.0.0.0/8 -j DROP", bridge_name(&v4))));
+
+    host.ip(&["link", "add", "rbadopt0", "type", "bridge"]).expect_ok();
+    host.ip(&["addr", "add", "10.78.5.1/24", "dev", "rbadopt0"]).expect_ok();
+    let adopted = random_id();
+    create_network(&p, &adopted, "10.78.5.0/24", "10.78.5.1/24", json!({"com.docker.network.bridge.name": "rbadopt0"}));
+    p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": adopted}));
+    assert_eq!(host.ipv4_addresses("rbadopt0"), ["10.78.5.1/24"], "the host's own address was removed");
+    let other = random_id();
+    create_network(&p, &other, "10.78.6.0/24", "10.78.6.1/24", json!({"com.docker.network.bridge.name": "rbadopt0"}));
+    p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": other}));
+    assert_eq!(host.ipv4_addresses("rbadopt0"), ["10.78.5.1/24"], "the address the plugin added goes with the network");
 }
