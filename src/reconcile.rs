@@ -66,13 +66,11 @@ async fn at_start_pass(plugin: &Plugin, log: &Logger) -> Result<()> {
 /// rules go. Only at start, before serving: a Join in progress also has its
 /// pair in the host for a moment.
 async fn forget_gone_containers(plugin: &Plugin, state: &mut State, links: &[Link], log: &Logger) -> Result<()> {
+    // The host end is there and its peer is in this namespace too (under
+    // whatever name dockerd gave it back).
     let at_home = |name: &str| links.iter().any(|l| l.name == name && l.kind == LinkKind::Veth && !l.peer_elsewhere);
-    let gone: Vec<EndpointRecord> = state
-        .endpoints
-        .values()
-        .filter(|e| e.joined && at_home(&e.host_veth) && at_home(&e.container_veth))
-        .cloned()
-        .collect();
+    let gone: Vec<EndpointRecord> =
+        state.endpoints.values().filter(|e| e.joined && at_home(&e.host_veth)).cloned().collect();
     for endpoint in gone {
         let released = held_addresses(state, &endpoint);
         let mut changes = vec![Change::DeleteEndpoint(endpoint.id.clone())];

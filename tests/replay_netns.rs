@@ -38,6 +38,10 @@ use rustbridge::names::{has_plugin_prefix, is_owned_veth_name, veth_names};
 /// before the namespace is deleted.
 struct Binary {
     plugin: Plugin,
+    /// What dockerd does after a Join: the peer in the container's namespace
+    /// (one per joined endpoint, by endpoint ID). A pair whole in the host at a
+    /// restart would be an endpoint whose container is gone.
+    sandboxes: std::collections::BTreeMap<String, Netns>,
     host: Netns,
 }
 
@@ -45,7 +49,30 @@ impl Binary {
     fn start() -> Binary {
         let host = Netns::host();
         let plugin = Plugin::start(&host);
-        Binary { plugin, host }
+        Binary { plugin, sandboxes: Default::default(), host }
+    }
+
+    /// Moves a joined endpoint's peer into a sandbox of its own (keeping its name).
+    fn into_sandbox(&mut self, body: &Value, reply: &Value) {
+        let (Some(id), Some(peer)) = (body["EndpointID"].as_str(), reply["InterfaceName"]["SrcName"].as_str()) else {
+            return;
+        };
+        if !self.host.has_link(peer) {
+            return;
+        }
+        let sandbox = Netns::container();
+        self.host.ip(&["link", "set", peer, "netns", &sandbox.name]).expect_ok();
+        self.sandboxes.insert(id.to_string(), sandbox);
+    }
+
+    /// The plugin's veth names in the host and in the sandboxes.
+    fn veth_names_seen(&self, links: &[Value]) -> BTreeSet<String> {
+        let name = |l: &Value| l["ifname"].as_str().unwrap_or("").to_string();
+        let mut seen: BTreeSet<String> = links.iter().map(name).filter(|n| is_owned_veth_name(n)).collect();
+        for sandbox in self.sandboxes.values() {
+            seen.extend(sandbox.link_names().into_iter().filter(|n| is_owned_veth_name(n)));
+        }
+        seen
     }
 
     /// SIGTERM, then start again on the same socket and state directory.
@@ -65,7 +92,7 @@ impl Binary {
         let links = self.host.links();
         let name = |l: &Value| l["ifname"].as_str().unwrap_or("").to_string();
         let kind = |l: &Value| l["linkinfo"]["info_kind"].as_str().unwrap_or("").to_string();
-        let veths: BTreeSet<String> = links.iter().map(name).filter(|n| is_owned_veth_name(n)).collect();
+        let veths = self.veth_names_seen(&links);
         problems.extend(model.veth_problems(&veths));
         let bridges: BTreeSet<String> = links.iter().filter(|l| kind(l) == "bridge").map(name).collect();
         let expected_bridges = model.expected_bridges();
@@ -134,6 +161,15 @@ impl Transport for Binary {
             panic!("the plugin exited while answering {path} ({status} {reply})\nrequest: {body}");
         }
         if status == 200 {
+            match path {
+                "/NetworkDriver.Join" => self.into_sandbox(body, &reply),
+                "/NetworkDriver.Leave" | "/NetworkDriver.DeleteEndpoint" => {
+                    if let Some(id) = body["EndpointID"].as_str() {
+                        self.sandboxes.remove(id);
+                    }
+                }
+                _ => {}
+            }
             return Ok(reply);
         }
         let key = error_key(path);

@@ -213,22 +213,22 @@ impl Plugin {
     }
 
     /// The endpoint's veth names must be free, or taken by this endpoint's own
-    /// pair (made by this state database, not in a container): a link of that
-    /// name that is someone else's is never deleted.
+    /// pair (made by this state database: a repeated Join replaces it): a link
+    /// of that name that is someone else's is never deleted.
     async fn check_veth_names_free(&self, endpoint: &EndpointRecord) -> Result<()> {
+        let instance = Some(self.store.instance_id());
+        let host_end = self.dataplane.link(&endpoint.host_veth).await?;
+        let ours = host_end.as_ref().is_some_and(|h| h.owner.as_deref() == instance);
         for name in [&endpoint.host_veth, &endpoint.container_veth] {
-            let Some(link) = self.dataplane.link(name).await? else { continue };
-            let ours = link.owner.as_deref() == Some(self.store.instance_id()) && !link.peer_elsewhere;
             // The peer end carries no mark: it is ours when its host end is.
-            let our_peer = name == &endpoint.container_veth
-                && self
-                    .dataplane
-                    .link(&endpoint.host_veth)
-                    .await?
-                    .is_some_and(|h| h.owner.as_deref() == Some(self.store.instance_id()) && !h.peer_elsewhere);
-            if !(ours || our_peer) {
+            let taken = if name == &endpoint.host_veth {
+                host_end.is_some()
+            } else {
+                self.dataplane.link(name).await?.is_some()
+            };
+            if taken && !ours {
                 return Err(PluginError::new(format!(
-                    "endpoint {}: a link named {name} already exists and is not this endpoint's unused pair (another rustbridge state's, a container's, or the host's); rustbridge will not touch it",
+                    "endpoint {}: a link named {name} already exists and is not this endpoint's (another rustbridge state's, or the host's); rustbridge will not touch it",
                     short(&endpoint.id)
                 )));
             }
