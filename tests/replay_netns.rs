@@ -53,7 +53,7 @@ impl Binary {
     }
 
     /// Moves a joined endpoint's peer into a sandbox of its own (keeping its name).
-    fn into_sandbox(&mut self, body: &Value, reply: &Value) {
+    fn move_peer_to_sandbox(&mut self, body: &Value, reply: &Value) {
         let (Some(id), Some(peer)) = (body["EndpointID"].as_str(), reply["InterfaceName"]["SrcName"].as_str()) else {
             return;
         };
@@ -162,7 +162,7 @@ impl Transport for Binary {
         }
         if status == 200 {
             match path {
-                "/NetworkDriver.Join" => self.into_sandbox(body, &reply),
+                "/NetworkDriver.Join" => self.move_peer_to_sandbox(body, &reply),
                 "/NetworkDriver.Leave" | "/NetworkDriver.DeleteEndpoint" => {
                     if let Some(id) = body["EndpointID"].as_str() {
                         self.sandboxes.remove(id);
