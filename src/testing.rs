@@ -128,10 +128,7 @@ mod tests {
     #[tokio::test]
     async fn a_restart_keeps_the_fakes_and_reloads_the_store() {
         let mut p = FakePlugin::new("restart");
-        p.fake.links.lock().unwrap().insert(
-            "br-kept".into(),
-            FakeLink { kind: LinkKind::Bridge, mtu: 1500, addresses: vec![], controller: None, up: true, peer: None },
-        );
+        p.fake.links.lock().unwrap().insert("br-kept".into(), FakeLink { up: true, ..FakeLink::bridge() });
         p.reload();
         assert_eq!(p.links_of_kind(LinkKind::Bridge), BTreeSet::from(["br-kept".to_string()]));
     }

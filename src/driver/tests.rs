@@ -1093,8 +1093,9 @@ async fn a_fresh_state_never_deletes_another_states_bridges_and_veths() {
     }
     move_peer_into_container(&first, &live);
     // A second plugin on the same kernel with an empty database of its own.
-    let dir = TempDir::new("fresh-b");
-    let other = load(&dir, &first.fake, &first.fw);
+    let dir = crate::testing::TempDir::new("fresh-b");
+    let store = crate::state::Store::open(&dir.0).unwrap();
+    let other = Plugin::load(store, first.fake.clone(), first.fw.clone(), crate::ipam::default_pools()).unwrap();
     crate::reconcile::at_start(&other, &discard_log()).await.unwrap();
     assert!(first.link(&expected_bridge(&id)).is_some(), "another state's bridge stays");
     assert!(first.link(&expected_veths(&live).0).is_some(), "another state's veth in a container stays");
