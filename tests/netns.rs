@@ -753,12 +753,15 @@ fn a_fresh_state_leaves_live_networking_alone() {
     assert!(container.ping_ok("10.78.1.1", 3), "the live container lost its network");
 
     // Back on its own database: the pair whose container is gone (whole in
-    // the host) goes, the live one stays.
+    // the host) goes, the live one stays; the bridge keeps its MAC address
+    // when a port goes (the live container's ARP entry for the gateway stays good).
+    let mac = host.link(&bridge).expect("bridge")["address"].clone();
     p.kill9();
     p.state_dir = own_state;
     p.restart();
     assert!(!host.has_link(&host_veth(&idle.id)) && !host.has_link(&idle.peer), "{:?}", host.link_names());
     assert!(host.has_link(&host_veth(&live.id)));
+    assert_eq!(host.link(&bridge).expect("bridge")["address"], mac, "the bridge's MAC changed with its ports");
     assert!(container.ping_ok("10.78.1.1", 3));
 }
 
@@ -771,7 +774,7 @@ fn endpoint_of_a_container_removed_while_away_is_cleaned_at_start() {
     let mut p = Plugin::start(&host);
     let pool = p.ok(
         "/IpamDriver.RequestPool",
-        json!({"AddressSpace": "LocalDefault", "Pool": "10.78.2.0/24", "SubPool": "", "Options": {}, "V6": false}),
+        json!({"AddressSpace": "rustbridge-local", "Pool": "10.78.2.0/24", "SubPool": "", "Options": {}, "V6": false}),
     );
     let pool_id = pool["PoolID"].as_str().expect("PoolID").to_string();
     let address = p.ok("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "10.78.2.5", "Options": null}))
@@ -836,7 +839,13 @@ fn route_localnet_follows_the_drop_and_adopted_bridges_keep_their_address() {
     let v4 = random_id();
     create_network(&p, &v4, "10.78.4.0/24", "10.78.4.1/24", json!({}));
     assert_eq!(localnet(&bridge_name(&v4)), "1");
-    assert!(host.iptables_save().contains(&format!("-i {} -d 127.0.0.0/8 -j DROP", bridge_name(&v4))));
+    let saved = host.iptables_save();
+    assert!(
+        saved.lines().any(|l| l.contains(&format!("-i {}", bridge_name(&v4)))
+            && l.contains("-d 127.0.0.0/8")
+            && l.ends_with("-j DROP")),
+        "no 127.0.0.0/8 drop for the IPv4 bridge:\n{saved}"
+    );
 
     host.ip(&["link", "add", "rbadopt0", "type", "bridge"]).expect_ok();
     host.ip(&["addr", "add", "10.78.5.1/24", "dev", "rbadopt0"]).expect_ok();

@@ -285,6 +285,7 @@ impl NetlinkDataPlane {
             return Ok(());
         }
         self.mark(index, name, &spec.instance).await?;
+        self.pin_mac(index, name).await?;
         // Lets the host's 127.0.0.1 reach published ports (DNAT to the bridge);
         // the firewall drops 127.0.0.0/8 arriving from the bridge in return,
         // which it does for IPv4 networks only: off everywhere else.
@@ -295,6 +296,25 @@ impl NetlinkDataPlane {
             )])]))
             .build();
         self.set_link("set route_localnet on bridge", name, message).await
+    }
+
+    /// A bridge whose MAC address was never set takes the lowest of its ports'
+    /// and changes it when that port goes: every container's ARP entry for the
+    /// gateway is then stale, and traffic through the gateway stops for
+    /// seconds whenever a container leaves. Setting the address (to the one it
+    /// has) pins it, as dockerd does for its bridges.
+    async fn pin_mac(&self, index: u32, name: &str) -> Result<()> {
+        let Some(link) = self.find_link(name).await? else {
+            return Err(DataPlaneError::new("pin bridge MAC address", name, "No such device (os error 19)"));
+        };
+        let Some(mac) = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(mac) => Some(mac.clone()),
+            _ => None,
+        }) else {
+            return Ok(());
+        };
+        let message = LinkUnspec::new_with_index(index).address(mac).build();
+        self.set_link("pin bridge MAC address", name, message).await
     }
 
     /// Writes the owner mark (the alias) on a link the plugin made.
