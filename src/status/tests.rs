@@ -100,7 +100,7 @@ async fn status_shows_networks_endpoints_ports_pools_and_changed_options() {
 async fn gc_lists_unknown_owned_links_and_removes_them_only_when_asked() {
     let s = setup("gc");
     populate(&s).await;
-    let stray = |kind| FakeLink { kind, mtu: 1500, addresses: vec![], controller: None, up: true, peer: None };
+    let stray = |kind| FakeLink { kind, up: true, ..FakeLink::bridge() };
     {
         let mut links = s.fake.links.lock().unwrap();
         links.insert("rb-aaaaaaaaaaaa".into(), stray(LinkKind::Bridge));
