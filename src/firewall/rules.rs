@@ -182,8 +182,8 @@ pub fn forward_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
 
 /// Isolation in mangle FORWARD, the first stage. dockerd rewrites filter
 /// FORWARD at every start (its own accepts for docker0 and its br- bridges
-/// land above rustbridge's jump until the next repair), and a firewalld reload
-/// may do the same; it never touches mangle, which runs before filter, and a
+/// land above rustbridge's jump until the next repair), and again after a
+/// firewalld reload; it never touches mangle, which runs before filter, and a
 /// DROP there is final. So the isolation between container bridges holds
 /// continuously here, and the filter chain keeps the rest (published ports,
 /// icc, outbound) and is repaired periodically.
