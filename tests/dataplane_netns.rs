@@ -64,6 +64,8 @@ fn bridge_spec(name: &str, mtu: u32, owned: bool, addresses: &[&str]) -> BridgeS
         mtu,
         mtu_explicit: false,
         owned,
+        route_localnet: true,
+        instance: "dataplane-test".to_string(),
         addresses: addresses.iter().map(|a| net(a)).collect(),
     }
 }
@@ -93,7 +95,9 @@ fn a_bridge_is_made_once_configured_and_deleted() {
     let spec = bridge_spec("rb-0123456789ab", 1400, true, &["10.81.0.1/24", "fd00:81::1/64"]);
     let (first, second) =
         in_netns(&ns, async |dp| (dp.ensure_bridge(&spec).await.unwrap(), dp.ensure_bridge(&spec).await.unwrap()));
-    assert!(first && !second, "created once, then found");
+    assert!(first.created && !second.created, "created once, then found");
+    assert_eq!(first.added.len(), 2, "both addresses added: {first:?}");
+    assert!(second.added.is_empty(), "nothing added the second time: {second:?}");
     let link = ns.link(&spec.name).expect("bridge exists");
     assert_eq!(link["linkinfo"]["info_kind"], "bridge");
     assert_eq!(link["mtu"], 1400);
@@ -121,8 +125,8 @@ fn an_adopted_bridge_keeps_its_mtu_unless_one_is_asked_for() {
     let ns = Netns::container();
     ns.ip(&["link", "add", "br-user", "mtu", "9000", "type", "bridge"]).expect_ok();
     let adopted = bridge_spec("br-user", 1500, false, &["10.82.0.1/24"]);
-    let created = in_netns(&ns, async |dp| dp.ensure_bridge(&adopted).await.unwrap());
-    assert!(!created);
+    let outcome = in_netns(&ns, async |dp| dp.ensure_bridge(&adopted).await.unwrap());
+    assert!(!outcome.created);
     assert_eq!(ns.link("br-user").unwrap()["mtu"], 9000);
     assert_eq!(addresses(&ns, "br-user"), ["10.82.0.1/24"]);
     let explicit = BridgeSpec { mtu: 1400, mtu_explicit: true, ..adopted };
@@ -140,6 +144,7 @@ fn a_veth_pair_hangs_on_its_bridge_and_goes_as_a_pair() {
         peer_name: "rbc-0123456789a".into(),
         bridge: bridge.name.clone(),
         mtu: 1400,
+        instance: "dataplane-test".to_string(),
     };
     let missing_bridge = VethSpec { bridge: "rb-missing".into(), ..veth.clone() };
     let refused = in_netns(&ns, async |dp| {
@@ -186,7 +191,8 @@ fn host_prefixes_include_routes_and_addresses_but_not_default_routes() {
 
 /// The start-up reconcile with the real data plane (rules on the fake firewall):
 /// a deleted bridge comes back with its gateway and its endpoint's host end,
-/// leftovers with the plugin's naming go, a user's bridge stays.
+/// leftovers this state made (its owner mark) go, look-alikes without the
+/// mark and a user's bridge stay.
 #[test]
 fn reconcile_at_start_repairs_the_kernel() {
     require_root!();
@@ -198,6 +204,8 @@ fn reconcile_at_start_repairs_the_kernel() {
     let (host_end, peer) = veth_names(endpoint);
     let stray = bridge_name("abcdefabcdef0000000000000000000000000000000000000000000000000000");
     let (stray_host, stray_peer) = veth_names("abcdefabcde00000000000000000000000000000000000000000000000000000");
+    let foreign = bridge_name("fedcbafedcba0000000000000000000000000000000000000000000000000000");
+    let (foreign_host, foreign_peer) = veth_names("fedcbafedcb00000000000000000000000000000000000000000000000000000");
 
     let build = |dp: Arc<NetlinkDataPlane>| {
         let store = Store::open(&dir.0).expect("open store");
@@ -224,11 +232,21 @@ fn reconcile_at_start_repairs_the_kernel() {
         call("/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": endpoint, "SandboxKey": "x"})).await;
     });
 
+    // dockerd moves the peer into the container.
+    let container = Netns::container();
+    ns.ip(&["link", "set", &peer, "netns", &container.name]).expect_ok();
     // A crash and some damage: the bridge deleted (its port detached), leftovers of a
-    // network and an endpoint no state knows, and a user's bridge.
+    // network and an endpoint no state knows (this state's: marked as its own; and
+    // look-alikes without the mark), and a user's bridge.
+    let mark = ns.link(&bridge).expect("bridge")["ifalias"].as_str().expect("owner mark").to_string();
     ns.ip(&["link", "del", &bridge]).expect_ok();
-    ns.ip(&["link", "add", &stray, "type", "bridge"]).expect_ok();
-    ns.ip(&["link", "add", &stray_host, "type", "veth", "peer", "name", &stray_peer]).expect_ok();
+    for (b, h, c) in [(&stray, &stray_host, &stray_peer), (&foreign, &foreign_host, &foreign_peer)] {
+        ns.ip(&["link", "add", b, "type", "bridge"]).expect_ok();
+        ns.ip(&["link", "add", h, "type", "veth", "peer", "name", c]).expect_ok();
+    }
+    for own in [&stray, &stray_host] {
+        ns.ip(&["link", "set", own, "alias", &mark]).expect_ok();
+    }
     ns.ip(&["link", "add", "br-user", "type", "bridge"]).expect_ok();
 
     in_netns(&ns, async |dp| {
@@ -239,9 +257,12 @@ fn reconcile_at_start_repairs_the_kernel() {
 
     assert_eq!(addresses(&ns, &bridge), ["10.86.0.1/24"], "bridge recreated with its gateway");
     assert_eq!(ns.link(&host_end).expect("host end kept")["master"], bridge.as_str());
-    assert!(ns.has_link(&peer));
+    assert!(container.has_link(&peer), "the container's end kept");
     for gone in [&stray, &stray_host, &stray_peer] {
         assert!(!ns.has_link(gone), "{gone} left: {:?}", ns.link_names());
+    }
+    for kept in [&foreign, &foreign_host, &foreign_peer] {
+        assert!(ns.has_link(kept), "{kept} is not this state's: {:?}", ns.link_names());
     }
     assert!(ns.has_link("br-user"), "a user's bridge is not the plugin's");
 }

@@ -45,11 +45,21 @@ async fn network_with_joined_endpoint(tag: &str) -> FakePlugin {
         json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "SandboxKey": "/var/run/docker/netns/x"}),
     )
     .await;
+    // dockerd moves the peer into the container (a pair whole in the host at
+    // start-up would be an endpoint whose container is gone).
+    let (_, peer) = veth_names(ENDPOINT);
+    p.fake.links.lock().unwrap().remove(&peer);
     p
 }
 
+/// A link without the plugin's owner mark (a user's, or another state's).
 fn foreign_link(kind: LinkKind) -> FakeLink {
-    FakeLink { kind, mtu: 1500, addresses: vec![], controller: None, up: true, peer: None }
+    FakeLink { kind, up: true, ..FakeLink::bridge() }
+}
+
+/// A link carrying this state's owner mark (left by a crash before a commit).
+fn own_link(p: &FakePlugin, kind: LinkKind) -> FakeLink {
+    FakeLink { owner: Some(p.plugin().store.instance_id().to_string()), ..foreign_link(kind) }
 }
 
 #[tokio::test]
@@ -69,15 +79,16 @@ async fn at_start_recreates_a_missing_bridge_and_puts_its_endpoints_back() {
 }
 
 #[tokio::test]
-async fn at_start_removes_owned_leftovers_and_keeps_everything_else() {
+async fn at_start_removes_own_leftovers_and_keeps_everything_else() {
     let p = network_with_joined_endpoint("leftovers").await;
     let stray_bridge = bridge_name("abcdefabcdef0000000000000000000000000000000000000000000000000000");
     let (stray_host, stray_peer) = veth_names("abcdefabcde00000000000000000000000000000000000000000000000000000");
-    let foreign = ["br-user", "rb-short", "eth0", "rbh-notanid"];
+    let unmarked = bridge_name("fedcbafedcba0000000000000000000000000000000000000000000000000000");
+    let foreign = ["br-user", "rb-short", "eth0", "rbh-notanid", unmarked.as_str()];
     {
         let mut links = p.fake.links.lock().unwrap();
-        links.insert(stray_bridge.clone(), foreign_link(LinkKind::Bridge));
-        let mut veth = foreign_link(LinkKind::Veth);
+        links.insert(stray_bridge.clone(), own_link(&p, LinkKind::Bridge));
+        let mut veth = own_link(&p, LinkKind::Veth);
         veth.peer = Some(stray_peer.clone());
         links.insert(stray_host.clone(), veth.clone());
         veth.peer = Some(stray_host.clone());
@@ -96,8 +107,8 @@ async fn at_start_removes_owned_leftovers_and_keeps_everything_else() {
     for name in foreign {
         assert!(p.fake.link(name).is_some(), "{name} removed");
     }
-    let (host_end, peer) = veth_names(ENDPOINT);
-    for kept in [bridge_name(NETWORK), host_end, peer] {
+    let (host_end, _) = veth_names(ENDPOINT);
+    for kept in [bridge_name(NETWORK), host_end] {
         assert!(p.fake.link(&kept).is_some(), "{kept} of the state removed");
     }
 }
@@ -108,7 +119,7 @@ async fn at_start_rewrites_the_rules_and_goes_on_past_a_failing_item() {
     let bridge = bridge_name(NETWORK);
     let stray = bridge_name("abcdefabcdef0000000000000000000000000000000000000000000000000000");
     p.fake.links.lock().unwrap().remove(&bridge);
-    p.fake.links.lock().unwrap().insert(stray.clone(), foreign_link(LinkKind::Bridge));
+    p.fake.links.lock().unwrap().insert(stray.clone(), own_link(&p, LinkKind::Bridge));
     p.fw.applied.lock().unwrap().clear(); // rules flushed
     *p.fake.fail_next.lock().unwrap() = Some("ensure_bridge");
 
