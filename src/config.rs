@@ -113,7 +113,7 @@ fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
 }
 
 fn parse_default_pool(s: &str) -> Result<DefaultPool, String> {
-    DefaultPool::parse(s).map_err(|e| e.to_string())
+    DefaultPool::parse(s).map_err(|e| format!("{e} (setting RUSTBRIDGE_DEFAULT_POOLS / --default-pool)"))
 }
 
 #[cfg(test)]
@@ -126,5 +126,16 @@ mod tests {
         assert_eq!(parse_metrics_addr("127.0.0.1:9474").unwrap(), MetricsAddr(Some("127.0.0.1:9474".parse().unwrap())));
         let err = parse_metrics_addr("localhost").unwrap_err();
         assert!(err.contains("metrics address \"localhost\"") && err.contains("host:port"), "{err}");
+    }
+
+    /// `::/0:0` once overflowed at the second automatic pool; now refused at
+    /// start, naming the setting.
+    #[test]
+    fn a_whole_space_default_pool_is_refused_naming_the_setting() {
+        let err = Cli::try_parse_from(["rustbridge", "serve", "--default-pool", "::/0:0"]).unwrap_err().to_string();
+        assert!(err.contains("RUSTBRIDGE_DEFAULT_POOLS / --default-pool"), "{err}");
+        assert!(err.contains("size /0"), "{err}");
+        let err = parse_default_pool("10.0.0.0/8").unwrap_err();
+        assert!(err.starts_with("invalid default pool \"10.0.0.0/8\"") && err.contains("RUSTBRIDGE_DEFAULT_POOLS"), "{err}");
     }
 }

@@ -56,6 +56,10 @@ impl DefaultPool {
             let reason = format!("size /{} is shorter than the base prefix /{prefix}", self.size);
             return Err(IpamError::invalid(DEFAULT_POOL_FIELD, self, reason));
         }
+        if self.size == 0 {
+            let reason = "size /0 would make one network of the whole address space (overlapping every route); use /1 or longer";
+            return Err(IpamError::invalid(DEFAULT_POOL_FIELD, self, reason));
+        }
         if self.size > max {
             let reason = format!("size /{} is longer than /{max}", self.size);
             return Err(IpamError::invalid(DEFAULT_POOL_FIELD, self, reason));
@@ -207,15 +211,17 @@ fn search_order(defaults: &[DefaultPool], family: &[usize], last: Option<Candida
         return family.iter().map(|&i| whole(i)).collect();
     };
     let pool = &defaults[last.pool_index];
-    let step = pool.candidate_span() + 1;
+    // Only computed where a neighbouring candidate exists: a candidate of the
+    // whole address space has a step of 2^128.
+    let step = || pool.candidate_span() + 1;
     let mut segments = Vec::with_capacity(family.len() + 1);
     if last.start < pool.last_candidate() {
-        segments.push(Segment { pool_index: last.pool_index, from: last.start + step, to: pool.last_candidate() });
+        segments.push(Segment { pool_index: last.pool_index, from: last.start + step(), to: pool.last_candidate() });
     }
     let others = family[position + 1..].iter().chain(&family[..position]);
     segments.extend(others.map(|&i| whole(i)));
     if last.start > pool.first_candidate() {
-        segments.push(Segment { pool_index: last.pool_index, from: pool.first_candidate(), to: last.start - step });
+        segments.push(Segment { pool_index: last.pool_index, from: pool.first_candidate(), to: last.start - step() });
     }
     segments
 }
@@ -302,12 +308,30 @@ mod tests {
 
     #[test]
     fn whole_space_default_pool_has_one_candidate() {
-        let pool = DefaultPool::parse("::/0:0").unwrap();
+        // Refused by parse (below), but the arithmetic must hold for any record.
+        let pool = DefaultPool { base: net("::/0"), size: 0 };
         assert_eq!(pool.candidate_span(), u128::MAX);
         assert_eq!(pool.first_candidate(), pool.last_candidate());
         let none = BlockedRanges::new([]);
         assert_eq!(pool.first_free_candidate(0, 0, &none), Some(0));
         let some = BlockedRanges::new([net("fd00::/64")]);
         assert_eq!(pool.first_free_candidate(0, 0, &some), None);
+        // Picking again after it once overflowed (the step past it is 2^128);
+        // never the same candidate twice in a row, so the second pick fails.
+        let mut picker = DefaultPoolPicker::default();
+        let defaults = [pool];
+        assert_eq!(picker.pick(&defaults, Family::V6, &none).unwrap(), net("::/0"));
+        assert!(matches!(picker.pick(&defaults, Family::V6, &none), Err(IpamError::NoFreeDefaultPool { .. })));
+        assert_eq!(picker.pick(&defaults, Family::V6, &none).unwrap(), net("::/0"));
+    }
+
+    /// Issue 11 item 4: `::/0:0` overflowed; it is refused with the reason.
+    #[test]
+    fn a_default_pool_of_the_whole_address_space_is_refused() {
+        for text in ["::/0:0", "0.0.0.0/0:0"] {
+            let err = DefaultPool::parse(text).unwrap_err().to_string();
+            assert!(err.contains("size /0 would make one network of the whole address space"), "{err}");
+        }
+        assert!(DefaultPool::parse("::/0:1").is_ok());
     }
 }
