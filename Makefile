@@ -9,7 +9,7 @@ CARGO_TARGET_DIR ?= target
 STATIC_BIN  := $(CARGO_TARGET_DIR)/$(TARGET)/release/rustbridge
 PLUGIN_DIR  := plugin/build
 
-.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean lint fmt
+.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean lint fmt fuzz
 
 all: build
 
@@ -55,6 +55,12 @@ test-e2e: install
 	tests/e2e/run.sh
 
 test: test-unit test-e2e
+
+# In-process fuzzing of the request router (tests/fuzz.rs) for FUZZ_SECONDS,
+# release build; `make test-unit` (CI) runs the same test for its default 30 s.
+FUZZ_SECONDS ?= 300
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test --release --test fuzz -- --nocapture
 
 # The gates .ci/run passes first: one format, no clippy warning in any target.
 lint:

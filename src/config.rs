@@ -136,6 +136,9 @@ mod tests {
         assert!(err.contains("RUSTBRIDGE_DEFAULT_POOLS / --default-pool"), "{err}");
         assert!(err.contains("size /0"), "{err}");
         let err = parse_default_pool("10.0.0.0/8").unwrap_err();
-        assert!(err.starts_with("invalid default pool \"10.0.0.0/8\"") && err.contains("RUSTBRIDGE_DEFAULT_POOLS"), "{err}");
+        assert!(
+            err.starts_with("invalid default pool \"10.0.0.0/8\"") && err.contains("RUSTBRIDGE_DEFAULT_POOLS"),
+            "{err}"
+        );
     }
 }

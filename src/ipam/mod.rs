@@ -78,9 +78,9 @@ impl Ipam {
         Ok(())
     }
 
-    /// Restores a persisted address of a restored pool. Automatic allocation then continues
-    /// after the highest restored address of the range, so a restart does not hand out an
-    /// address released just before it (nor, of course, one still allocated).
+    /// Restores a persisted address of a restored pool. The next-fit cursor is restored
+    /// separately (`restore_cursor`), so a restart does not hand out an address released
+    /// just before it (nor, of course, one still allocated).
     pub fn restore_address(&mut self, pool_id: &str, addr: IpAddr) -> Result<(), IpamError> {
         self.held_mut(pool_id)?.addresses.restore(addr)
     }

@@ -57,7 +57,8 @@ impl DefaultPool {
             return Err(IpamError::invalid(DEFAULT_POOL_FIELD, self, reason));
         }
         if self.size == 0 {
-            let reason = "size /0 would make one network of the whole address space (overlapping every route); use /1 or longer";
+            let reason =
+                "size /0 would make one network of the whole address space (overlapping every route); use /1 or longer";
             return Err(IpamError::invalid(DEFAULT_POOL_FIELD, self, reason));
         }
         if self.size > max {

@@ -265,6 +265,11 @@ fn restore_round_trip_continues_without_duplicates() {
     for (id, addr) in persisted.iter().rev() {
         after.restore_address(id, *addr).unwrap();
     }
+    for id in [&v4.id, &v6.id] {
+        if let Some(cursor) = before.cursor(id) {
+            after.restore_cursor(id, cursor).unwrap();
+        }
+    }
     assert_eq!(after.pools().collect::<Vec<_>>(), before.pools().collect::<Vec<_>>());
     for id in [&v4.id, &v6.id] {
         for _ in 0..3 {
