@@ -302,15 +302,7 @@ fn instance_id_is_kept_with_the_database_and_differs_between_databases() {
 #[test]
 fn an_unversioned_database_gets_an_instance_id_its_copy_shares() {
     let dir = TempDir::new();
-    {
-        let db = Database::create(dir.db()).unwrap();
-        let txn = db.begin_write().unwrap();
-        for t in [schema::NETWORKS, schema::ENDPOINTS, schema::POOLS, schema::ADDRESSES] {
-            txn.open_table(t).unwrap();
-        }
-        txn.open_table(schema::CURSORS).unwrap();
-        txn.commit().unwrap();
-    }
+    unversioned_database(&dir, None);
     let id = Store::open(&dir.0).unwrap().instance_id().to_string();
     assert_eq!(id.len(), 16);
     assert_eq!(Store::open(&dir.0).unwrap().instance_id(), id);
@@ -322,16 +314,22 @@ fn an_unversioned_database_gets_an_instance_id_its_copy_shares() {
 #[test]
 fn an_unversioned_database_with_an_instance_id_keeps_it() {
     let dir = TempDir::new();
-    {
-        let db = Database::create(dir.db()).unwrap();
-        let txn = db.begin_write().unwrap();
-        for t in [schema::NETWORKS, schema::ENDPOINTS, schema::POOLS, schema::ADDRESSES] {
-            txn.open_table(t).unwrap();
-        }
-        txn.open_table(schema::CURSORS).unwrap();
-        txn.open_table(META).unwrap().insert("instance_id", "0123456789abcdef").unwrap();
-        txn.commit().unwrap();
-    }
+    unversioned_database(&dir, Some("0123456789abcdef"));
     assert_eq!(Store::open(&dir.0).unwrap().instance_id(), "0123456789abcdef");
     assert_eq!(schema_version_on_disk(&dir.db()), SCHEMA_VERSION.to_string());
+}
+
+/// An unversioned database (as written before schema versions) with empty
+/// record tables, and an instance ID in `meta` when given (d978c98 wrote one).
+fn unversioned_database(dir: &TempDir, instance_id: Option<&str>) {
+    let db = Database::create(dir.db()).unwrap();
+    let txn = db.begin_write().unwrap();
+    for t in [schema::NETWORKS, schema::ENDPOINTS, schema::POOLS, schema::ADDRESSES] {
+        txn.open_table(t).unwrap();
+    }
+    txn.open_table(schema::CURSORS).unwrap();
+    if let Some(id) = instance_id {
+        txn.open_table(META).unwrap().insert("instance_id", id).unwrap();
+    }
+    txn.commit().unwrap();
 }
