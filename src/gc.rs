@@ -37,12 +37,12 @@ pub struct GcReport {
 
 /// Lists (and with `remove`, deletes) what the kernel holds that the state does not.
 pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
-    let state = plugin.state.lock().await;
+    let state = plugin.lock_state().await;
     let mut report = GcReport { removed: req.remove, ..GcReport::default() };
     let known_bridges: BTreeSet<&str> = state.networks.values().map(|n| n.bridge.as_str()).collect();
     let known_veths: BTreeSet<&str> =
         state.endpoints.values().flat_map(|e| [e.host_veth.as_str(), e.container_veth.as_str()]).collect();
-    match plugin.dataplane.list_links().await {
+    match plugin.dataplane().list_links().await {
         Ok(links) => {
             for link in links {
                 let kind = match link.kind {
@@ -60,7 +60,7 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
     // With networks, the plugin's chains are its own and the reconciler keeps
     // their content exact; with none, any RUSTBRIDGE chain or jump is a leftover.
     if state.networks.is_empty() {
-        match plugin.firewall.is_intact(&[]).await {
+        match plugin.firewall().is_intact(&[]).await {
             Ok(true) => {}
             Ok(false) => report
                 .leftovers
@@ -72,8 +72,8 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
     if req.remove {
         for leftover in &report.leftovers {
             let result = match leftover.kind.as_str() {
-                "firewall" => plugin.firewall.sync(&[]).await.map_err(|e| e.to_string()),
-                _ => plugin.dataplane.delete_link(&leftover.name).await.map_err(|e| e.to_string()),
+                "firewall" => plugin.firewall().sync(&[]).await.map_err(|e| e.to_string()),
+                _ => plugin.dataplane().delete_link(&leftover.name).await.map_err(|e| e.to_string()),
             };
             if let Err(e) = result {
                 report.errors.push(format!("remove {} {}: {e}", leftover.kind, leftover.name));

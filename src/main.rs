@@ -67,7 +67,7 @@ async fn start(args: &ServeArgs, log: &Logger) -> Result<Serving, String> {
         Err(e) => return Ok(refusing(log, format!("state database {} cannot be loaded: {e}", db.display()))),
     };
     {
-        let state = plugin.state.lock().await;
+        let state = plugin.lock_state().await;
         info!(log, "state loaded"; "networks" => state.networks.len(), "endpoints" => state.endpoints.len());
     }
     metrics::global().set_state_loaded();
@@ -125,7 +125,7 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     // A call whose answer was already given up on may still be running: let it
     // finish its step (its changes are committed or undone under this lock).
     if let Serving::Plugin(plugin) = &serving
-        && tokio::time::timeout(FINISH_CALLS, plugin.state.lock()).await.is_err()
+        && tokio::time::timeout(FINISH_CALLS, plugin.lock_state()).await.is_err()
     {
         info!(log, "a call was still running at exit; the next start reconciles what it left");
     }

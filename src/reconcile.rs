@@ -27,9 +27,9 @@ pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
 }
 
 async fn at_start_pass(plugin: &Plugin, log: &Logger) -> Result<()> {
-    let mut state = plugin.state.lock().await;
+    let mut state = plugin.lock_state().await;
     let mut errors: Vec<String> = Vec::new();
-    match plugin.dataplane.list_links().await {
+    match plugin.dataplane().list_links().await {
         Ok(links) => {
             if let Err(e) = forget_gone_containers(plugin, &mut state, &links, log).await {
                 errors.push(e.to_string());
@@ -38,7 +38,7 @@ async fn at_start_pass(plugin: &Plugin, log: &Logger) -> Result<()> {
         Err(e) => errors.push(e.to_string()),
     }
     for network in state.networks.values() {
-        match plugin.dataplane.ensure_bridge(&plugin.bridge_spec(network)).await {
+        match plugin.dataplane().ensure_bridge(&plugin.bridge_spec(network)).await {
             Ok(outcome) if outcome.created => {
                 repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
                 info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => short_id(&network.id))
@@ -53,7 +53,7 @@ async fn at_start_pass(plugin: &Plugin, log: &Logger) -> Result<()> {
     if let Err(e) = remove_leftovers(plugin, &state, log).await {
         errors.push(e.to_string());
     }
-    if let Err(e) = plugin.firewall.sync(&state.firewall_networks()).await {
+    if let Err(e) = plugin.firewall().sync(&state.firewall_networks()).await {
         errors.push(e.to_string());
     }
     if errors.is_empty() { Ok(()) } else { Err(crate::driver::PluginError::new(errors.join("; "))) }
@@ -75,12 +75,12 @@ async fn forget_gone_containers(plugin: &Plugin, state: &mut State, links: &[Lin
         let released = held_addresses(state, &endpoint);
         let mut changes = vec![Change::DeleteEndpoint(endpoint.id.clone())];
         changes.extend(released.iter().map(|(pool, addr)| Change::DeleteAddress(pool.clone(), *addr)));
-        plugin.store.commit(changes)?;
+        plugin.commit(changes)?;
         state.endpoints.remove(&endpoint.id);
         for (pool, addr) in &released {
             let _ = state.ipam.release_address(pool, *addr);
         }
-        plugin.dataplane.delete_link(&endpoint.host_veth).await?;
+        plugin.dataplane().delete_link(&endpoint.host_veth).await?;
         repaired("forgotten_endpoint_removed", format!("endpoint {} without container", short_id(&endpoint.id)));
         warn!(log, "removed an endpoint whose container is gone (its interface was back in the host)";
             "endpoint" => short_id(&endpoint.id), "veth" => &endpoint.host_veth,
@@ -117,7 +117,7 @@ fn held_addresses(state: &State, endpoint: &EndpointRecord) -> Vec<(String, IpAd
 /// a missing, replaced or empty database (or a second `rustbridge serve` with
 /// another state directory) never takes away live containers' networking.
 async fn remove_leftovers(plugin: &Plugin, state: &State, log: &Logger) -> Result<()> {
-    let instance = plugin.store.instance_id();
+    let instance = plugin.instance_id();
     let known_bridges: BTreeSet<&str> = state.networks.values().map(|n| n.bridge.as_str()).collect();
     let known_veths: BTreeSet<&str> = state
         .endpoints
@@ -125,14 +125,14 @@ async fn remove_leftovers(plugin: &Plugin, state: &State, log: &Logger) -> Resul
         .filter(|e| e.joined)
         .flat_map(|e| [e.host_veth.as_str(), e.container_veth.as_str()])
         .collect();
-    let links = plugin.dataplane.list_links().await?;
+    let links = plugin.dataplane().list_links().await?;
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     for link in links.iter().filter(|l| l.kind == LinkKind::Veth && l.name.starts_with(HOST_VETH_PREFIX)) {
         if !is_owned_veth_name(&link.name) || known_veths.contains(link.name.as_str()) {
             continue;
         }
         if link.owner.as_deref() == Some(instance) && !link.peer_elsewhere {
-            plugin.dataplane.delete_link(&link.name).await?;
+            plugin.dataplane().delete_link(&link.name).await?;
             repaired("leftover_link_removed", format!("leftover link {}", link.name));
             info!(log, "removed leftover veth"; "link" => &link.name);
             deleted.insert(link.name.clone());
@@ -151,7 +151,7 @@ async fn remove_leftovers(plugin: &Plugin, state: &State, log: &Logger) -> Resul
             .filter(|p| p.controller.as_deref() == Some(link.name.as_str()) && !deleted.contains(&p.name))
             .count();
         if link.owner.as_deref() == Some(instance) && ports == 0 {
-            plugin.dataplane.delete_link(&link.name).await?;
+            plugin.dataplane().delete_link(&link.name).await?;
             repaired("leftover_link_removed", format!("leftover link {}", link.name));
             info!(log, "removed leftover bridge"; "link" => &link.name);
         } else {
@@ -166,7 +166,7 @@ async fn remove_leftovers(plugin: &Plugin, state: &State, log: &Logger) -> Resul
 /// host ends of its joined endpoints (those whose container still exists).
 async fn reattach_endpoints(plugin: &Plugin, state: &State, network: &NetworkRecord) -> Result<()> {
     for endpoint in state.endpoints.values().filter(|e| e.joined && e.network_id == network.id) {
-        plugin.dataplane.attach_to_bridge(&endpoint.host_veth, &network.bridge).await?;
+        plugin.dataplane().attach_to_bridge(&endpoint.host_veth, &network.bridge).await?;
     }
     Ok(())
 }
@@ -175,30 +175,30 @@ async fn reattach_endpoints(plugin: &Plugin, state: &State, network: &NetworkRec
 /// lock (dockerd's calls go on meanwhile); only a repair takes it.
 pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<()> {
     let (bridges, networks) = {
-        let state = plugin.state.lock().await;
+        let state = plugin.lock_state().await;
         let bridges: Vec<String> = state.networks.values().map(|n| n.bridge.clone()).collect();
         (bridges, state.firewall_networks())
     };
     let mut bridge_missing = false;
     for bridge in &bridges {
-        bridge_missing |= !plugin.dataplane.link_exists(bridge).await?;
+        bridge_missing |= !plugin.dataplane().link_exists(bridge).await?;
     }
-    let rules_intact = plugin.firewall.is_intact(&networks).await?;
+    let rules_intact = plugin.firewall().is_intact(&networks).await?;
     if !bridge_missing && rules_intact {
         return Ok(());
     }
-    let state = plugin.state.lock().await;
+    let state = plugin.lock_state().await;
     for network in state.networks.values() {
-        if !plugin.dataplane.link_exists(&network.bridge).await? {
-            plugin.dataplane.ensure_bridge(&plugin.bridge_spec(network)).await?;
+        if !plugin.dataplane().link_exists(&network.bridge).await? {
+            plugin.dataplane().ensure_bridge(&plugin.bridge_spec(network)).await?;
             reattach_endpoints(plugin, &state, network).await?;
             repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
             warn!(log, "bridge was missing; recreated it and put its endpoints back"; "bridge" => &network.bridge);
         }
     }
     let networks = state.firewall_networks();
-    if !plugin.firewall.is_intact(&networks).await? {
-        plugin.firewall.sync(&networks).await?;
+    if !plugin.firewall().is_intact(&networks).await? {
+        plugin.firewall().sync(&networks).await?;
         repaired("rules_restored", "firewall rules drifted (flushed, reordered or changed)");
         warn!(log, "firewall rules had drifted (flushed, or dockerd restarted); restored");
     }

@@ -105,7 +105,7 @@ pub struct PoolStatus {
 
 /// The whole view, taken under the state lock.
 pub async fn collect(plugin: &Plugin, metrics: &Metrics) -> Status {
-    let state = plugin.state.lock().await;
+    let state = plugin.lock_state().await;
     of_state(&state, metrics)
 }
 

@@ -339,7 +339,7 @@ fn fuzz(seed: u64, budget: Duration) -> Result<u64, String> {
             Err(message) if message.trim().is_empty() => return Err(format!("empty error message: {}", shown())),
             Err(_) => {}
         }
-        let state = runtime.block_on(plugin.plugin().state.lock());
+        let state = runtime.block_on(plugin.plugin().lock_state());
         check_state(&state).map_err(|e| format!("{e}: {}", shown()))?;
         held.networks = state.networks.keys().cloned().collect();
         held.endpoints = state.endpoints.values().map(|e| (e.network_id.clone(), e.id.clone())).collect();
@@ -387,6 +387,6 @@ fn whole_address_space_pools_through_the_router() {
         }
         call("/IpamDriver.ReleasePool", json!({"PoolID": id})).unwrap();
     }
-    let state = runtime.block_on(plugin.plugin().state.lock());
+    let state = runtime.block_on(plugin.plugin().lock_state());
     assert_eq!(state.ipam.pools().count(), 0);
 }

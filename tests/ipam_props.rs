@@ -120,7 +120,7 @@ fn calls() -> impl Strategy<Value = Vec<Call>> {
 
 /// Everything the IPAM state holds, as text, for the addresses a model knows of.
 fn describe(plugin: &FakePlugin, runtime: &tokio::runtime::Runtime, addresses: &[(String, String)]) -> String {
-    let state = runtime.block_on(plugin.plugin().state.lock());
+    let state = runtime.block_on(plugin.plugin().lock_state());
     let mut out = String::new();
     for pool in state.ipam.pools() {
         let allocator = state.ipam.addresses(&pool.id).unwrap();

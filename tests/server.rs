@@ -74,7 +74,7 @@ async fn running_container(plugin: &Plugin) -> Running {
 
 /// What a leak would change: records, the endpoint's veth, the address.
 async fn snapshot(f: &Fixture, r: &Running) -> String {
-    let state = f.plugin.state.lock().await;
+    let state = f.plugin.lock_state().await;
     let addr: std::net::IpAddr = r.address.split('/').next().unwrap().parse().unwrap();
     format!(
         "networks={:?} endpoints={:?} joined={:?} pools={:?} allocated={:?} links={:?}",
@@ -129,7 +129,7 @@ async fn empty_bodies_are_refused_by_every_call_that_needs_ids() {
     ok(&f.plugin, "/NetworkDriver.Leave", json!({"NetworkID": network, "EndpointID": endpoint})).await;
     ok(&f.plugin, "/NetworkDriver.DeleteEndpoint", json!({"NetworkID": network, "EndpointID": endpoint})).await;
     ok(&f.plugin, "/IpamDriver.ReleaseAddress", json!({"PoolID": r.pool_id, "Address": r.address})).await;
-    assert!(f.plugin.state.lock().await.endpoints.is_empty());
+    assert!(f.plugin.lock_state().await.endpoints.is_empty());
 }
 
 /// An object with the ID left out is refused the same way, naming the field.

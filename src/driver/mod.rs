@@ -56,14 +56,44 @@ pub struct State {
     pub ipam: Ipam,
 }
 
+/// The plugin: its state (behind the one lock every call takes), the two
+/// kernel seams and the store. Private: the driver's handlers change them;
+/// everything else (reconciler, operator tools, tests) goes through the
+/// methods below.
 pub struct Plugin {
-    pub state: Mutex<State>,
-    pub dataplane: Arc<dyn DataPlane>,
-    pub firewall: Arc<dyn Firewall>,
-    pub store: Store,
+    state: Mutex<State>,
+    dataplane: Arc<dyn DataPlane>,
+    firewall: Arc<dyn Firewall>,
+    store: Store,
 }
 
 impl Plugin {
+    /// The state under the plugin's lock (readers take it too, for a consistent view).
+    pub async fn lock_state(&self) -> tokio::sync::MutexGuard<'_, State> {
+        self.state.lock().await
+    }
+
+    /// The data plane, for the reconciler and the operator's tools.
+    pub fn dataplane(&self) -> &dyn DataPlane {
+        &*self.dataplane
+    }
+
+    /// The firewall, for the reconciler and the operator's tools.
+    pub fn firewall(&self) -> &dyn Firewall {
+        &*self.firewall
+    }
+
+    /// This state database's instance ID, which marks the kernel objects it owns.
+    pub fn instance_id(&self) -> &str {
+        self.store.instance_id()
+    }
+
+    /// Commits record changes made outside a protocol call (the reconciler
+    /// forgetting endpoints whose container is gone), in one transaction.
+    pub fn commit(&self, changes: Vec<crate::state::Change>) -> Result<()> {
+        Ok(self.store.commit(changes)?)
+    }
+
     /// Loads the persisted state; the plugin serves nothing before this returns.
     pub fn load(
         store: Store,

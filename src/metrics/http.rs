@@ -60,7 +60,7 @@ async fn answer(plugin: Arc<Plugin>, req: Request<Incoming>) -> Result<Response<
     Ok(match req.uri().path() {
         "/metrics" => {
             let gauges = {
-                let state = plugin.state.lock().await;
+                let state = plugin.lock_state().await;
                 crate::status::gauges(&state)
             };
             let text = global().render(&gauges, &ProcessStats::read());

@@ -59,7 +59,7 @@ fn foreign_link(kind: LinkKind) -> FakeLink {
 
 /// A link carrying this state's owner mark (left by a crash before a commit).
 fn own_link(p: &FakePlugin, kind: LinkKind) -> FakeLink {
-    FakeLink { owner: Some(p.plugin().store.instance_id().to_string()), ..foreign_link(kind) }
+    FakeLink { owner: Some(p.plugin().instance_id().to_string()), ..foreign_link(kind) }
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ async fn status_shows_networks_endpoints_ports_pools_and_changed_options() {
     assert!(text.contains("bridge rb-0123456789ab"), "{text}");
     assert!(text.contains("publish 127.0.0.1:8080/tcp -> 10.77.0.128:80"), "{text}");
     assert!(text.contains("10.77.0.0/24 range 10.77.0.128/25  in use 2  free 126"), "{text}");
-    let gauges = gauges(&*s.plugin().state.lock().await);
+    let gauges = gauges(&*s.plugin().lock_state().await);
     assert_eq!((gauges.networks, gauges.endpoints, gauges.published_ports), (1, 1, 1));
 }
 

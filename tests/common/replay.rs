@@ -938,7 +938,7 @@ impl Transport for InProcess {
     /// built from the answers so far.
     fn check_after_call(&mut self, _path: &str, model: &Model) -> Vec<String> {
         let plugin = self.plugin();
-        let state = self.runtime.block_on(plugin.state.lock());
+        let state = self.runtime.block_on(plugin.lock_state());
         let mut problems = Vec::new();
         if !state.networks.keys().eq(model.networks.keys()) {
             problems.push(format!(
@@ -982,7 +982,7 @@ impl Transport for InProcess {
         // Load the state back from disk and compare it with the model.
         problems.extend(self.restart().into_iter().map(|p| format!("restart at the end: {p}")));
         let plugin = self.plugin();
-        let state = self.runtime.block_on(plugin.state.lock());
+        let state = self.runtime.block_on(plugin.lock_state());
         let networks: BTreeSet<&String> = state.networks.keys().collect();
         let model_networks: BTreeSet<&String> = model.networks.keys().collect();
         if networks != model_networks {
