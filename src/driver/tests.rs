@@ -565,6 +565,20 @@ async fn repeated_create_endpoint_returns_the_same_mac() {
     assert_eq!(returned_mac(&h.create_endpoint(body).await.unwrap()), first);
 }
 
+/// The random source sits behind the data plane: replaying it makes the
+/// next MAC collide with an endpoint's, and the driver draws again.
+#[tokio::test]
+async fn a_generated_mac_never_repeats_another_endpoint_s() {
+    let h = Harness::new("mac-collision");
+    let id = network_with_subnet(&h, 22, "10.72.0.0/24", "10.72.0.1/24").await;
+    let seed = *h.fake.random_state.lock().unwrap();
+    let first = returned_mac(&h.create_endpoint(endpoint(&id, &ep_id(1), "10.72.0.2/24", "", "")).await.unwrap());
+    *h.fake.random_state.lock().unwrap() = seed; // the same bytes again
+    let second = returned_mac(&h.create_endpoint(endpoint(&id, &ep_id(2), "10.72.0.3/24", "", "")).await.unwrap());
+    assert_ne!(first, second);
+    assert_eq!(mac_bytes(&second)[0] & 0x03, 0x02, "locally administered unicast: {second}");
+}
+
 #[tokio::test]
 async fn create_endpoint_refuses_foreign_addresses_and_unknown_networks() {
     let mut h = Harness::new("ep-bad");
