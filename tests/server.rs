@@ -511,3 +511,48 @@ mod socket {
         }
     }
 }
+
+/// With a state database it cannot use, the plugin serves the refusal: the
+/// registration handshake as usual (so dockerd keeps the driver and shows the
+/// answers), every other call the reason, under the key dockerd reads.
+#[tokio::test]
+async fn a_refusing_server_answers_the_handshake_and_gives_the_reason_for_the_rest() {
+    let dir = rustbridge::testing::TempDir::new("refusing");
+    let socket = dir.0.join("plugin.sock");
+    let listener = server::bind(&socket).expect("bind");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let reason: Arc<str> = Arc::from("state database /x/rustbridge.redb is empty (0 bytes)");
+    let serving = server::Serving::Refusing(reason.clone());
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(server::serve(
+        vec![(socket.clone(), listener)],
+        serving,
+        log,
+        shutdown,
+        std::time::Duration::from_millis(100),
+    ));
+    let call = |path: &'static str, body: Value| {
+        let socket = socket.clone();
+        tokio::task::spawn_blocking(move || {
+            common::http_post_within(&socket, path, body.to_string().as_bytes(), std::time::Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+        })
+    };
+    let (status, body) = call("/Plugin.Activate", json!({})).await.unwrap();
+    assert_eq!((status, body["Implements"].clone()), (200, json!(["NetworkDriver", "IpamDriver"])));
+    let (status, body) = call("/NetworkDriver.GetCapabilities", json!({})).await.unwrap();
+    assert_eq!((status, body["Scope"].clone()), (200, json!("local")), "{body}");
+    let (status, body) = call("/IpamDriver.GetDefaultAddressSpaces", json!({})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call("/NetworkDriver.CreateNetwork", json!({"NetworkID": id('a')})).await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(body["Err"], json!(reason.as_ref()), "{body}");
+    let (status, body) = call("/IpamDriver.RequestPool", json!({"Pool": "10.1.0.0/16"})).await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(body["Error"], json!(reason.as_ref()), "IPAM errors must use the key dockerd shows: {body}");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
