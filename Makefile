@@ -8,8 +8,10 @@ TARGET      := x86_64-unknown-linux-gnu
 CARGO_TARGET_DIR ?= target
 STATIC_BIN  := $(CARGO_TARGET_DIR)/$(TARGET)/release/rustbridge
 PLUGIN_DIR  := plugin/build
+BINDIR      ?= /usr/local/bin
+UNITDIR     ?= /etc/systemd/system
 
-.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean lint fmt fuzz
+.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench clean lint fmt fuzz install-cli install-service uninstall-service
 
 all: build
 
@@ -38,6 +40,23 @@ install: dockerd plugin
 
 uninstall:
 	scripts/plugin.sh remove $(PLUGIN)
+
+# The command line on the host (`rustbridge status`, `gc`, `version`): the
+# same static binary as the plugin's, copied to $(BINDIR).
+install-cli: static
+	install -D -m 0755 $(STATIC_BIN) $(DESTDIR)$(BINDIR)/rustbridge
+
+# Unmanaged mode: rustbridge as a systemd service serving the legacy socket.
+install-service: install-cli
+	install -D -m 0644 plugin/rustbridge.service $(DESTDIR)$(UNITDIR)/rustbridge.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload && systemctl enable --now rustbridge.service; \
+	else echo "installed $(UNITDIR)/rustbridge.service; systemd is not running here: start it with systemctl enable --now rustbridge"; fi
+
+uninstall-service:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now rustbridge.service || true; fi
+	rm -f $(DESTDIR)$(UNITDIR)/rustbridge.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 publish: rootfs
 	@test -n "$(REGISTRY)" || { echo "usage: make publish REGISTRY=host:port"; exit 2; }

@@ -3,6 +3,7 @@
 # system-wide: Debian's docker.io .deb of another suite, fetched with a private
 # apt sources list and extracted under /var/cache/rustbridge-engines/SUITE.
 #   scripts/engine.sh fetch SUITE        print the extracted root (trixie: 26.1.x, sid: 28.x)
+#   scripts/engine.sh fetch-compose      print the path of Debian 13's docker-compose (v2) binary
 #   scripts/engine.sh run SUITE CMD...   stop the running dockerd, start SUITE's with its
 #                                        own data root, run CMD, then put the machine's
 #                                        dockerd back (also when CMD fails)
@@ -14,6 +15,16 @@ cache=/var/cache/rustbridge-engines
 fetch() {
   local suite=$1 dir=$cache/$1
   if [ -x "$dir/root/usr/sbin/dockerd" ]; then echo "$dir/root"; return; fi
+  download "$suite" docker.io
+  rm -rf "$dir/root"
+  dpkg-deb -x "$dir"/debs/docker.io_*.deb "$dir/root"
+  echo "$dir/root"
+}
+
+# download SUITE PACKAGE: the package's .deb of SUITE into $cache/SUITE/debs,
+# through a private apt sources list (nothing installed, the system's lists untouched).
+download() {
+  local suite=$1 pkg=$2 dir=$cache/$1
   mkdir -p "$dir/lists/partial" "$dir/debs"
   # The archive's address comes from the system's own apt configuration.
   local uri
@@ -24,10 +35,22 @@ fetch() {
   local opts=(-oDir::Etc::SourceList=/dev/null "-oDir::Etc::SourceParts=$dir" "-oDir::State::Lists=$dir/lists"
               -oDebug::NoLocking=1)
   apt-get "${opts[@]}" update -qq >&2
-  (cd "$dir/debs" && apt-get "${opts[@]}" download docker.io >&2)
-  rm -rf "$dir/root"
-  dpkg-deb -x "$dir"/debs/docker.io_*.deb "$dir/root"
-  echo "$dir/root"
+  rm -f "$dir/debs/${pkg}"_*.deb
+  (cd "$dir/debs" && apt-get "${opts[@]}" download "$pkg" >&2)
+}
+
+# fetch_compose: Debian 13's docker-compose (v2, a static binary that runs on
+# Debian 12), extracted privately; prints the binary's path.
+fetch_compose() {
+  local dir=$cache/trixie/compose
+  local bin=$dir/usr/libexec/docker/cli-plugins/docker-compose
+  if [ ! -x "$bin" ]; then
+    download trixie docker-compose
+    rm -rf "$dir"
+    dpkg-deb -x "$cache"/trixie/debs/docker-compose_*.deb "$dir"
+  fi
+  [ -x "$bin" ] || { echo "no $bin in Debian 13's docker-compose package" >&2; return 1; }
+  echo "$bin"
 }
 
 # Each engine rewrites its own chains at start but not another engine's (28
@@ -87,6 +110,7 @@ run() {
 cmd=${1:-}; shift || true
 case "$cmd" in
   fetch) fetch "$@" ;;
+  fetch-compose) fetch_compose ;;
   run) run "$@" ;;
-  *) echo "usage: $0 fetch SUITE | run SUITE CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 fetch SUITE | fetch-compose | run SUITE CMD..." >&2; exit 2 ;;
 esac

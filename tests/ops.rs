@@ -179,19 +179,6 @@ fn status_gc_and_version_through_the_socket() {
     assert_eq!(serde_json::from_str::<Value>(&again).unwrap()["leftovers"], json!([]));
     host.ip(&["link", "del", "br-mine"]).expect_ok();
 
-    // Without networks, the plugin's chains are leftovers too.
-    p.ok("/NetworkDriver.RevokeExternalConnectivity", json!({"NetworkID": net, "EndpointID": ep}));
-    p.ok("/NetworkDriver.Leave", json!({"NetworkID": net, "EndpointID": ep}));
-    p.ok("/NetworkDriver.DeleteEndpoint", json!({"NetworkID": net, "EndpointID": ep}));
-    p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
-    host.exec(&["iptables", "-N", "RUSTBRIDGE-FORWARD"]).expect_ok();
-    host.exec(&["iptables", "-I", "FORWARD", "-j", "RUSTBRIDGE-FORWARD"]).expect_ok();
-    let (_, listed, _) = cli(&p, &["gc"]);
-    assert!(listed.contains("leftover firewall RUSTBRIDGE-* chains"), "{listed}");
-    let (ok, _, err) = cli(&p, &["gc", "--yes"]);
-    assert!(ok, "{err}");
-    assert!(!host.iptables_save().contains("RUSTBRIDGE"), "{}", host.iptables_save());
-
     // A socket nobody serves: a clear error, exit status 1.
     let out = Command::new(bin()).args(["status", "--socket", "/nonexistent/rb.sock"]).output().unwrap();
     assert!(!out.status.success());
@@ -212,4 +199,98 @@ fn version_names_the_commit_and_the_engines() {
     for engine in ["20.10.24", "26.1.5", "28.5.2"] {
         assert!(text.contains(engine), "{text}");
     }
+}
+
+/// `Key=value` lines of one section of a systemd unit file.
+fn unit_section(unit: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == format!("[{section}]");
+        } else if inside && !line.starts_with('#') && !line.is_empty() {
+            let (k, v) = line.split_once('=').unwrap_or_else(|| panic!("not Key=value: {line}"));
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+    out
+}
+
+/// plugin/rustbridge.service without systemd (this machine has none as init):
+/// its ExecStart line, with its Environment, run as written except for the
+/// binary's path (this build's), in a network namespace and a private mount
+/// namespace whose /run and /var/lib are empty tmpfs, so the unit's real paths
+/// are used without touching the host's.
+#[test]
+fn systemd_unit_execstart_serves_the_legacy_socket() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/plugin/rustbridge.service")).unwrap();
+    let service = unit_section(&unit, "Service");
+    let get = |section: &[(String, String)], key: &str| -> Vec<String> {
+        section.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect()
+    };
+    let unit_part = unit_section(&unit, "Unit");
+    assert_eq!(get(&unit_part, "Before"), ["docker.service"], "dockerd must find the driver at its start");
+    assert_eq!(get(&service, "Restart"), ["always"]);
+    assert_eq!(get(&service, "StandardOutput"), ["journal"]);
+    let exec = get(&service, "ExecStart");
+    assert_eq!(exec.len(), 1, "one ExecStart");
+    let argv: Vec<&str> = exec[0].split_whitespace().collect();
+    assert_eq!(argv[0], "/usr/local/bin/rustbridge", "where make install-service puts the binary");
+    assert_eq!(&argv[1..3], ["serve", "--socket"]);
+    assert_eq!(argv[3], "/run/docker/plugins/rustbridge.sock");
+    require_root!();
+
+    let host = Netns::host();
+    let script = "mount -t tmpfs rb /run && mount -t tmpfs rb /var/lib && mkdir -p /run/docker/plugins && exec \"$@\"";
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &host.name, "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]);
+    cmd.arg(bin()).args(&argv[1..]);
+    for env in get(&service, "Environment") {
+        let (k, v) = env.split_once('=').unwrap();
+        cmd.env(k, v);
+    }
+    let log = std::env::temp_dir().join(format!("rbt-{}-unit.log", std::process::id()));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the unit's ExecStart");
+    let root = format!("/proc/{}/root", child.id());
+    let socket = std::path::PathBuf::from(format!("{root}/run/docker/plugins/rustbridge.sock"));
+    // Until the chain has exec'd this build's binary (after its mounts), /proc/PID/root
+    // is the host's root and the path would reach the host's own plugin socket.
+    let exe = std::fs::canonicalize(bin()).unwrap();
+    let activated = wait_until(Duration::from_secs(10), || {
+        std::fs::read_link(format!("/proc/{}/exe", child.id())).is_ok_and(|p| p == exe)
+            && matches!(common::http_post(&socket, "/Plugin.Activate", b""), Ok((200, _)))
+    });
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    if activated.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the unit's ExecStart did not serve {}; log:\n{}", socket.display(), log_text());
+    }
+    let net = random_id();
+    let created = common::http_post(
+        &socket,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": net, "IPv4Data": [{"Pool": "10.92.0.0/24", "Gateway": "10.92.0.1/24"}]})
+            .to_string()
+            .as_bytes(),
+    );
+    let state_file = std::path::PathBuf::from(format!("{root}/var/lib/rustbridge/rustbridge.redb"));
+    let state_there = state_file.exists();
+    let bridge_there = host.has_link(&format!("rb-{}", &net[..12]));
+    let links = host.link_names();
+    let started = std::time::Instant::now();
+    run("kill", &["-TERM", &child.id().to_string()]).expect_ok();
+    let status = child.wait().unwrap();
+    let log_kept = log_text();
+    let log_text = || log_kept.clone();
+    let _ = std::fs::remove_file(&log);
+    assert!(matches!(created, Ok((200, _))), "{created:?}");
+    assert!(bridge_there, "bridge made in the namespace: {links:?}\nlog:\n{}", log_text());
+    assert!(state_there, "state kept in /var/lib/rustbridge as the unit says");
+    assert!(status.success() && started.elapsed() < Duration::from_secs(5), "{status} after {:?}", started.elapsed());
 }
