@@ -6,12 +6,13 @@
 RB_SOCKET=${RB_SOCKET:-/run/docker/plugins/rustbridge.sock}
 
 # The e2e suites (tests/e2e/NAME.sh), run by tests/e2e/run.sh on the machine's dockerd.
-E2E_SUITES="user_story firewall options docker28 compose publish restart"
+E2E_SUITES="user_story firewall options docker28 compose operator publish restart"
 # On the other engines (make test-engines, scripts/e2e-on-engine.sh) publish
 # is left out: it tests distribution (make publish to a local registry,
 # docker plugin install/upgrade, which no engine version changes) and takes
 # over the plain name `rustbridge`, so it runs once, on the machine's dockerd;
-# compose (two compose versions against one engine) runs there too, before publish.
+# compose (two compose versions against one engine) and operator (plugin settings
+# and metrics) run there too, before publish.
 ENGINE_E2E_SUITES="user_story firewall options docker28 restart"
 
 # wait_for TRIES INTERVAL CMD...: runs CMD until it succeeds, at most TRIES
