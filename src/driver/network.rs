@@ -1,6 +1,7 @@
 //! NetworkDriver calls.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde_json::Value;
@@ -174,7 +175,7 @@ impl Plugin {
             return Ok(endpoint_response(existing, &interface.mac_address));
         }
         let mac = match interface.mac_address.as_str() {
-            "" => generate_mac(&*self.dataplane, &state)?,
+            "" => endpoint_mac(&*self.dataplane, &state, address, address_v6)?,
             given => parse_mac("Interface.MacAddress", given)?,
         };
         let (host_veth, container_veth) = veth_names(&req.endpoint_id);
@@ -438,6 +439,37 @@ fn overlaps(a: IpNet, b: IpNet) -> bool {
 fn bridge_addresses(record: &NetworkRecord) -> Vec<IpNet> {
     let v4 = record.ipv4.iter().filter(|_| !record.options.inhibit_ipv4);
     v4.chain(&record.ipv6).filter_map(|s| s.gateway).collect()
+}
+
+/// The MAC of an endpoint dockerd gave none: derived from its address, as
+/// the built-in bridge does (02:42 and the IPv4 address, or the last four
+/// bytes of the IPv6 address). dockerd hands a released address to the next
+/// container at once; with the same MAC, neighbour entries still cached for
+/// that address (the host's, for published ports; other containers') stay
+/// right, where a new random MAC left the address unreachable until they
+/// expired (up to a minute). Random if no address is known or another
+/// endpoint has that MAC already.
+fn endpoint_mac(
+    host: &dyn DataPlane,
+    state: &State,
+    address: Option<IpNet>,
+    address_v6: Option<IpNet>,
+) -> Result<String> {
+    match address.or(address_v6).map(|net| mac_from_ip(net.addr())) {
+        Some(mac) if !state.endpoints.values().any(|e| e.mac == mac) => Ok(mac),
+        _ => generate_mac(host, state),
+    }
+}
+
+fn mac_from_ip(ip: IpAddr) -> String {
+    let tail: [u8; 4] = match ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    [0x02, 0x42, tail[0], tail[1], tail[2], tail[3]].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// A locally administered unicast MAC no other endpoint has.
