@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Starts or stops a dockerd for the demo and the tests.
-#   scripts/dockerd.sh start [DOCKERD_BIN] [DATA_ROOT]
+#   scripts/dockerd.sh start [DOCKERD_BIN] [DATA_ROOT] [FLAG...]
 #   scripts/dockerd.sh stop            (stops only a dockerd this script started)
-#   scripts/dockerd.sh restart         (restarts the dockerd this script started, or any running one)
+#   scripts/dockerd.sh restart [FLAG...]
+#       restarts the dockerd this script started (or any running one) with its
+#       binary and data root, and with these extra flags only (e.g. --live-restore:
+#       the fault suite turns it on for one restart; a plain restart turns it off)
 # DOCKERD_BIN defaults to `dockerd` on PATH, DATA_ROOT to /var/lib/docker.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -30,6 +33,7 @@ wait_ready() {
 
 start() {
   local bin=${1:-dockerd} root=${2:-/var/lib/docker}
+  shift 2 || shift $#
   if docker_ready; then
     echo "dockerd already running"
     return 0
@@ -40,10 +44,10 @@ start() {
   # this shell's other descriptors either: under `flock /tmp/rb-host.lock`
   # one of them holds the host lock, which dockerd and containerd would then
   # hold for as long as they run, blocking every later user of the lock.
-  (close_inherited_fds && exec setsid "$bin" --data-root "$root" >"$log" 2>&1 </dev/null) &
+  (close_inherited_fds && exec setsid "$bin" --data-root "$root" "$@" >"$log" 2>&1 </dev/null) &
   echo $! > "$pidfile"
   wait_ready "$log"
-  echo "dockerd started ($bin, data root $root)"
+  echo "dockerd started ($bin, data root $root${*:+, $*})"
 }
 
 stop() {
@@ -62,13 +66,13 @@ restart() {
   fi
   stop_pid "$pid"
   rm -f "$pidfile"
-  start "$bin" "$root"
+  start "$bin" "$root" "$@"
 }
 
 cmd=${1:-}; shift || true
 case "$cmd" in
   start) start "$@" ;;
   stop) stop ;;
-  restart) restart ;;
-  *) echo "usage: $0 start [DOCKERD_BIN] [DATA_ROOT] | stop | restart" >&2; exit 2 ;;
+  restart) restart "$@" ;;
+  *) echo "usage: $0 start [DOCKERD_BIN] [DATA_ROOT] [FLAG...] | stop | restart [FLAG...]" >&2; exit 2 ;;
 esac
