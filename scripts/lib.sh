@@ -13,6 +13,8 @@ E2E_SUITES="user_story firewall options docker28 compose operator publish restar
 # over the plain name `rustbridge`, so it runs once, on the machine's dockerd;
 # compose (two compose versions against one engine) and operator (plugin settings
 # and metrics) run there too, before publish.
+# The fault suite (tests/e2e/faults.sh) is not in either list yet: its cases
+# have not all been run in one go against main's plugin (README, Failure modes).
 ENGINE_E2E_SUITES="user_story firewall options docker28 restart"
 
 # wait_for TRIES INTERVAL CMD...: runs CMD until it succeeds, at most TRIES
