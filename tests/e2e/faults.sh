@@ -91,7 +91,8 @@ serves() { ip netns exec "$1" curl -s -m 1 "http://$2:$3/" | grep -qx "hello-$4"
 live_restore_off() { [ "$(docker info -f '{{.LiveRestoreEnabled}}' 2>/dev/null)" != true ] || "$ROOT/scripts/dockerd.sh" restart; }
 
 # prober_on_docker0 NS: a namespace of the test's own plugged into Docker's
-# default bridge as a container there would be (it outlives dockerd restarts).
+# default bridge as a container there would be (it outlives dockerd restarts);
+# sets PROBER_GATEWAY. Not to be run in a subshell: it registers its cleanups.
 prober_on_docker0() {
   local ns=$1 veth=${1:0:10}p subnet gateway addr
   subnet=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}')
@@ -105,7 +106,7 @@ prober_on_docker0() {
   ip -n "$ns" addr add "$addr" dev eth0
   ip -n "$ns" link set eth0 up
   ip -n "$ns" route add default via "$gateway"
-  echo "$gateway"
+  PROBER_GATEWAY=$gateway
 }
 
 # ------------------------------------------------------------------ port reuse
@@ -202,7 +203,8 @@ case_dockerd_restart() {
   setup "network $net" docker network create -d rustbridge --subnet 10.234.3.0/24 "$net" || return
   expect "run $r1 --restart always" docker run -d --restart always --name "$r1" --network "$net" --ip 10.234.3.10 "$IMAGE" sleep 3600
   expect "run $r2 --restart always" docker run -d --restart always --name "$r2" --network "$net" --ip 10.234.3.11 "$IMAGE" sleep 3600
-  gateway=$(prober_on_docker0 "$prober")
+  prober_on_docker0 "$prober"
+  gateway=$PROBER_GATEWAY
   expect "the prober on Docker's default bridge reaches its gateway ($gateway)" ip netns exec "$prober" ping -c 1 -W 2 "$gateway"
   dir=$(mktemp -d)
   cleanup "rm -rf $dir"
