@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Managed-plugin chores, so the Makefile and the tests share one way to do them.
 #   scripts/plugin.sh create  NAME DIR   (re)create NAME from DIR (config.json + rootfs/)
-#   scripts/plugin.sh enable  NAME       enable NAME and wait until -d rustbridge answers
+#   scripts/plugin.sh enable  NAME       create the state directory, enable NAME and wait
+#                                        until -d rustbridge answers
 #   scripts/plugin.sh remove  NAME       disable and remove NAME if present
 #   scripts/plugin.sh publish REF DIR    create REF (a registry reference) from DIR and push it
 set -euo pipefail
@@ -32,8 +33,18 @@ wait_for_socket() {
   return 1
 }
 
+# The plugin mounts the host's /var/lib/rustbridge alone, and dockerd does not
+# create bind-mount sources: without it `docker plugin enable` fails.
+STATE_DIR=/var/lib/rustbridge
+ensure_state_dir() {
+  [ -d "$STATE_DIR" ] && return 0
+  mkdir -p -m 0700 "$STATE_DIR"
+  echo "created $STATE_DIR (the plugin's state, mounted into it)"
+}
+
 enable() {
   local name=$1
+  ensure_state_dir
   enabled "$name" || docker plugin enable "$name" >/dev/null
   wait_for_socket
   echo "enabled plugin $name"

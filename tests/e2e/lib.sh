@@ -114,6 +114,10 @@ plugin_call() { curl -s --max-time 5 --unix-socket "$RB_SOCKET" -X POST "http://
 # endpoint_info_has ENDPOINT_ID TEXT: the plugin's EndpointOperInfo for it contains TEXT.
 endpoint_info_has() { plugin_call NetworkDriver.EndpointOperInfo "{\"EndpointID\":\"$1\"}" | grep -qF -- "$2"; }
 network_id() { docker network inspect -f '{{.Id}}' "$1"; }
+# plugin_mounts REF: the plugin's host mounts, "source:destination" sorted, one line.
+plugin_mounts() { docker plugin inspect -f '{{range .Config.Mounts}}{{.Source}}:{{.Destination}}{{println}}{{end}}' "$1" | sed '/^$/d' | sort | tr '\n' ' '; }
+# The mounts plugin/config.json must ask for: only what the plugin needs (README, Privileges and mounts).
+RB_EXPECTED_MOUNTS="/proc/sys/net/ipv6/conf/all/forwarding:/host/proc-sys-net-ipv6-conf-all/forwarding /run/docker/plugins:/run/host-plugins /var/lib/rustbridge:/host/var/lib/rustbridge "
 # The plugin's device names (src/names.rs; its unit test checks these lines).
 RB_BRIDGE_PREFIX=rb-
 RB_HOST_VETH_PREFIX=rbh-

@@ -16,6 +16,11 @@ if [ "$(docker version -f '{{.Server.APIVersion}}' | awk -F. '{print $1 * 100 + 
 fi
 outside_sees() { docker exec "$1" nc 198.18.10.2 7000; }
 
+step "The plugin mounts only what it needs (least privilege)"
+equal "mounts of $PLUGIN" "$RB_EXPECTED_MOUNTS" "$(plugin_mounts "$PLUGIN")"
+equal "capabilities of $PLUGIN" "CAP_NET_ADMIN CAP_NET_RAW" "$(docker plugin inspect -f '{{join .Config.Linux.Capabilities " "}}' "$PLUGIN")"
+equal "the legacy socket is root's alone" "600 root" "$(stat -c '%a %U' "$RB_SOCKET")"
+
 step "An IPv6 network switches on IPv6 forwarding (as the built-in bridge does)"
 was=$(sysctl -n net.ipv6.conf.all.forwarding)
 cleanup "sysctl -qw net.ipv6.conf.all.forwarding=$was"

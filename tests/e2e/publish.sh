@@ -67,6 +67,7 @@ expect "docker plugin upgrade $ref $ref2" docker plugin upgrade --grant-all-perm
 expect "docker plugin enable" docker plugin enable "$ref"
 eventually "the upgraded plugin serves rustbridge.sock" 10 plugin_socket_ready
 expect "$a still reaches $b (traffic never left the kernel)" ping_ok "$a" "$b"
+equal "the upgraded plugin mounts only what it needs" "$RB_EXPECTED_MOUNTS" "$(plugin_mounts "$ref")"
 expect "a new container joins the same network" docker run -d --name "$PREFIX-pc" --network "$net" "$IMAGE" sleep 3600
 c_ip=$(ip_of "$PREFIX-pc" "$net")
 expect "with a new address ($c_ip, not $a_ip's or $b's)" sh -c "[ '$c_ip' != '$a_ip' ] && [ '$c_ip' != '$(ip_of "$b" "$net")' ]"
