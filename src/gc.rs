@@ -2,13 +2,15 @@
 //! state record knows (a crash between a kernel change and its commit, a wiped
 //! state directory, an engine switch). Served by the running plugin as
 //! `/Rustbridge.Gc` and computed under its state lock, so an object a call is
-//! creating at that moment is never taken for a leftover. Removes only when asked.
+//! creating at that moment is never taken for a leftover. Removes only when asked,
+//! and never what is in use (a veth whose peer is in a container, a bridge with
+//! ports): removing those would cut a live container off, whoever made them.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::LinkKind;
+use crate::dataplane::{Link, LinkKind};
 use crate::driver::Plugin;
 use crate::names::{is_owned_bridge_name, is_owned_veth_name};
 
@@ -25,6 +27,9 @@ pub struct Leftover {
     /// `bridge`, `veth` or `firewall`.
     pub kind: String,
     pub name: String,
+    /// Why it is kept even with `--yes` (e.g. its peer is in a container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,14 +49,15 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
         state.endpoints.values().flat_map(|e| [e.host_veth.as_str(), e.container_veth.as_str()]).collect();
     match plugin.dataplane().list_links().await {
         Ok(links) => {
-            for link in links {
+            for link in &links {
                 let kind = match link.kind {
                     LinkKind::Bridge if is_owned_bridge_name(&link.name) => "bridge",
                     LinkKind::Veth if is_owned_veth_name(&link.name) => "veth",
                     _ => continue,
                 };
                 if !known_bridges.contains(link.name.as_str()) && !known_veths.contains(link.name.as_str()) {
-                    report.leftovers.push(Leftover { kind: kind.into(), name: link.name });
+                    let in_use = use_of(&link, &links);
+                    report.leftovers.push(Leftover { kind: kind.into(), name: link.name.clone(), in_use });
                 }
             }
         }
@@ -62,15 +68,17 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
     if state.networks.is_empty() {
         match plugin.firewall().is_intact(&[]).await {
             Ok(true) => {}
-            Ok(false) => report
-                .leftovers
-                .push(Leftover { kind: "firewall".into(), name: "RUSTBRIDGE-* chains and the jumps into them".into() }),
+            Ok(false) => report.leftovers.push(Leftover {
+                kind: "firewall".into(),
+                name: "RUSTBRIDGE-* chains and the jumps into them".into(),
+                in_use: None,
+            }),
             Err(e) => report.errors.push(format!("read firewall: {e}")),
         }
     }
     report.leftovers.sort();
     if req.remove {
-        for leftover in &report.leftovers {
+        for leftover in report.leftovers.iter().filter(|l| l.in_use.is_none()) {
             let result = match leftover.kind.as_str() {
                 "firewall" => plugin.firewall().sync(&[]).await.map_err(|e| e.to_string()),
                 _ => plugin.dataplane().delete_link(&leftover.name).await.map_err(|e| e.to_string()),
@@ -83,6 +91,18 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
     report
 }
 
+/// What keeps a link that no state knows from being removed, if anything.
+fn use_of(link: &Link, links: &[Link]) -> Option<String> {
+    match link.kind {
+        LinkKind::Veth if link.peer_elsewhere => Some("its peer is in another network namespace (a container)".into()),
+        LinkKind::Bridge => {
+            let ports = links.iter().filter(|l| l.controller.as_deref() == Some(link.name.as_str())).count();
+            (ports > 0).then(|| format!("{ports} port(s) attached"))
+        }
+        _ => None,
+    }
+}
+
 /// The text `rustbridge gc` prints.
 pub fn render_text(report: &GcReport) -> String {
     let mut out = String::new();
@@ -90,10 +110,15 @@ pub fn render_text(report: &GcReport) -> String {
         out.push_str("nothing to collect: every rustbridge-looking kernel object is known to the plugin\n");
     }
     for l in &report.leftovers {
-        let verb = if report.removed { "removed" } else { "leftover" };
-        out.push_str(&format!("{verb} {} {}\n", l.kind, l.name));
+        match &l.in_use {
+            Some(why) => out.push_str(&format!("in use, kept {} {}: {why}\n", l.kind, l.name)),
+            None => {
+                let verb = if report.removed { "removed" } else { "leftover" };
+                out.push_str(&format!("{verb} {} {}\n", l.kind, l.name));
+            }
+        }
     }
-    if !report.removed && !report.leftovers.is_empty() {
+    if !report.removed && report.leftovers.iter().any(|l| l.in_use.is_none()) {
         out.push_str("run `rustbridge gc --yes` to remove them\n");
     }
     for e in &report.errors {

@@ -107,21 +107,32 @@ async fn gc_lists_unknown_owned_links_and_removes_them_only_when_asked() {
         links.insert("rbh-bbbbbbbbbbb".into(), stray(LinkKind::Veth));
         links.insert("br0".into(), stray(LinkKind::Bridge));
         links.insert("rbh-notours".into(), stray(LinkKind::Veth));
+        // A veth pair no state knows whose peer is in a container, and a bridge with a port.
+        links
+            .insert("rbh-ccccccccccc".into(), FakeLink { peer: Some("rbc-elsewhere".into()), ..stray(LinkKind::Veth) });
+        links.insert("rb-dddddddddddd".into(), stray(LinkKind::Bridge));
+        links.insert(
+            "rbh-eeeeeeeeeee".into(),
+            FakeLink { controller: Some("rb-dddddddddddd".into()), ..stray(LinkKind::Veth) },
+        );
     }
     let listed: GcReport = serde_json::from_value(call(&s, "/Rustbridge.Gc", json!({})).await).unwrap();
     let names: Vec<&str> = listed.leftovers.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["rb-aaaaaaaaaaaa", "rbh-bbbbbbbbbbb"]);
+    assert_eq!(names, ["rb-aaaaaaaaaaaa", "rb-dddddddddddd", "rbh-bbbbbbbbbbb", "rbh-ccccccccccc", "rbh-eeeeeeeeeee"]);
+    let in_use: Vec<&str> = listed.leftovers.iter().filter(|l| l.in_use.is_some()).map(|l| l.name.as_str()).collect();
+    assert_eq!(in_use, ["rb-dddddddddddd", "rbh-ccccccccccc"], "a bridge with a port, a veth whose peer is elsewhere");
     assert!(!listed.removed);
     assert!(s.fake.link("rb-aaaaaaaaaaaa").is_some(), "listing removes nothing");
     let removed: GcReport = serde_json::from_value(call(&s, "/Rustbridge.Gc", json!({"Remove": true})).await).unwrap();
     assert_eq!(removed.leftovers, listed.leftovers);
     assert!(removed.errors.is_empty(), "{:?}", removed.errors);
     assert!(s.fake.link("rb-aaaaaaaaaaaa").is_none() && s.fake.link("rbh-bbbbbbbbbbb").is_none());
-    for kept in ["rb-0123456789ab", "rbh-fedcba98765", "br0", "rbh-notours"] {
+    for kept in ["rb-0123456789ab", "rbh-fedcba98765", "br0", "rbh-notours", "rbh-ccccccccccc", "rb-dddddddddddd"] {
         assert!(s.fake.link(kept).is_some(), "{kept} must stay");
     }
     let again: GcReport = serde_json::from_value(call(&s, "/Rustbridge.Gc", json!({})).await).unwrap();
-    assert!(again.leftovers.is_empty());
+    let left: Vec<&str> = again.leftovers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(left, ["rb-dddddddddddd", "rbh-ccccccccccc"], "what was in use stays listed");
 }
 
 #[tokio::test]
