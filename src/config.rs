@@ -90,6 +90,13 @@ pub struct ServeArgs {
     /// host:port for Prometheus metrics (/metrics) and /health over HTTP; off when unset or empty.
     #[arg(long, env = "RUSTBRIDGE_METRICS_ADDR", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
+    /// Seconds within which every call is answered. A call that cannot commit
+    /// in time undoes what it did and commits nothing. Keep it well below the
+    /// plugin's HTTP client timeout in dockerd (`docker plugin enable
+    /// --timeout`, 30 s by default), hence at most 25.
+    #[arg(long, env = "RUSTBRIDGE_CALL_DEADLINE_SECONDS", default_value = "25",
+          value_parser = clap::value_parser!(u64).range(2..=25))]
+    pub call_deadline_seconds: u64,
 }
 
 /// The metrics listener's address; empty (the managed plugin's default) means off.

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod deadline;
 pub mod driver;
 pub mod family;
 pub mod firewall;

@@ -31,11 +31,19 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// The whole request body must arrive within this.
     pub body_timeout: Duration,
+    /// Every call is answered within this, counted from its arrival (see
+    /// `crate::deadline`): a call that cannot commit in time commits nothing.
+    pub call_deadline: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 256, header_timeout: Duration::from_secs(30), body_timeout: Duration::from_secs(10) }
+        Limits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
+            call_deadline: Duration::from_secs(25),
+        }
     }
 }
 

@@ -118,7 +118,9 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
             _ = interrupt.recv() => {}
         }
     };
-    server::serve(listeners, serving.clone(), log.clone(), shutdown, DRAIN).await;
+    let limits =
+        server::Limits { call_deadline: Duration::from_secs(args.call_deadline_seconds), ..Default::default() };
+    server::serve_with(listeners, serving.clone(), log.clone(), shutdown, DRAIN, limits).await;
     for task in reconciler.into_iter().chain(metrics_task) {
         task.abort();
     }

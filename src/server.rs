@@ -23,13 +23,12 @@ use slog::{Logger, debug, error, info, warn};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::api::*;
+use crate::deadline::CallDeadline;
 use crate::driver::{Plugin, PluginError};
 use crate::listener::{self, Connections, Slot};
 
 /// Far above any real request (the largest fixture is a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// dockerd sets no timeout on plugin calls; every answer comes within this.
-pub const CALL_DEADLINE: Duration = Duration::from_secs(25);
 const CONTENT_TYPE_V1: &str = "application/vnd.docker.plugins.v1+json";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -85,7 +84,8 @@ pub use crate::listener::Limits;
 /// Binds a socket only root may use (see `listener::bind`).
 pub use crate::listener::bind;
 
-/// Serves until `shutdown` resolves, then lets in-flight calls finish (bounded by `drain`).
+/// Serves until `shutdown` resolves, then lets in-flight calls finish (bounded
+/// by `drain`). Every call is answered within `Limits::call_deadline` (see [`CallDeadline`]).
 pub async fn serve(
     listeners: Vec<(PathBuf, UnixListener)>,
     serving: impl Into<Serving>,
@@ -195,6 +195,8 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
+    // The deadline runs from the call's arrival: reading the body counts too.
+    let deadline = CallDeadline::for_call(limits.call_deadline);
     let path = req.uri().path().to_string();
     let key = if path.starts_with("/IpamDriver.") { ErrorKey::Error } else { ErrorKey::Err };
     let body = match read_body(req, key, limits).await {
@@ -214,27 +216,58 @@ async fn handle(
             return Ok(finish(&log, &path, &body, reply, started));
         }
     };
-    // The call runs as its own task: when dockerd's answer is late, the call
-    // still finishes (and undoes what failed) instead of stopping half-way.
+    // The call runs as its own task, so it is never cut off half-way through
+    // a kernel step: a call the answer was not waited for undoes its steps
+    // and commits nothing (its transaction sees the verdict).
     let call = {
         let (plugin, path, body) = (plugin.clone(), path.clone(), body.clone());
-        tokio::spawn(async move { dispatch(&plugin, &path, &body, key).await })
+        tokio::spawn(deadline.clone().scope(async move { dispatch(&plugin, &path, &body, key).await }))
     };
-    let reply = match tokio::time::timeout(CALL_DEADLINE, call).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(panicked)) => {
+    let reply = answer_in_time(&deadline, call, key, &path, &log).await;
+    Ok(finish(&log, &path, &body, reply, started))
+}
+
+/// The call's own answer when it comes in time, or when it had already
+/// claimed its commit (then its answer is the truth, a little late at most);
+/// otherwise an error saying that nothing was changed. An abandoned call's
+/// late outcome is logged when it ends.
+async fn answer_in_time(
+    deadline: &CallDeadline,
+    mut call: tokio::task::JoinHandle<Reply>,
+    key: ErrorKey,
+    path: &str,
+    log: &Logger,
+) -> Reply {
+    let joined = |result: Result<Reply, tokio::task::JoinError>| match result {
+        Ok(reply) => reply,
+        Err(panicked) => {
             Reply::error(key, StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: internal error: {panicked}"))
         }
-        Err(_) => Reply::error(
-            key,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "{path}: no answer within {}s; the call goes on in the plugin (see its log)",
-                CALL_DEADLINE.as_secs()
-            ),
-        ),
     };
-    Ok(finish(&log, &path, &body, reply, started))
+    let Some(limit) = deadline.until_answer() else { return joined(call.await) };
+    match tokio::time::timeout(limit, &mut call).await {
+        Ok(result) => joined(result),
+        Err(_) if deadline.abandon() => {
+            let (log, path_owned) = (log.clone(), path.to_string());
+            tokio::spawn(async move {
+                let outcome = match call.await {
+                    Ok(reply) => reply.outcome.err().unwrap_or_else(|| "ok, nothing to commit".into()),
+                    Err(e) => format!("internal error: {e}"),
+                };
+                warn!(log, "abandoned call ended"; "method" => path_owned, "outcome" => outcome);
+            });
+            Reply::error(
+                key,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "{path}: no answer within {} ms; the call commits nothing and undoes what it did",
+                    limit.as_millis()
+                ),
+            )
+        }
+        // It claimed its commit before the answer was due: wait for the truth.
+        Err(_) => joined(call.await),
+    }
 }
 
 fn finish(log: &Logger, path: &str, body: &[u8], reply: Reply, started: Instant) -> Response<Full<Bytes>> {
@@ -395,4 +428,49 @@ async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteE
         _ => return Err(RouteError::NotFound),
     };
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_log() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    /// A call that claims its commit just before its answer is due, then
+    /// takes a while to finish committing.
+    async fn committing_call(deadline: CallDeadline, claim_after: Duration, commit_takes: Duration) -> Reply {
+        tokio::time::sleep(claim_after).await;
+        let claimed = deadline.claim_commit();
+        tokio::time::sleep(commit_takes).await;
+        if claimed {
+            Reply::ok(json!({"committed": true}))
+        } else {
+            Reply::error(ErrorKey::Err, StatusCode::OK, "no".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_claimed_its_commit_is_answered_truthfully_even_a_little_late() {
+        let deadline = CallDeadline::new(Duration::from_millis(300), Duration::from_millis(100));
+        let call =
+            tokio::spawn(committing_call(deadline.clone(), Duration::from_millis(150), Duration::from_millis(400)));
+        let reply = answer_in_time(&deadline, call, ErrorKey::Err, "/NetworkDriver.Join", &test_log()).await;
+        assert_eq!(reply.outcome, Ok(()));
+        assert_eq!(reply.body, json!({"committed": true}));
+    }
+
+    #[tokio::test]
+    async fn a_call_still_running_at_its_deadline_is_abandoned_and_cannot_commit_afterwards() {
+        let deadline = CallDeadline::new(Duration::from_millis(300), Duration::ZERO);
+        let call = tokio::spawn(committing_call(deadline.clone(), Duration::from_millis(500), Duration::ZERO));
+        let started = Instant::now();
+        let reply = answer_in_time(&deadline, call, ErrorKey::Error, "/IpamDriver.RequestAddress", &test_log()).await;
+        assert!(started.elapsed() < Duration::from_millis(450), "answered late: {:?}", started.elapsed());
+        let message = reply.outcome.unwrap_err();
+        assert!(message.contains("commits nothing"), "{message}");
+        assert_eq!(reply.body, json!({"Error": message}));
+        assert!(!deadline.claim_commit(), "an abandoned call must not commit");
+    }
 }

@@ -1,9 +1,11 @@
-//! An in-memory data plane for tests (see `crate::testing`): it records links
-//! like the kernel would and can be told to fail an operation.
+//! An in-memory data plane for tests (see `crate::testing`): it keeps links
+//! like the kernel would, records every call made to it, and can be told to
+//! fail an operation or to make it slow.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -54,16 +56,41 @@ pub struct FakeDataPlane {
     pub busy_ports: Mutex<BTreeSet<(Proto, u16)>>,
     /// The state of the deterministic random generator (MAC addresses).
     pub random_state: Mutex<u64>,
+    /// Every call, in order, as "operation name" (see [`FakeDataPlane::calls`]).
+    calls: Mutex<Vec<String>>,
+    /// Operations that take this long (each call) before doing their work.
+    delays: Mutex<BTreeMap<&'static str, Duration>>,
 }
 
 impl FakeDataPlane {
-    fn should_fail(&self, op: &'static str) -> bool {
+    /// Records the call, waits for an injected delay, then fails it if told to.
+    async fn enter(&self, op: &'static str, name: &str) -> Result<()> {
+        self.calls.lock().unwrap().push(format!("{op} {name}"));
+        let delay = self.delays.lock().unwrap().get(op).copied();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut fail = self.fail_next.lock().unwrap();
         if *fail == Some(op) {
             *fail = None;
-            return true;
+            return Err(DataPlaneError::new(op, name, "injected failure"));
         }
-        false
+        Ok(())
+    }
+
+    /// The next call of `op` fails (once).
+    pub fn fail_once(&self, op: &'static str) {
+        *self.fail_next.lock().unwrap() = Some(op);
+    }
+
+    /// Every later call of `op` takes `delay` first (Duration::ZERO: no delay).
+    pub fn delay(&self, op: &'static str, delay: Duration) {
+        self.delays.lock().unwrap().insert(op, delay);
+    }
+
+    /// The calls made so far, as "operation name" ("create_veth rbh-…").
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
     }
 
     pub fn link(&self, name: &str) -> Option<FakeLink> {
@@ -78,9 +105,7 @@ impl FakeDataPlane {
 #[async_trait]
 impl DataPlane for FakeDataPlane {
     async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome> {
-        if self.should_fail("ensure_bridge") {
-            return Err(DataPlaneError::new("create bridge", &spec.name, "injected failure"));
-        }
+        self.enter("ensure_bridge", &spec.name).await?;
         let mut links = self.links.lock().unwrap();
         let created = !links.contains_key(&spec.name);
         let link = links.entry(spec.name.clone()).or_insert_with(FakeLink::bridge);
@@ -106,6 +131,7 @@ impl DataPlane for FakeDataPlane {
     }
 
     async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()> {
+        self.enter("remove_bridge_addresses", name).await?;
         if let Some(link) = self.links.lock().unwrap().get_mut(name) {
             link.addresses.retain(|a| !addresses.contains(a));
         }
@@ -113,9 +139,7 @@ impl DataPlane for FakeDataPlane {
     }
 
     async fn create_veth(&self, spec: &VethSpec) -> Result<()> {
-        if self.should_fail("create_veth") {
-            return Err(DataPlaneError::new("create veth", &spec.host_name, "injected failure"));
-        }
+        self.enter("create_veth", &spec.host_name).await?;
         let mut links = self.links.lock().unwrap();
         if !links.contains_key(&spec.bridge) {
             return Err(DataPlaneError::new(
@@ -146,6 +170,7 @@ impl DataPlane for FakeDataPlane {
     }
 
     async fn attach_to_bridge(&self, link: &str, bridge: &str) -> Result<()> {
+        self.enter("attach_to_bridge", link).await?;
         let mut links = self.links.lock().unwrap();
         if !links.contains_key(bridge) {
             return Err(DataPlaneError::new("attach to bridge", link, format!("bridge {bridge} not found")));
@@ -158,6 +183,7 @@ impl DataPlane for FakeDataPlane {
     }
 
     async fn delete_link(&self, name: &str) -> Result<()> {
+        self.enter("delete_link", name).await?;
         let mut links = self.links.lock().unwrap();
         if let Some(FakeLink { peer: Some(peer), .. }) = links.remove(name) {
             links.remove(&peer);
@@ -166,25 +192,30 @@ impl DataPlane for FakeDataPlane {
     }
 
     async fn link_exists(&self, name: &str) -> Result<bool> {
+        self.enter("link_exists", name).await?;
         Ok(self.links.lock().unwrap().contains_key(name))
     }
 
     async fn list_links(&self) -> Result<Vec<Link>> {
+        self.enter("list_links", "all").await?;
         let links = self.links.lock().unwrap();
         Ok(links.iter().map(|(name, l)| describe(&links, name, l)).collect())
     }
 
     async fn link(&self, name: &str) -> Result<Option<Link>> {
+        self.enter("link", name).await?;
         let links = self.links.lock().unwrap();
         Ok(links.get(name).map(|l| describe(&links, name, l)))
     }
 
     async fn ensure_ipv6_forwarding(&self) -> Result<bool> {
+        self.enter("ensure_ipv6_forwarding", "all").await?;
         *self.ipv6_forwarding.lock().unwrap() = true;
         Ok(true)
     }
 
     async fn host_prefixes(&self) -> Result<Vec<IpNet>> {
+        self.enter("host_prefixes", "all").await?;
         Ok(self.host_prefixes.lock().unwrap().clone())
     }
 

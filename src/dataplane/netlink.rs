@@ -1,6 +1,8 @@
 //! The data plane over rtnetlink: no `ip` binary, one netlink socket.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -27,6 +29,18 @@ mod libc_errno {
     pub const EADDRNOTAVAIL: i32 = 99;
 }
 
+/// Every netlink request (a dump included) gets this long. The kernel
+/// answers in microseconds; a request stuck behind a busy rtnl lock must not
+/// hold the plugin (and so dockerd) beyond the call's deadline.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs one netlink request under [`REQUEST_TIMEOUT`].
+async fn bounded<T>(action: &'static str, name: &str, request: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request).await.map_err(|_| {
+        DataPlaneError::new(action, name, format!("no answer from the kernel within {}s", REQUEST_TIMEOUT.as_secs()))
+    })?
+}
+
 pub struct NetlinkDataPlane {
     handle: Handle,
 }
@@ -40,12 +54,15 @@ impl NetlinkDataPlane {
     }
 
     async fn find_link(&self, name: &str) -> Result<Option<LinkMessage>> {
-        let mut links = self.handle.link().get().match_name(name).execute();
-        match links.try_next().await {
-            Ok(link) => Ok(link),
-            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-            Err(e) => Err(DataPlaneError::new("look up link", name, describe(&e))),
-        }
+        bounded("look up link", name, async {
+            let mut links = self.handle.link().get().match_name(name).execute();
+            match links.try_next().await {
+                Ok(link) => Ok(link),
+                Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+                Err(e) => Err(DataPlaneError::new("look up link", name, describe(&e))),
+            }
+        })
+        .await
     }
 
     async fn link_index(&self, action: &'static str, name: &str) -> Result<u32> {
@@ -56,6 +73,10 @@ impl NetlinkDataPlane {
     }
 
     async fn addresses_of(&self, index: u32) -> Result<Vec<(IpNet, AddressMessage)>> {
+        bounded("list addresses of link", &index.to_string(), self.addresses_of_unbounded(index)).await
+    }
+
+    async fn addresses_of_unbounded(&self, index: u32) -> Result<Vec<(IpNet, AddressMessage)>> {
         let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
         while let Some(msg) = stream
@@ -76,10 +97,16 @@ impl NetlinkDataPlane {
     }
 
     async fn set_link(&self, action: &'static str, name: &str, message: LinkMessage) -> Result<()> {
-        self.handle.link().set(message).execute().await.map_err(|e| DataPlaneError::new(action, name, describe(&e)))
+        let request = self.handle.link().set(message).execute();
+        bounded(action, name, async { request.await.map_err(|e| DataPlaneError::new(action, name, describe(&e))) })
+            .await
     }
 
     async fn route_prefixes(&self, builder: RouteMessage, out: &mut Vec<IpNet>) -> Result<()> {
+        bounded("list routes", "main", self.route_prefixes_unbounded(builder, out)).await
+    }
+
+    async fn route_prefixes_unbounded(&self, builder: RouteMessage, out: &mut Vec<IpNet>) -> Result<()> {
         let mut routes = self.handle.route().get(builder).execute();
         while let Some(route) =
             routes.try_next().await.map_err(|e| DataPlaneError::new("list routes", "main", describe(&e)))?
@@ -113,12 +140,11 @@ impl DataPlane for NetlinkDataPlane {
                 (link.header.index, false)
             }
             None => {
-                self.handle
-                    .link()
-                    .add(LinkBridge::new(name).mtu(spec.mtu).build())
-                    .execute()
-                    .await
-                    .map_err(|e| DataPlaneError::new("create bridge", name, describe(&e)))?;
+                let request = self.handle.link().add(LinkBridge::new(name).mtu(spec.mtu).build()).execute();
+                bounded("create bridge", name, async {
+                    request.await.map_err(|e| DataPlaneError::new("create bridge", name, describe(&e)))
+                })
+                .await?;
                 (self.link_index("create bridge", name).await?, true)
             }
         };
@@ -138,7 +164,9 @@ impl DataPlane for NetlinkDataPlane {
         let Some(link) = self.find_link(name).await? else { return Ok(()) };
         for (net, msg) in self.addresses_of(link.header.index).await? {
             if addresses.contains(&net) {
-                match self.handle.address().del(msg).execute().await {
+                let request = self.handle.address().del(msg).execute();
+                let answer = bounded("remove address from bridge", name, async { Ok(request.await) }).await?;
+                match answer {
                     Ok(()) => {}
                     Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
                     Err(e) => {
@@ -156,12 +184,12 @@ impl DataPlane for NetlinkDataPlane {
 
     async fn create_veth(&self, spec: &VethSpec) -> Result<()> {
         let bridge_index = self.link_index("attach veth to bridge", &spec.bridge).await?;
-        self.handle
-            .link()
-            .add(LinkVeth::new(&spec.host_name, &spec.peer_name).mtu(spec.mtu).build())
-            .execute()
-            .await
-            .map_err(|e| DataPlaneError::new("create veth", &spec.host_name, describe(&e)))?;
+        let request =
+            self.handle.link().add(LinkVeth::new(&spec.host_name, &spec.peer_name).mtu(spec.mtu).build()).execute();
+        bounded("create veth", &spec.host_name, async {
+            request.await.map_err(|e| DataPlaneError::new("create veth", &spec.host_name, describe(&e)))
+        })
+        .await?;
         let result = self.configure_veth(spec, bridge_index).await;
         if result.is_err() {
             let _ = self.delete_link(&spec.host_name).await;
@@ -178,7 +206,8 @@ impl DataPlane for NetlinkDataPlane {
 
     async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(link) = self.find_link(name).await? else { return Ok(()) };
-        match self.handle.link().del(link.header.index).execute().await {
+        let request = self.handle.link().del(link.header.index).execute();
+        match bounded("delete link", name, async { Ok(request.await) }).await? {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
             Err(e) => Err(DataPlaneError::new("delete link", name, describe(&e))),
@@ -190,31 +219,37 @@ impl DataPlane for NetlinkDataPlane {
     }
 
     async fn list_links(&self) -> Result<Vec<Link>> {
-        let mut stream = self.handle.link().get().execute();
-        let mut messages = Vec::new();
-        while let Some(link) =
-            stream.try_next().await.map_err(|e| DataPlaneError::new("list links", "all", describe(&e)))?
-        {
-            messages.push(link);
-        }
-        let names: std::collections::BTreeMap<u32, String> =
-            messages.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n))).collect();
-        Ok(messages
-            .iter()
-            .filter_map(|m| to_link(m, controller_index(m).and_then(|i| names.get(&i).cloned())))
-            .collect())
+        bounded("list links", "all", async {
+            let mut stream = self.handle.link().get().execute();
+            let mut messages = Vec::new();
+            while let Some(link) =
+                stream.try_next().await.map_err(|e| DataPlaneError::new("list links", "all", describe(&e)))?
+            {
+                messages.push(link);
+            }
+            let names: std::collections::BTreeMap<u32, String> =
+                messages.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n))).collect();
+            Ok(messages
+                .iter()
+                .filter_map(|m| to_link(m, controller_index(m).and_then(|i| names.get(&i).cloned())))
+                .collect())
+        })
+        .await
     }
 
     async fn link(&self, name: &str) -> Result<Option<Link>> {
         let Some(message) = self.find_link(name).await? else { return Ok(None) };
         let controller = match controller_index(&message) {
             Some(index) => {
-                let mut links = self.handle.link().get().match_index(index).execute();
-                match links.try_next().await {
-                    Ok(found) => found.as_ref().and_then(link_name),
-                    Err(e) if errno(&e) == Some(ENODEV) => None,
-                    Err(e) => return Err(DataPlaneError::new("look up bridge of link", name, describe(&e))),
-                }
+                bounded("look up bridge of link", name, async {
+                    let mut links = self.handle.link().get().match_index(index).execute();
+                    match links.try_next().await {
+                        Ok(found) => Ok(found.as_ref().and_then(link_name)),
+                        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+                        Err(e) => Err(DataPlaneError::new("look up bridge of link", name, describe(&e))),
+                    }
+                })
+                .await?
             }
             None => None,
         };
@@ -242,16 +277,20 @@ impl DataPlane for NetlinkDataPlane {
         let mut out = Vec::new();
         self.route_prefixes(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), &mut out).await?;
         self.route_prefixes(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(), &mut out).await?;
-        let mut stream = self.handle.address().get().execute();
-        while let Some(msg) =
-            stream.try_next().await.map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
-        {
-            if let Some(ip) = address_of(&msg)
-                && let Ok(net) = IpNet::new(ip, msg.header.prefix_len)
+        bounded("list addresses", "all", async {
+            let mut stream = self.handle.address().get().execute();
+            while let Some(msg) =
+                stream.try_next().await.map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
             {
-                out.push(net.trunc());
+                if let Some(ip) = address_of(&msg)
+                    && let Ok(net) = IpNet::new(ip, msg.header.prefix_len)
+                {
+                    out.push(net.trunc());
+                }
             }
-        }
+            Ok(())
+        })
+        .await?;
         out.sort();
         out.dedup();
         Ok(out)
@@ -264,7 +303,8 @@ impl NetlinkDataPlane {
         let name = spec.name.as_str();
         let present: Vec<IpNet> = self.addresses_of(index).await?.into_iter().map(|(n, _)| n).collect();
         for addr in spec.addresses.iter().filter(|a| !present.contains(a)) {
-            match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
+            let request = self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute();
+            match bounded("add address to bridge", name, async { Ok(request.await) }).await? {
                 Ok(()) => added.push(*addr),
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => {
@@ -334,12 +374,13 @@ impl NetlinkDataPlane {
         self.set_link("attach veth to bridge", &spec.host_name, host).await?;
         // Hairpin: a container reaching its own published port through a host
         // address gets the reply back through the port it came in on.
-        self.handle
-            .link()
-            .set_port(LinkBridgePort::new(host_index).hairpin(true).build())
-            .execute()
-            .await
-            .map_err(|e| DataPlaneError::new("set hairpin mode on bridge port", &spec.host_name, describe(&e)))
+        let request = self.handle.link().set_port(LinkBridgePort::new(host_index).hairpin(true).build()).execute();
+        bounded("set hairpin mode on bridge port", &spec.host_name, async {
+            request
+                .await
+                .map_err(|e| DataPlaneError::new("set hairpin mode on bridge port", &spec.host_name, describe(&e)))
+        })
+        .await
     }
 }
 

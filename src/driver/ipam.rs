@@ -1,8 +1,10 @@
 //! IpamDriver calls: the allocator decides, the store makes it durable.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
-use super::{Plugin, Result};
+use super::txn::{Txn, Undo};
+use super::{Plugin, PluginError, Result};
 use crate::api::*;
 use crate::ipam::{GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE};
 use crate::request::{check_ipam_options, parse_address, parse_optional_net};
@@ -27,24 +29,23 @@ impl Plugin {
             None => self.dataplane.host_prefixes().await?,
             Some(_) => vec![],
         };
-        let mut state = self.state.lock().await;
-        let record = state.ipam.request_pool(&req.address_space, pool, sub_pool, req.v6, &host_prefixes)?;
-        if let Err(e) = self.store.commit(vec![Change::PutPool(record.clone())]) {
-            let _ = state.ipam.release_pool(&record.id);
-            return Err(e.into());
-        }
-        Ok(RequestPoolResponse { pool_id: record.id.clone(), pool: record.pool.to_string(), data: BTreeMap::new() })
+        let mut txn = self.begin().await?;
+        let outcome = txn.state_mut().ipam.request_pool(&req.address_space, pool, sub_pool, req.v6, &host_prefixes);
+        let outcome = outcome.map_err(PluginError::from).map(|record| {
+            txn.on_undo(Undo::ReleasePool(record.id.clone()));
+            txn.record(Change::PutPool(record.clone()));
+            RequestPoolResponse { pool_id: record.id, pool: record.pool.to_string(), data: BTreeMap::new() }
+        });
+        txn.finish(outcome).await
     }
 
     pub async fn release_pool(&self, req: ReleasePoolRequest) -> Result<()> {
-        let mut state = self.state.lock().await;
-        if state.ipam.pool(&req.pool_id).is_none() {
-            return Ok(());
+        let mut txn = self.begin().await?;
+        if txn.state().ipam.pool(&req.pool_id).is_some() {
+            txn.record(Change::DeletePool(req.pool_id.clone()));
+            txn.record(Change::DeletePoolAddresses(req.pool_id.clone()));
         }
-        self.store
-            .commit(vec![Change::DeletePool(req.pool_id.clone()), Change::DeletePoolAddresses(req.pool_id.clone())])?;
-        state.ipam.release_pool(&req.pool_id)?;
-        Ok(())
+        txn.finish(Ok(())).await
     }
 
     pub async fn request_address(&self, req: RequestAddressRequest) -> Result<RequestAddressResponse> {
@@ -54,32 +55,38 @@ impl Plugin {
         };
         let gateway =
             req.options.as_ref().and_then(|o| o.get(REQUEST_ADDRESS_TYPE)).is_some_and(|t| t == GATEWAY_ADDRESS_TYPE);
-        let mut state = self.state.lock().await;
-        let cursor_before = state.ipam.cursor(&req.pool_id);
-        let (addr, prefix_len) = state.ipam.request_address(&req.pool_id, wanted, gateway)?;
-        let mut changes = vec![Change::PutAddress(req.pool_id.clone(), addr)];
-        if let Some(cursor) = state.ipam.cursor(&req.pool_id).filter(|c| Some(*c) != cursor_before) {
-            changes.push(Change::PutCursor(req.pool_id.clone(), cursor));
-        }
-        if let Err(e) = self.store.commit(changes) {
-            let _ = state.ipam.release_address(&req.pool_id, addr);
-            return Err(e.into());
-        }
-        Ok(RequestAddressResponse { address: format!("{addr}/{prefix_len}"), data: BTreeMap::new() })
+        let mut txn = self.begin().await?;
+        let outcome = request_address_in(&mut txn, &req.pool_id, wanted, gateway);
+        txn.finish(outcome).await
     }
 
     pub async fn release_address(&self, req: ReleaseAddressRequest) -> Result<()> {
         let addr = parse_address("Address", &req.address)?;
-        let mut state = self.state.lock().await;
-        let held = state.ipam.pool(&req.pool_id).is_some();
-        if !held || state.ipam.release_address(&req.pool_id, addr).is_err() {
-            // Unknown pool or an address not allocated: already released.
-            return Ok(());
+        let mut txn = self.begin().await?;
+        // Unknown pool or an address not allocated: already released.
+        let held = txn.state().ipam.addresses(&req.pool_id).is_some_and(|a| a.is_allocated(addr));
+        if held {
+            txn.record(Change::DeleteAddress(req.pool_id.clone(), addr));
         }
-        if let Err(e) = self.store.commit(vec![Change::DeleteAddress(req.pool_id.clone(), addr)]) {
-            let _ = state.ipam.restore_address(&req.pool_id, addr);
-            return Err(e.into());
-        }
-        Ok(())
+        txn.finish(Ok(())).await
     }
+}
+
+/// Takes the address in memory at once (with an undo), so the store records exactly what was decided.
+fn request_address_in(
+    txn: &mut Txn<'_>,
+    pool_id: &str,
+    wanted: Option<IpAddr>,
+    gateway: bool,
+) -> Result<RequestAddressResponse> {
+    let ipam = &mut txn.state_mut().ipam;
+    let cursor_before = ipam.cursor(pool_id);
+    let (addr, prefix_len) = ipam.request_address(pool_id, wanted, gateway)?;
+    let cursor = ipam.cursor(pool_id).filter(|c| Some(*c) != cursor_before);
+    txn.on_undo(Undo::ReleaseAddress { pool: pool_id.to_string(), addr, cursor_before });
+    txn.record(Change::PutAddress(pool_id.to_string(), addr));
+    if let Some(cursor) = cursor {
+        txn.record(Change::PutCursor(pool_id.to_string(), cursor));
+    }
+    Ok(RequestAddressResponse { address: format!("{addr}/{prefix_len}"), data: BTreeMap::new() })
 }

@@ -8,6 +8,7 @@
 pub mod ipam;
 pub mod network;
 pub mod ports;
+pub mod txn;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -128,13 +129,6 @@ impl State {
     /// The firewall's view of every network, in a stable order.
     pub fn firewall_networks(&self) -> Vec<FwNetwork> {
         self.networks.values().map(|n| self.firewall_network(n)).collect()
-    }
-
-    /// The firewall's view with one endpoint replaced (or added) as it would be after a change.
-    pub fn firewall_networks_with(&self, changed: &EndpointRecord) -> Vec<FwNetwork> {
-        let mut endpoints = self.endpoints.clone();
-        endpoints.insert(changed.id.clone(), changed.clone());
-        self.networks.values().map(|n| firewall_network(n, endpoints.values())).collect()
     }
 
     fn firewall_network(&self, n: &NetworkRecord) -> FwNetwork {

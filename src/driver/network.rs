@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::{Plugin, PluginError, Result, State, firewall_network, ports};
+use super::txn::{Txn, Undo};
+use super::{Plugin, PluginError, Result, State, ports};
 use crate::api::{self, *};
 use crate::dataplane::{BridgeSpec, DataPlane, VethSpec};
 use crate::family::Family;
@@ -14,7 +15,7 @@ use crate::firewall::rules::drops_localnet;
 use crate::names::{
     ID_CHARS_IN_VETH, bridge_name, is_docker_bridge_name, is_owned_bridge_name, short_id as short, veth_names,
 };
-use crate::options::{GatewayMode, parse_network_options};
+use crate::options::{GatewayMode, NetworkOptions, parse_network_options};
 use crate::request::{
     endpoint_driver_options, exposed_ports, parse_endpoint_address, parse_ipam_data, parse_mac, port_bindings,
     validate_id,
@@ -31,28 +32,41 @@ impl Plugin {
         let options = parse_network_options(req.options.as_ref())?;
         let ipv4 = parse_ipam_data("IPv4Data", req.ipv4_data.as_deref(), Family::V4, &options)?;
         let ipv6 = parse_ipam_data("IPv6Data", req.ipv6_data.as_deref(), Family::V6, &options)?;
-        let mut state = self.state.lock().await;
-        if let Some(existing) = state.networks.get(&req.network_id) {
+        let mut txn = self.begin().await?;
+        let outcome = self.create_network_in(&mut txn, &req.network_id, options, ipv4, ipv6).await;
+        txn.finish(outcome).await
+    }
+
+    async fn create_network_in(
+        &self,
+        txn: &mut Txn<'_>,
+        network_id: &str,
+        options: NetworkOptions,
+        ipv4: Vec<SubnetRecord>,
+        ipv6: Vec<SubnetRecord>,
+    ) -> Result<()> {
+        if let Some(existing) = txn.state().networks.get(network_id) {
             if existing.options != options || existing.ipv4 != ipv4 || existing.ipv6 != ipv6 {
                 return Err(PluginError::new(format!(
                     "network {} already exists with other settings",
-                    short(&req.network_id)
+                    short(network_id)
                 )));
             }
             // dockerd retried after losing our answer: make sure the bridge is there.
-            self.dataplane.ensure_bridge(&self.bridge_spec(existing)).await?;
+            let spec = self.bridge_spec(existing);
+            txn.kernel("checking the bridge", self.dataplane.ensure_bridge(&spec)).await?;
             return Ok(());
         }
-        let bridge = options.bridge_name.clone().unwrap_or_else(|| bridge_name(&req.network_id));
+        let bridge = options.bridge_name.clone().unwrap_or_else(|| bridge_name(network_id));
         if options.bridge_name.is_some() && (is_docker_bridge_name(&bridge) || is_owned_bridge_name(&bridge)) {
             return Err(PluginError::new(format!(
                 "option {}: {bridge} is reserved (Docker's own bridges are docker0 and br-<id>, rustbridge's are rb-<id>)",
                 crate::options::BRIDGE_NAME
             )));
         }
-        check_conflicts(&state, &req.network_id, &bridge, ipv4.iter().chain(&ipv6))?;
+        check_conflicts(txn.state(), network_id, &bridge, ipv4.iter().chain(&ipv6))?;
         let mut record = NetworkRecord {
-            id: req.network_id.clone(),
+            id: network_id.to_string(),
             // Until ensure_bridge says it made the bridge, only the plugin's own naming counts as owned.
             bridge_created: is_owned_bridge_name(&bridge),
             bridge,
@@ -63,45 +77,17 @@ impl Plugin {
         };
         if !record.ipv6.is_empty() && !record.options.internal {
             // Like the built-in bridge; where the knob is read-only, the host decides.
-            self.dataplane.ensure_ipv6_forwarding().await?;
+            txn.kernel("enabling IPv6 forwarding", self.dataplane.ensure_ipv6_forwarding()).await?;
         }
-        let outcome = self.dataplane.ensure_bridge(&self.bridge_spec(&record)).await?;
+        let spec = self.bridge_spec(&record);
+        let outcome = txn.kernel("creating the bridge", self.dataplane.ensure_bridge(&spec)).await?;
         // A bridge with the plugin's own naming is its own, even when a crash left it behind.
         record.bridge_created = outcome.created || is_owned_bridge_name(&record.bridge);
         // On an adopted bridge, only these go when the network goes.
         record.added_addresses = outcome.added;
-        if let Err(e) = self.commit_network(&mut state, record.clone()).await {
-            self.undo_bridge(&record).await;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Adds the network to the firewall and the store; undoes the firewall if the store fails.
-    async fn commit_network(&self, state: &mut State, record: NetworkRecord) -> Result<()> {
-        let mut networks = state.firewall_networks();
-        networks.push(firewall_network(&record, std::iter::empty()));
-        self.sync_or_restore(state, &networks).await?;
-        if let Err(e) = self.store.commit(vec![Change::PutNetwork(record.clone())]) {
-            let _ = self.firewall.sync(&state.firewall_networks()).await;
-            return Err(e.into());
-        }
-        state.networks.insert(record.id.clone(), record);
-        Ok(())
-    }
-
-    /// Writes the rules for `desired`; if that fails half-way (IPv4 written,
-    /// IPv6 refused), puts back the rules of the current state.
-    async fn sync_or_restore(&self, state: &State, desired: &[crate::firewall::FwNetwork]) -> Result<()> {
-        if let Err(e) = self.firewall.sync(desired).await {
-            let _ = self.firewall.sync(&state.firewall_networks()).await;
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
-    async fn undo_bridge(&self, record: &NetworkRecord) {
-        let _ = self.remove_bridge(record).await;
+        txn.on_undo(undo_bridge(&record));
+        txn.record(Change::PutNetwork(record));
+        txn.sync_firewall().await
     }
 
     /// Deletes a bridge the plugin owns; from an adopted one, removes only the
@@ -128,89 +114,34 @@ impl Plugin {
     }
 
     pub async fn delete_network(&self, req: NetworkRequest) -> Result<()> {
-        let mut state = self.state.lock().await;
-        let Some(record) = state.networks.get(&req.network_id).cloned() else { return Ok(()) };
+        let mut txn = self.begin().await?;
+        let outcome = self.delete_network_in(&mut txn, &req.network_id).await;
+        txn.finish(outcome).await
+    }
+
+    async fn delete_network_in(&self, txn: &mut Txn<'_>, network_id: &str) -> Result<()> {
+        let Some(record) = txn.state().networks.get(network_id).cloned() else { return Ok(()) };
         let endpoints: Vec<EndpointRecord> =
-            state.endpoints.values().filter(|e| e.network_id == record.id).cloned().collect();
+            txn.state().endpoints.values().filter(|e| e.network_id == record.id).cloned().collect();
         for endpoint in &endpoints {
-            self.dataplane.delete_link(&endpoint.host_veth).await?;
+            txn.kernel("deleting an endpoint's veth", self.dataplane.delete_link(&endpoint.host_veth)).await?;
         }
-        let remaining: Vec<_> = state
-            .networks
-            .values()
-            .filter(|n| n.id != record.id)
-            .map(|n| firewall_network(n, state.endpoints.values()))
-            .collect();
-        self.sync_or_restore(&state, &remaining).await?;
-        self.remove_bridge(&record).await?;
-        let mut changes = vec![Change::DeleteNetwork(record.id.clone())];
-        changes.extend(endpoints.iter().map(|e| Change::DeleteEndpoint(e.id.clone())));
-        self.store.commit(changes)?;
-        state.networks.remove(&record.id);
-        for endpoint in endpoints {
-            state.endpoints.remove(&endpoint.id);
+        txn.record(Change::DeleteNetwork(record.id.clone()));
+        for endpoint in &endpoints {
+            txn.record(Change::DeleteEndpoint(endpoint.id.clone()));
         }
+        txn.sync_firewall().await?;
+        txn.kernel("removing the bridge", self.remove_bridge(&record)).await?;
+        txn.on_undo(Undo::EnsureBridge(self.bridge_spec(&record)));
         Ok(())
     }
 
     pub async fn create_endpoint(&self, req: CreateEndpointRequest) -> Result<CreateEndpointResponse> {
         validate_id("NetworkID", &req.network_id)?;
         validate_id("EndpointID", &req.endpoint_id)?;
-        let mut state = self.state.lock().await;
-        let network = state
-            .networks
-            .get(&req.network_id)
-            .ok_or_else(|| PluginError::new(format!("network {} not found", short(&req.network_id))))?;
-        let interface = req.interface.unwrap_or_default();
-        let address = parse_endpoint_address("Interface.Address", &interface.address, &network.ipv4)?;
-        let address_v6 = parse_endpoint_address("Interface.AddressIPv6", &interface.address_ipv6, &network.ipv6)?;
-        if let Some(existing) = state.endpoints.get(&req.endpoint_id) {
-            if existing.network_id != req.network_id {
-                return Err(PluginError::new(format!(
-                    "endpoint {} already exists on network {}",
-                    short(&req.endpoint_id),
-                    short(&existing.network_id)
-                )));
-            }
-            return Ok(endpoint_response(existing, &interface.mac_address));
-        }
-        let mac = match interface.mac_address.as_str() {
-            "" => endpoint_mac(&*self.dataplane, &state, address, address_v6)?,
-            given => parse_mac("Interface.MacAddress", given)?,
-        };
-        let (host_veth, container_veth) = veth_names(&req.endpoint_id);
-        if let Some(other) = state.endpoints.values().find(|e| e.host_veth == host_veth) {
-            return Err(PluginError::new(format!(
-                "EndpointID {}: its interface name {host_veth} is already used by endpoint {} (the first {ID_CHARS_IN_VETH} characters of both IDs are the same); remove and recreate the container",
-                short(&req.endpoint_id),
-                short(&other.id)
-            )));
-        }
-        let options = req.options.unwrap_or_default();
-        if options.contains_key(api::OPT_ENDPOINT_IFNAME) {
-            return Err(PluginError::new(format!(
-                "endpoint option {}: rustbridge cannot honour it (dockerd ignores interface names chosen by remote drivers); use com.docker.network.container_iface_prefix on the network",
-                api::OPT_ENDPOINT_IFNAME
-            )));
-        }
-        let record = EndpointRecord {
-            id: req.endpoint_id.clone(),
-            network_id: req.network_id.clone(),
-            address,
-            address_v6,
-            mac,
-            host_veth,
-            container_veth,
-            joined: false,
-            port_bindings: port_bindings(&options)?,
-            exposed_ports: exposed_ports(&options)?,
-            published: vec![],
-            driver_options: endpoint_driver_options(&options),
-        };
-        self.store.commit(vec![Change::PutEndpoint(record.clone())])?;
-        let response = endpoint_response(&record, &interface.mac_address);
-        state.endpoints.insert(record.id.clone(), record);
-        Ok(response)
+        let mut txn = self.begin().await?;
+        let outcome = create_endpoint_in(&mut txn, &*self.dataplane, req);
+        txn.finish(outcome).await
     }
 
     /// The endpoint's veth names must be free, or taken by this endpoint's own
@@ -238,13 +169,18 @@ impl Plugin {
     }
 
     pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<()> {
-        let mut state = self.state.lock().await;
-        let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
-        self.withdraw_ports(&state, &endpoint).await?;
-        self.dataplane.delete_link(&endpoint.host_veth).await?;
-        self.commit_or_restore(&state, vec![Change::DeleteEndpoint(endpoint.id.clone())]).await?;
-        state.endpoints.remove(&endpoint.id);
-        Ok(())
+        let mut txn = self.begin().await?;
+        let outcome = self.delete_endpoint_in(&mut txn, &req.endpoint_id).await;
+        txn.finish(outcome).await
+    }
+
+    async fn delete_endpoint_in(&self, txn: &mut Txn<'_>, endpoint_id: &str) -> Result<()> {
+        let Some(endpoint) = txn.state().endpoints.get(endpoint_id).cloned() else { return Ok(()) };
+        txn.record(Change::DeleteEndpoint(endpoint.id.clone()));
+        if !endpoint.published.is_empty() {
+            txn.sync_firewall().await?;
+        }
+        txn.kernel("deleting the veth", self.dataplane.delete_link(&endpoint.host_veth)).await
     }
 
     pub async fn endpoint_oper_info(&self, req: EndpointRequest) -> Result<EndpointOperInfoResponse> {
@@ -265,21 +201,35 @@ impl Plugin {
     }
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
-        let mut state = self.state.lock().await;
-        let endpoint = state
+        let mut txn = self.begin().await?;
+        let outcome = self.join_in(&mut txn, &req.endpoint_id).await;
+        txn.finish(outcome).await
+    }
+
+    async fn join_in(&self, txn: &mut Txn<'_>, endpoint_id: &str) -> Result<JoinResponse> {
+        let endpoint = txn
+            .state()
             .endpoints
-            .get(&req.endpoint_id)
+            .get(endpoint_id)
             .cloned()
-            .ok_or_else(|| PluginError::new(format!("endpoint {} not found", short(&req.endpoint_id))))?;
-        let network = state
+            .ok_or_else(|| PluginError::new(format!("endpoint {} not found", short(endpoint_id))))?;
+        let network = txn
+            .state()
             .networks
             .get(&endpoint.network_id)
             .cloned()
             .ok_or_else(|| PluginError::new(format!("network {} not found", short(&endpoint.network_id))))?;
         // A repeated Join (dockerd retrying) starts from a clean pair, but
         // never by deleting a link the plugin did not make.
-        self.check_veth_names_free(&endpoint).await?;
-        self.dataplane.delete_link(&endpoint.host_veth).await?;
+        txn.kernel("checking the veth names", self.check_veth_names_free(&endpoint)).await?;
+        txn.kernel("deleting a previous veth pair", self.dataplane.delete_link(&endpoint.host_veth)).await?;
+        if endpoint.joined {
+            // The old pair is gone for good: if this Join fails, the record must not claim otherwise.
+            txn.on_undo(Undo::Record(Box::new(Change::PutEndpoint(EndpointRecord {
+                joined: false,
+                ..endpoint.clone()
+            }))));
+        }
         let spec = VethSpec {
             host_name: endpoint.host_veth.clone(),
             peer_name: endpoint.container_veth.clone(),
@@ -287,114 +237,45 @@ impl Plugin {
             mtu: network.options.mtu,
             instance: self.store.instance_id().to_string(),
         };
-        if let Err(e) = self.dataplane.create_veth(&spec).await {
-            if endpoint.joined {
-                // The old pair is gone: the record must not claim otherwise.
-                let left = EndpointRecord { joined: false, ..endpoint };
-                self.store.commit(vec![Change::PutEndpoint(left.clone())])?;
-                state.endpoints.insert(left.id.clone(), left);
-            }
-            return Err(e.into());
-        }
+        txn.kernel("creating the veth pair", self.dataplane.create_veth(&spec)).await?;
+        txn.on_undo(Undo::DeleteLink(spec.host_name));
         let joined = EndpointRecord { joined: true, ..endpoint };
-        if let Err(e) = self.store.commit(vec![Change::PutEndpoint(joined.clone())]) {
-            let _ = self.dataplane.delete_link(&joined.host_veth).await;
-            return Err(e.into());
-        }
         let response = join_response(&network, &joined);
-        state.endpoints.insert(joined.id.clone(), joined);
+        txn.record(Change::PutEndpoint(joined));
         Ok(response)
     }
 
     pub async fn leave(&self, req: EndpointRequest) -> Result<()> {
-        let mut state = self.state.lock().await;
-        let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
-        self.withdraw_ports(&state, &endpoint).await?;
-        self.dataplane.delete_link(&endpoint.host_veth).await?;
+        let mut txn = self.begin().await?;
+        let outcome = self.leave_in(&mut txn, &req.endpoint_id).await;
+        txn.finish(outcome).await
+    }
+
+    async fn leave_in(&self, txn: &mut Txn<'_>, endpoint_id: &str) -> Result<()> {
+        let Some(endpoint) = txn.state().endpoints.get(endpoint_id).cloned() else { return Ok(()) };
         let left = EndpointRecord { joined: false, published: vec![], port_bindings: vec![], ..endpoint.clone() };
         if left != endpoint {
-            self.commit_or_restore(&state, vec![Change::PutEndpoint(left.clone())]).await?;
-            state.endpoints.insert(left.id.clone(), left);
+            txn.record(Change::PutEndpoint(left));
         }
-        Ok(())
+        if !endpoint.published.is_empty() {
+            txn.sync_firewall().await?;
+        }
+        txn.kernel("deleting the veth", self.dataplane.delete_link(&endpoint.host_veth)).await
     }
 
     /// Port publishing is the driver's job: dockerd adds no rule and starts no
     /// proxy for remote drivers. All of the endpoint's ports go in one batch.
     pub async fn program_external_connectivity(&self, req: EndpointRequest) -> Result<()> {
-        let mut state = self.state.lock().await;
-        let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else {
-            return Err(PluginError::new(format!("endpoint {} not found", short(&req.endpoint_id))));
-        };
-        let network = state
-            .networks
-            .get(&endpoint.network_id)
-            .cloned()
-            .ok_or_else(|| PluginError::new(format!("network {} not found", short(&endpoint.network_id))))?;
-        let options = req.options.unwrap_or_default();
-        let bindings = port_bindings(&options)?;
-        if bindings == endpoint.port_bindings && (bindings.is_empty() || !endpoint.published.is_empty()) {
-            return Ok(()); // nothing to publish, or dockerd repeating itself
-        }
-        let published = if network.options.internal {
-            vec![] // nothing enters an internal network, like Docker's bridge
-        } else {
-            let taken: Vec<ports::Taken> = state
-                .endpoints
-                .values()
-                .filter(|e| e.id != endpoint.id)
-                .flat_map(|e| e.published.iter().map(move |p| ports::Taken { port: p, endpoint_id: &e.id }))
-                .collect();
-            ports::resolve(&bindings, &endpoint, &network, &taken, &*self.dataplane)?
-        };
-        let updated =
-            EndpointRecord { port_bindings: bindings, exposed_ports: exposed_ports(&options)?, published, ..endpoint };
-        self.apply_endpoint_rules(&mut state, updated).await
+        let mut txn = self.begin().await?;
+        let outcome = program_in(&mut txn, &*self.dataplane, req).await;
+        txn.finish(outcome).await
     }
 
     pub async fn revoke_external_connectivity(&self, req: EndpointRequest) -> Result<()> {
-        let mut state = self.state.lock().await;
-        let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else { return Ok(()) };
-        self.unpublish(&mut state, &endpoint).await?;
-        Ok(())
+        let mut txn = self.begin().await?;
+        let outcome = revoke_in(&mut txn, &req.endpoint_id).await;
+        txn.finish(outcome).await
     }
-
-    /// Removes exactly this endpoint's published ports and records it (a no-op when it has none).
-    async fn unpublish(&self, state: &mut State, endpoint: &EndpointRecord) -> Result<()> {
-        if endpoint.published.is_empty() {
-            return Ok(());
-        }
-        let updated = EndpointRecord { published: vec![], port_bindings: vec![], ..endpoint.clone() };
-        self.apply_endpoint_rules(state, updated).await
-    }
-
-    /// Takes the endpoint's ports out of the kernel; the caller records the
-    /// change together with its own (one transaction per call).
-    async fn withdraw_ports(&self, state: &State, endpoint: &EndpointRecord) -> Result<()> {
-        if endpoint.published.is_empty() {
-            return Ok(());
-        }
-        let without = EndpointRecord { published: vec![], ..endpoint.clone() };
-        self.sync_or_restore(state, &state.firewall_networks_with(&without)).await
-    }
-
-    /// Commits; if the store refuses, the rules of the unchanged state are put back.
-    async fn commit_or_restore(&self, state: &State, changes: Vec<Change>) -> Result<()> {
-        if let Err(e) = self.store.commit(changes) {
-            let _ = self.firewall.sync(&state.firewall_networks()).await;
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
-    /// Firewall first, then the store; the firewall is put back if either fails.
-    async fn apply_endpoint_rules(&self, state: &mut State, updated: EndpointRecord) -> Result<()> {
-        self.sync_or_restore(state, &state.firewall_networks_with(&updated)).await?;
-        self.commit_or_restore(state, vec![Change::PutEndpoint(updated.clone())]).await?;
-        state.endpoints.insert(updated.id.clone(), updated);
-        Ok(())
-    }
-
     /// Docker 28: which gateway addresses dockerd should not allocate.
     pub fn gw_alloc_check(&self, req: GwAllocCheckRequest) -> Result<GwAllocCheckResponse> {
         let options = parse_network_options(req.options.as_ref())?;
@@ -402,6 +283,120 @@ impl Plugin {
             skip_ipv4: options.gateway_mode_ipv4 == GatewayMode::Isolated,
             skip_ipv6: options.gateway_mode_ipv6 == GatewayMode::Isolated,
         })
+    }
+}
+
+fn create_endpoint_in(
+    txn: &mut Txn<'_>,
+    host: &dyn DataPlane,
+    req: CreateEndpointRequest,
+) -> Result<CreateEndpointResponse> {
+    let state = txn.state();
+    let network = state
+        .networks
+        .get(&req.network_id)
+        .ok_or_else(|| PluginError::new(format!("network {} not found", short(&req.network_id))))?;
+    let interface = req.interface.unwrap_or_default();
+    let address = parse_endpoint_address("Interface.Address", &interface.address, &network.ipv4)?;
+    let address_v6 = parse_endpoint_address("Interface.AddressIPv6", &interface.address_ipv6, &network.ipv6)?;
+    if let Some(existing) = state.endpoints.get(&req.endpoint_id) {
+        if existing.network_id != req.network_id {
+            return Err(PluginError::new(format!(
+                "endpoint {} already exists on network {}",
+                short(&req.endpoint_id),
+                short(&existing.network_id)
+            )));
+        }
+        return Ok(endpoint_response(existing, &interface.mac_address));
+    }
+    let mac = match interface.mac_address.as_str() {
+        "" => endpoint_mac(host, state, address, address_v6)?,
+        given => parse_mac("Interface.MacAddress", given)?,
+    };
+    let (host_veth, container_veth) = veth_names(&req.endpoint_id);
+    if let Some(other) = state.endpoints.values().find(|e| e.host_veth == host_veth) {
+        return Err(PluginError::new(format!(
+            "EndpointID {}: its interface name {host_veth} is already used by endpoint {} (the first {ID_CHARS_IN_VETH} characters of both IDs are the same); remove and recreate the container",
+            short(&req.endpoint_id),
+            short(&other.id)
+        )));
+    }
+    let options = req.options.unwrap_or_default();
+    if options.contains_key(api::OPT_ENDPOINT_IFNAME) {
+        return Err(PluginError::new(format!(
+            "endpoint option {}: rustbridge cannot honour it (dockerd ignores interface names chosen by remote drivers); use com.docker.network.container_iface_prefix on the network",
+            api::OPT_ENDPOINT_IFNAME
+        )));
+    }
+    let record = EndpointRecord {
+        id: req.endpoint_id.clone(),
+        network_id: req.network_id.clone(),
+        address,
+        address_v6,
+        mac,
+        host_veth,
+        container_veth,
+        joined: false,
+        port_bindings: port_bindings(&options)?,
+        exposed_ports: exposed_ports(&options)?,
+        published: vec![],
+        driver_options: endpoint_driver_options(&options),
+    };
+    let response = endpoint_response(&record, &interface.mac_address);
+    txn.record(Change::PutEndpoint(record));
+    Ok(response)
+}
+
+async fn program_in(txn: &mut Txn<'_>, host: &dyn DataPlane, req: EndpointRequest) -> Result<()> {
+    let state = txn.state();
+    let Some(endpoint) = state.endpoints.get(&req.endpoint_id).cloned() else {
+        return Err(PluginError::new(format!("endpoint {} not found", short(&req.endpoint_id))));
+    };
+    let network = state
+        .networks
+        .get(&endpoint.network_id)
+        .cloned()
+        .ok_or_else(|| PluginError::new(format!("network {} not found", short(&endpoint.network_id))))?;
+    let options = req.options.unwrap_or_default();
+    let bindings = port_bindings(&options)?;
+    if bindings == endpoint.port_bindings && (bindings.is_empty() || !endpoint.published.is_empty()) {
+        return Ok(()); // nothing to publish, or dockerd repeating itself
+    }
+    let published = if network.options.internal {
+        vec![] // nothing enters an internal network, like Docker's bridge
+    } else {
+        let taken: Vec<ports::Taken> = state
+            .endpoints
+            .values()
+            .filter(|e| e.id != endpoint.id)
+            .flat_map(|e| e.published.iter().map(move |p| ports::Taken { port: p, endpoint_id: &e.id }))
+            .collect();
+        ports::resolve(&bindings, &endpoint, &network, &taken, host)?
+    };
+    let updated =
+        EndpointRecord { port_bindings: bindings, exposed_ports: exposed_ports(&options)?, published, ..endpoint };
+    txn.record(Change::PutEndpoint(updated));
+    txn.sync_firewall().await
+}
+
+/// Removes exactly this endpoint's published ports and records it (a no-op when it has none).
+async fn revoke_in(txn: &mut Txn<'_>, endpoint_id: &str) -> Result<()> {
+    let Some(endpoint) = txn.state().endpoints.get(endpoint_id) else { return Ok(()) };
+    if endpoint.published.is_empty() {
+        return Ok(());
+    }
+    let updated = EndpointRecord { published: vec![], port_bindings: vec![], ..endpoint.clone() };
+    txn.record(Change::PutEndpoint(updated));
+    txn.sync_firewall().await
+}
+
+/// How to take back a bridge set up for `record`: delete it if the plugin
+/// owns it, otherwise take off the addresses the plugin added.
+fn undo_bridge(record: &NetworkRecord) -> Undo {
+    if record.bridge_created {
+        Undo::DeleteLink(record.bridge.clone())
+    } else {
+        Undo::RemoveBridgeAddresses { bridge: record.bridge.clone(), addresses: record.added_addresses.clone() }
     }
 }
 

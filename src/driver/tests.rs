@@ -600,6 +600,20 @@ async fn repeated_create_endpoint_returns_the_same_mac() {
     assert_eq!(returned_mac(&h.create_endpoint(body).await.unwrap()), first);
 }
 
+/// The random source sits behind the data plane: replaying it makes the
+/// next MAC collide with an endpoint's, and the driver draws again.
+#[tokio::test]
+async fn a_generated_mac_never_repeats_another_endpoint_s() {
+    let h = Harness::new("mac-collision");
+    let id = network_with_subnet(&h, 22, "10.72.0.0/24", "10.72.0.1/24").await;
+    let seed = *h.fake.random_state.lock().unwrap();
+    let first = returned_mac(&h.create_endpoint(endpoint(&id, &ep_id(1), "10.72.0.2/24", "", "")).await.unwrap());
+    *h.fake.random_state.lock().unwrap() = seed; // the same bytes again
+    let second = returned_mac(&h.create_endpoint(endpoint(&id, &ep_id(2), "10.72.0.3/24", "", "")).await.unwrap());
+    assert_ne!(first, second);
+    assert_eq!(mac_bytes(&second)[0] & 0x03, 0x02, "locally administered unicast: {second}");
+}
+
 #[tokio::test]
 async fn create_endpoint_refuses_foreign_addresses_and_unknown_networks() {
     let mut h = Harness::new("ep-bad");
@@ -1238,4 +1252,157 @@ async fn endpoint_whose_container_is_gone_is_cleaned_at_start() {
     h.request_address(&pool, &addr.to_string()).await.expect("the address is free again");
     h.reload();
     assert!(h.endpoint_ids().await.is_empty(), "the removal is durable");
+}
+
+// ---------------------------------------------------------------- deadlines: answer in time or leave nothing
+
+use std::time::Duration;
+
+use crate::deadline::CallDeadline;
+
+/// A call whose answer is due in 300 ms and which may commit until 100 ms before.
+fn short_deadline() -> CallDeadline {
+    CallDeadline::new(Duration::from_millis(300), Duration::from_millis(100))
+}
+
+/// Well past `short_deadline`.
+const SLOW: Duration = Duration::from_millis(700);
+
+#[tokio::test]
+async fn create_network_slow_past_its_deadline_leaves_no_record_bridge_or_rule() {
+    let mut h = Harness::new("deadline-create");
+    let id = net_id(60);
+    let body = v4_network(&id, "10.160.0.0/24", "10.160.0.1/24", json!({}));
+    h.fake.delay("ensure_bridge", SLOW);
+    let err = short_deadline().scope(h.create_network(body.clone())).await.unwrap_err();
+    assert!(err.0.contains("left before the answer is due"), "{err}");
+    let bridge = expected_bridge(&id);
+    assert!(h.fake.calls().contains(&format!("ensure_bridge {bridge}")), "the slow step ran: {:?}", h.fake.calls());
+    assert!(h.link(&bridge).is_none(), "bridge left behind: {:?}", h.fake.names());
+    assert!(h.fake.calls().contains(&format!("delete_link {bridge}")), "{:?}", h.fake.calls());
+    assert_eq!(*h.fw.syncs.lock().unwrap(), 0, "no rule was written for it");
+    assert!(h.network_ids().await.is_empty());
+    h.reload();
+    assert!(h.network_ids().await.is_empty(), "store holds a network dockerd never learnt of");
+    // Nothing claims the subnet: dockerd's retry (or the user's) succeeds.
+    h.fake.delay("ensure_bridge", Duration::ZERO);
+    short_deadline().scope(h.create_network(body)).await.unwrap();
+    assert!(h.link(&bridge).is_some());
+}
+
+#[tokio::test]
+async fn firewall_write_slow_past_the_deadline_is_cut_off_and_undone() {
+    let mut h = Harness::new("deadline-fw");
+    let id = net_id(61);
+    *h.fw.delay.lock().unwrap() = SLOW;
+    let started = std::time::Instant::now();
+    let err = short_deadline()
+        .scope(h.create_network(v4_network(&id, "10.161.0.0/24", "10.161.0.1/24", json!({}))))
+        .await
+        .unwrap_err();
+    assert!(err.0.contains("firewall rules not written within the call's deadline"), "{err}");
+    // The write was cut off at the commit point, not waited for; the undo
+    // (the committed state's rules written back) then took its own time.
+    assert!(started.elapsed() < SLOW * 2, "{:?}", started.elapsed());
+    assert!(h.fake.names().is_empty(), "bridge left behind: {:?}", h.fake.names());
+    assert!(h.fw.applied.lock().unwrap().is_empty(), "rules of the failed call left behind");
+    h.reload();
+    assert!(h.network_ids().await.is_empty());
+}
+
+#[tokio::test]
+async fn join_slow_past_its_deadline_leaves_no_veth_and_the_endpoint_unjoined() {
+    let mut h = Harness::new("deadline-join");
+    let id = network_with_subnet(&h, 62, "10.162.0.0/24", "10.162.0.1/24").await;
+    let ep = ep_id(62);
+    h.create_endpoint(endpoint(&id, &ep, "10.162.0.2/24", "", "")).await.unwrap();
+    h.fake.delay("create_veth", SLOW);
+    short_deadline().scope(h.join(&id, &ep)).await.unwrap_err();
+    assert_eq!(h.links_of_kind(LinkKind::Veth), BTreeSet::new());
+    assert_eq!(h.endpoint_joined(&ep).await, Some(false));
+    h.reload();
+    assert_eq!(h.endpoint_joined(&ep).await, Some(false));
+}
+
+#[tokio::test]
+async fn delete_network_past_its_deadline_keeps_the_network_whole() {
+    let mut h = Harness::new("deadline-delete");
+    let id = network_with_subnet(&h, 63, "10.163.0.0/24", "10.163.0.1/24").await;
+    let bridge = expected_bridge(&id);
+    h.fake.delay("delete_link", SLOW);
+    short_deadline().scope(h.delete_network(&id)).await.unwrap_err();
+    // dockerd keeps the network after a failed DeleteNetwork: so does the plugin.
+    let link = h.link(&bridge).expect("bridge put back");
+    assert_eq!(link.addresses, vec![net("10.163.0.1/24")]);
+    assert_eq!(h.fw_bridges(), vec![bridge.clone()]);
+    h.reload();
+    assert_eq!(h.network_ids().await, BTreeSet::from([id.clone()]));
+    h.fake.delay("delete_link", Duration::ZERO);
+    h.delete_network(&id).await.unwrap();
+    assert!(h.link(&bridge).is_none());
+}
+
+#[tokio::test]
+async fn request_pool_slow_past_its_deadline_takes_no_pool() {
+    let mut h = Harness::new("deadline-pool");
+    h.fake.delay("host_prefixes", SLOW);
+    let err = short_deadline().scope(h.request_pool("", "", false)).await.unwrap_err();
+    assert!(err.0.contains("nothing was changed"), "{err}");
+    assert_eq!(h.p().state.lock().await.ipam.pools().count(), 0);
+    h.reload();
+    assert_eq!(h.p().state.lock().await.ipam.pools().count(), 0);
+    h.fake.delay("host_prefixes", Duration::ZERO);
+    let pool = h.request_pool("", "", false).await.unwrap();
+    assert_eq!(pool.pool, "10.210.0.0/24", "the first default pool is still free");
+}
+
+#[tokio::test]
+async fn waiting_for_the_state_lock_counts_against_the_deadline() {
+    let mut h = Harness::new("deadline-lock");
+    let pool = h.request_pool("10.164.0.0/24", "", false).await.unwrap().pool_id;
+    let held = h.p().state.lock().await;
+    let (call, ()) = tokio::join!(short_deadline().scope(h.request_address(&pool, "")), async {
+        tokio::time::sleep(SLOW).await;
+        drop(held);
+    });
+    let err = call.unwrap_err();
+    assert!(err.0.contains("held the state lock"), "{err}");
+    let allocated = (1..=254).map(|i| format!("10.164.0.{i}").parse().unwrap());
+    assert!(!any_allocated(&h, &pool, allocated.clone()).await);
+    h.reload();
+    assert!(!any_allocated(&h, &pool, allocated).await);
+}
+
+async fn any_allocated(h: &Harness, pool: &str, mut addresses: impl Iterator<Item = IpAddr>) -> bool {
+    let state = h.p().state.lock().await;
+    let allocator = state.ipam.addresses(pool).expect("pool held");
+    addresses.any(|a| allocator.is_allocated(a))
+}
+
+#[tokio::test]
+async fn a_call_the_server_gave_up_on_commits_nothing_and_gives_its_address_back() {
+    let mut h = Harness::new("deadline-abandoned");
+    let pool = h.request_pool("10.165.0.0/24", "", false).await.unwrap().pool_id;
+    let deadline = CallDeadline::new(Duration::from_secs(10), Duration::ZERO);
+    // The server answered dockerd (an error) while the call was under way.
+    assert!(deadline.abandon());
+    let err = deadline.scope(h.request_address(&pool, "10.165.0.7")).await.unwrap_err();
+    assert!(err.0.contains("already due"), "{err}");
+    let wanted = || std::iter::once("10.165.0.7".parse().unwrap());
+    assert!(!any_allocated(&h, &pool, wanted()).await);
+    h.reload();
+    assert!(!any_allocated(&h, &pool, wanted()).await);
+    h.request_address(&pool, "10.165.0.7").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_that_claimed_its_commit_in_time_commits() {
+    let mut h = Harness::new("deadline-claimed");
+    let pool = h.request_pool("10.166.0.0/24", "", false).await.unwrap().pool_id;
+    let deadline = CallDeadline::new(Duration::from_secs(10), Duration::from_secs(1));
+    let address = deadline.clone().scope(h.request_address(&pool, "")).await.unwrap();
+    assert!(!deadline.abandon(), "the commit was claimed: the server waits for the answer");
+    h.reload();
+    let state = h.p().state.lock().await;
+    assert!(state.ipam.addresses(&pool).unwrap().is_allocated(addr_of(&address)));
 }

@@ -1,5 +1,5 @@
 //! A firewall that records what it was asked to apply and can be told to fail
-//! once; for tests (see `crate::testing`).
+//! once or to be slow; for tests (see `crate::testing`).
 
 use std::sync::Mutex;
 
@@ -13,11 +13,17 @@ pub struct FakeFirewall {
     pub applied: Mutex<Vec<FwNetwork>>,
     pub syncs: Mutex<usize>,
     pub fail_next: Mutex<bool>,
+    /// Each write takes this long before it applies (a wedged xtables lock).
+    pub delay: Mutex<std::time::Duration>,
 }
 
 #[async_trait]
 impl Firewall for FakeFirewall {
     async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError> {
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut fail = self.fail_next.lock().unwrap();
         if *fail {
             *fail = false;

@@ -77,6 +77,7 @@ pub struct EndpointRecord {
 }
 
 /// One change inside a transaction.
+#[derive(Debug, Clone)]
 pub enum Change {
     PutNetwork(NetworkRecord),
     DeleteNetwork(String),

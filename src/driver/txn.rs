@@ -1,0 +1,268 @@
+//! The one path every mutating call goes through:
+//!
+//! 1. `Plugin::begin` takes the state lock, waiting no longer than the call's
+//!    deadline allows (the wait counts against it);
+//! 2. the handler validates against `Txn::state`, then applies kernel steps
+//!    (`Txn::kernel`, `Txn::sync_firewall`), each refused once too little time
+//!    is left, and registers how to undo each one (`Txn::on_undo`, a teardown
+//!    list run in reverse); IPAM takes addresses and pools in memory when it
+//!    decides them, with an undo as well;
+//! 3. it records the store changes (`Txn::record`);
+//! 4. `Txn::finish` commits them in one store transaction, but only after
+//!    claiming the commit from the deadline ([`CallDeadline::claim_commit`]),
+//!    then publishes them to memory (networks, endpoints, and what IPAM gives
+//!    back). On any error, or when the call is past its deadline, it runs the
+//!    teardown list instead and commits nothing.
+//!
+//! Nothing is given back to anyone (a released pool or address, a deleted
+//! record) before the commit; anything taken before it has an undo.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::sync::MutexGuard;
+
+use super::{Plugin, PluginError, Result, State, firewall_network};
+use crate::dataplane::BridgeSpec;
+use crate::deadline::CallDeadline;
+use crate::firewall::FwNetwork;
+use crate::state::Change;
+
+/// One undo step may take this long (its own requests are bounded too); the
+/// state lock is held meanwhile, and later calls' waits count against their deadlines.
+const UNDO_STEP_LIMIT: Duration = Duration::from_secs(10);
+
+/// How to take back one step of a call that does not commit.
+#[derive(Debug, Clone)]
+pub enum Undo {
+    /// A link the call created (a bridge, a veth pair).
+    DeleteLink(String),
+    /// Gateway addresses the call put on a bridge it did not create.
+    RemoveBridgeAddresses { bridge: String, addresses: Vec<IpNet> },
+    /// A bridge the call removed (or took its addresses from).
+    EnsureBridge(BridgeSpec),
+    /// A kernel step that cannot be taken back (a veth pair deleted): the
+    /// record must say so even though the call fails. Committed by the undo.
+    Record(Box<Change>),
+    /// Rules written for the call's changes: write the committed state's back.
+    Firewall,
+    /// An address taken in memory, and the pool's cursor before.
+    ReleaseAddress { pool: String, addr: IpAddr, cursor_before: Option<IpAddr> },
+    /// A pool taken in memory.
+    ReleasePool(String),
+}
+
+pub struct Txn<'a> {
+    plugin: &'a Plugin,
+    state: MutexGuard<'a, State>,
+    deadline: CallDeadline,
+    teardown: Vec<Undo>,
+    changes: Vec<Change>,
+}
+
+impl Plugin {
+    /// Starts a transaction for the current call (see [`CallDeadline::current`]).
+    pub async fn begin(&self) -> Result<Txn<'_>> {
+        let deadline = CallDeadline::current();
+        let state = match deadline.until_commit() {
+            None => self.state.lock().await,
+            Some(left) => tokio::time::timeout(left, self.state.lock()).await.map_err(|_| {
+                PluginError::new(format!(
+                    "another call held the state lock until this call's deadline ({} ms waited); nothing was changed",
+                    left.as_millis()
+                ))
+            })?,
+        };
+        let txn = Txn { plugin: self, state, deadline, teardown: vec![], changes: vec![] };
+        txn.check("starting")?;
+        Ok(txn)
+    }
+}
+
+impl Txn<'_> {
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// For IPAM decisions, which take in memory at once (each with an undo).
+    pub fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    /// Refuses to start `step` once the call can no longer commit in time.
+    fn check(&self, step: &str) -> Result<()> {
+        match self.deadline.expired() {
+            Some(why) => Err(PluginError::new(format!("stopped before {step}: {why}; nothing was changed"))),
+            None => Ok(()),
+        }
+    }
+
+    /// One kernel step (each is bounded by its own request timeouts).
+    /// Register its undo with [`Txn::on_undo`] once it succeeded.
+    pub async fn kernel<T, E>(&self, step: &str, work: impl Future<Output = std::result::Result<T, E>>) -> Result<T>
+    where
+        PluginError: From<E>,
+    {
+        self.check(step)?;
+        Ok(work.await?)
+    }
+
+    pub fn on_undo(&mut self, undo: Undo) {
+        self.teardown.push(undo);
+    }
+
+    /// A store change, committed by `finish` with all the others.
+    pub fn record(&mut self, change: Change) {
+        self.changes.push(change);
+    }
+
+    /// Writes the rules for the state as it will be after this call's
+    /// changes (record them first). Bounded by the time left before the
+    /// commit point; a write that fails or is cut off (possibly half done)
+    /// is undone by writing the committed state's rules back.
+    pub async fn sync_firewall(&mut self) -> Result<()> {
+        self.check("writing firewall rules")?;
+        let desired = self.firewall_after();
+        if !self.teardown.iter().any(|u| matches!(u, Undo::Firewall)) {
+            self.teardown.push(Undo::Firewall);
+        }
+        let write = self.plugin.firewall.sync(&desired);
+        match self.deadline.until_commit() {
+            None => write.await?,
+            Some(left) => tokio::time::timeout(left, write).await.map_err(|_| {
+                PluginError::new(format!(
+                    "firewall rules not written within the call's deadline ({} ms left)",
+                    left.as_millis()
+                ))
+            })??,
+        }
+        Ok(())
+    }
+
+    /// The firewall's view of the state with this call's changes applied.
+    fn firewall_after(&self) -> Vec<FwNetwork> {
+        let mut networks = self.state.networks.clone();
+        let mut endpoints = self.state.endpoints.clone();
+        for change in &self.changes {
+            match change {
+                Change::PutNetwork(r) => {
+                    networks.insert(r.id.clone(), r.clone());
+                }
+                Change::DeleteNetwork(id) => {
+                    networks.remove(id);
+                }
+                Change::PutEndpoint(r) => {
+                    endpoints.insert(r.id.clone(), r.clone());
+                }
+                Change::DeleteEndpoint(id) => {
+                    endpoints.remove(id);
+                }
+                _ => {}
+            }
+        }
+        networks.values().map(|n| firewall_network(n, endpoints.values())).collect()
+    }
+
+    /// Ends the call: commits and publishes its changes when `outcome` is
+    /// Ok and the deadline still allows it; otherwise undoes everything.
+    pub async fn finish<T>(mut self, outcome: Result<T>) -> Result<T> {
+        let value = match outcome {
+            Ok(value) => value,
+            Err(e) => return Err(self.undo(e).await),
+        };
+        if self.changes.is_empty() && self.teardown.is_empty() {
+            return Ok(value); // nothing to commit: a read, or a repeat of a finished call
+        }
+        if !self.deadline.claim_commit() {
+            let why = self.deadline.expired().unwrap_or_else(|| "the server gave up on the call".into());
+            return Err(self.undo(PluginError::new(format!("not committed: {why}"))).await);
+        }
+        let changes = std::mem::take(&mut self.changes);
+        if let Err(e) = self.plugin.store.commit(changes.clone()) {
+            return Err(self.undo(e.into()).await);
+        }
+        publish(&mut self.state, changes);
+        Ok(value)
+    }
+
+    /// Runs the teardown list in reverse; returns `error` with what could not be undone.
+    async fn undo(&mut self, error: PluginError) -> PluginError {
+        let mut failed = Vec::new();
+        let mut records = Vec::new();
+        while let Some(step) = self.teardown.pop() {
+            if let Undo::Record(change) = step {
+                let change = *change;
+                records.push(change);
+                continue;
+            }
+            let what = format!("{step:?}");
+            match tokio::time::timeout(UNDO_STEP_LIMIT, self.undo_step(step)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed.push(format!("{what}: {e}")),
+                Err(_) => failed.push(format!("{what}: no answer within {}s", UNDO_STEP_LIMIT.as_secs())),
+            }
+        }
+        if !records.is_empty() {
+            match self.plugin.store.commit(records.clone()) {
+                Ok(()) => publish(&mut self.state, records),
+                Err(e) => failed.push(format!("record what cannot be undone: {e}")),
+            }
+        }
+        if failed.is_empty() {
+            error
+        } else {
+            PluginError::new(format!("{error}; undo incomplete (the reconciler retries): {}", failed.join("; ")))
+        }
+    }
+
+    async fn undo_step(&mut self, step: Undo) -> Result<()> {
+        let plugin = self.plugin;
+        match step {
+            Undo::DeleteLink(name) => plugin.dataplane.delete_link(&name).await?,
+            Undo::RemoveBridgeAddresses { bridge, addresses } => {
+                plugin.dataplane.remove_bridge_addresses(&bridge, &addresses).await?
+            }
+            Undo::EnsureBridge(spec) => drop(plugin.dataplane.ensure_bridge(&spec).await?),
+            Undo::Record(_) => {} // committed together after the kernel steps
+            Undo::Firewall => plugin.firewall.sync(&self.state.firewall_networks()).await?,
+            Undo::ReleaseAddress { pool, addr, cursor_before } => {
+                let ipam = &mut self.state.ipam;
+                ipam.release_address(&pool, addr)?;
+                if let Some(cursor) = cursor_before {
+                    ipam.restore_cursor(&pool, cursor)?;
+                }
+            }
+            Undo::ReleasePool(id) => drop(self.state.ipam.release_pool(&id)?),
+        }
+        Ok(())
+    }
+}
+
+/// Makes memory match a committed transaction. Pools and addresses were
+/// taken in memory when decided; what is given back is given back here.
+fn publish(state: &mut State, changes: Vec<Change>) {
+    for change in changes {
+        match change {
+            Change::PutNetwork(r) => {
+                state.networks.insert(r.id.clone(), r);
+            }
+            Change::DeleteNetwork(id) => {
+                state.networks.remove(&id);
+            }
+            Change::PutEndpoint(r) => {
+                state.endpoints.insert(r.id.clone(), r);
+            }
+            Change::DeleteEndpoint(id) => {
+                state.endpoints.remove(&id);
+            }
+            Change::DeletePool(id) => {
+                let _ = state.ipam.release_pool(&id);
+            }
+            Change::DeleteAddress(pool, addr) => {
+                let _ = state.ipam.release_address(&pool, addr);
+            }
+            Change::PutPool(_) | Change::PutAddress(..) | Change::PutCursor(..) | Change::DeletePoolAddresses(_) => {}
+        }
+    }
+}
