@@ -12,8 +12,9 @@ use tokio::process::Command;
 use super::rules::{self, Family};
 use super::{Firewall, FirewallError, FwNetwork};
 
-/// Per tool run. A change runs at most four (save and restore, IPv4 and IPv6),
-/// which stays below the server's per-call deadline.
+/// Per tool run. A change runs at most four (save and restore, IPv4 and IPv6);
+/// a call's transaction also cuts a write off at the call's commit point
+/// (the child is killed on drop) and writes the committed rules back.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which iptables flavour to drive.
