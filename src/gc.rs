@@ -56,7 +56,7 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
                     _ => continue,
                 };
                 if !known_bridges.contains(link.name.as_str()) && !known_veths.contains(link.name.as_str()) {
-                    let in_use = use_of(&link, &links);
+                    let in_use = use_of(link, &links);
                     report.leftovers.push(Leftover { kind: kind.into(), name: link.name.clone(), in_use });
                 }
             }
