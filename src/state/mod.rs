@@ -12,6 +12,8 @@
 //! foreign or newer-schema file is refused with the way to recover, never
 //! replaced by a fresh database; older schemas are migrated (`migrate.rs`).
 
+#[macro_use]
+mod fields;
 mod migrate;
 mod open;
 mod schema;

@@ -2,7 +2,8 @@
 //! JSON value per key. They are written and read only here, so a rename in the
 //! wire types (`api`), the firewall or the options cannot change what is on
 //! disk: every field is spelled out below and converted to and from the domain
-//! types field by field. Changing a record's shape means a new schema version
+//! types field by field (`record!`, `fields.rs`, writes both conversions from
+//! the one field list; the renamed records are converted by hand). Changing a record's shape means a new schema version
 //! and a migration (`migrate.rs`).
 //!
 //! Tables (all keys text):
@@ -42,45 +43,51 @@ pub const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("ipam_curs
 /// Names of the record tables (every schema so far has these).
 pub const RECORD_TABLES: [&str; 5] = ["networks", "endpoints", "ipam_pools", "ipam_addresses", "ipam_cursors"];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Network {
-    pub id: String,
-    pub bridge: String,
-    pub bridge_created: bool,
-    pub options: Options,
-    pub ipv4: Vec<Subnet>,
-    pub ipv6: Vec<Subnet>,
-    /// Addresses the plugin added to an adopted bridge.
-    pub added_addresses: Vec<IpNet>,
+record! {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Network <=> NetworkRecord {
+        id: String,
+        bridge: String,
+        bridge_created: bool,
+        options: Options as into,
+        ipv4: Vec<Subnet> as each,
+        ipv6: Vec<Subnet> as each,
+        /// Addresses the plugin added to an adopted bridge.
+        added_addresses: Vec<IpNet>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Subnet {
-    pub pool: IpNet,
-    pub gateway: Option<IpNet>,
+record! {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Subnet <=> SubnetRecord {
+        pool: IpNet,
+        gateway: Option<IpNet>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    pub bridge_name: Option<String>,
-    pub mtu: u32,
-    pub mtu_explicit: bool,
-    pub iface_prefix: String,
-    pub enable_icc: bool,
-    pub enable_ip_masquerade: bool,
-    pub host_binding_ipv4: Option<IpAddr>,
-    pub host_ipv4: Option<IpAddr>,
-    pub host_ipv6: Option<IpAddr>,
-    pub inhibit_ipv4: bool,
-    pub gateway_mode_ipv4: Gateway,
-    pub gateway_mode_ipv6: Gateway,
-    pub trusted_host_interfaces: Vec<String>,
-    pub internal: bool,
-    pub enable_ipv4: bool,
-    pub enable_ipv6: bool,
+record! {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Options <=> NetworkOptions {
+        bridge_name: Option<String>,
+        mtu: u32,
+        mtu_explicit: bool,
+        iface_prefix: String,
+        enable_icc: bool,
+        enable_ip_masquerade: bool,
+        host_binding_ipv4: Option<IpAddr>,
+        host_ipv4: Option<IpAddr>,
+        host_ipv6: Option<IpAddr>,
+        inhibit_ipv4: bool,
+        gateway_mode_ipv4: Gateway as into,
+        gateway_mode_ipv6: Gateway as into,
+        trusted_host_interfaces: Vec<String>,
+        internal: bool,
+        enable_ipv4: bool,
+        enable_ipv6: bool,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -91,24 +98,26 @@ pub enum Gateway {
     Isolated,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Endpoint {
-    pub id: String,
-    pub network_id: String,
-    pub address: Option<IpNet>,
-    pub address_v6: Option<IpNet>,
-    pub mac: String,
-    pub host_veth: String,
-    pub container_veth: String,
-    pub joined: bool,
-    /// The `-p` mappings as dockerd asked for them.
-    pub port_bindings: Vec<Binding>,
-    pub exposed_ports: Vec<Exposed>,
-    /// The mappings as resolved (host port chosen), while programmed.
-    pub published: Vec<Published>,
-    /// Endpoint driver options, kept verbatim (JSON values as dockerd sent them).
-    pub driver_options: BTreeMap<String, serde_json::Value>,
+record! {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Endpoint <=> EndpointRecord {
+        id: String,
+        network_id: String,
+        address: Option<IpNet>,
+        address_v6: Option<IpNet>,
+        mac: String,
+        host_veth: String,
+        container_veth: String,
+        joined: bool,
+        /// The `-p` mappings as dockerd asked for them.
+        port_bindings: Vec<Binding> as each,
+        exposed_ports: Vec<Exposed> as each,
+        /// The mappings as resolved (host port chosen), while programmed.
+        published: Vec<Published> as each,
+        /// Endpoint driver options, kept verbatim (JSON values as dockerd sent them).
+        driver_options: BTreeMap<String, serde_json::Value>,
+    }
 }
 
 /// A requested mapping; protocol as its IANA number, addresses as dockerd wrote them.
@@ -148,84 +157,22 @@ pub enum Protocol {
     Sctp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pool {
-    pub id: String,
-    pub address_space: String,
-    pub pool: IpNet,
-    pub sub_pool: Option<IpNet>,
-    pub v6: bool,
-    pub auto: bool,
-}
-
-// ---------------------------------------------------------------- domain → record
-// Every conversion destructures the domain type completely: a field added there
-// does not compile until it has a place here (and, if it changes the shape, a
-// new schema version).
-
-impl From<&NetworkRecord> for Network {
-    fn from(n: &NetworkRecord) -> Self {
-        let NetworkRecord { id, bridge, bridge_created, options, ipv4, ipv6, added_addresses } = n;
-        Network {
-            id: id.clone(),
-            bridge: bridge.clone(),
-            bridge_created: *bridge_created,
-            options: options.into(),
-            ipv4: ipv4.iter().map(Subnet::from).collect(),
-            ipv6: ipv6.iter().map(Subnet::from).collect(),
-            added_addresses: added_addresses.clone(),
-        }
+record! {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Pool <=> PoolRecord {
+        id: String,
+        address_space: String,
+        pool: IpNet,
+        sub_pool: Option<IpNet>,
+        v6: bool,
+        auto: bool,
     }
 }
 
-impl From<&SubnetRecord> for Subnet {
-    fn from(s: &SubnetRecord) -> Self {
-        let SubnetRecord { pool, gateway } = s;
-        Subnet { pool: *pool, gateway: *gateway }
-    }
-}
-
-impl From<&NetworkOptions> for Options {
-    fn from(o: &NetworkOptions) -> Self {
-        let NetworkOptions {
-            bridge_name,
-            mtu,
-            mtu_explicit,
-            iface_prefix,
-            enable_icc,
-            enable_ip_masquerade,
-            host_binding_ipv4,
-            host_ipv4,
-            host_ipv6,
-            inhibit_ipv4,
-            gateway_mode_ipv4,
-            gateway_mode_ipv6,
-            trusted_host_interfaces,
-            internal,
-            enable_ipv4,
-            enable_ipv6,
-        } = o;
-        Options {
-            bridge_name: bridge_name.clone(),
-            mtu: *mtu,
-            mtu_explicit: *mtu_explicit,
-            iface_prefix: iface_prefix.clone(),
-            enable_icc: *enable_icc,
-            enable_ip_masquerade: *enable_ip_masquerade,
-            host_binding_ipv4: *host_binding_ipv4,
-            host_ipv4: *host_ipv4,
-            host_ipv6: *host_ipv6,
-            inhibit_ipv4: *inhibit_ipv4,
-            gateway_mode_ipv4: (*gateway_mode_ipv4).into(),
-            gateway_mode_ipv6: (*gateway_mode_ipv6).into(),
-            trusted_host_interfaces: trusted_host_interfaces.clone(),
-            internal: *internal,
-            enable_ipv4: *enable_ipv4,
-            enable_ipv6: *enable_ipv6,
-        }
-    }
-}
+// ---------------------------------------------------------------- the renamed and the enums
+// Records whose stored names differ from the domain's are converted by hand,
+// destructuring completely both ways.
 
 impl From<GatewayMode> for Gateway {
     fn from(m: GatewayMode) -> Self {
@@ -233,161 +180,6 @@ impl From<GatewayMode> for Gateway {
             GatewayMode::Nat => Gateway::Nat,
             GatewayMode::Routed => Gateway::Routed,
             GatewayMode::Isolated => Gateway::Isolated,
-        }
-    }
-}
-
-impl From<&EndpointRecord> for Endpoint {
-    fn from(e: &EndpointRecord) -> Self {
-        let EndpointRecord {
-            id,
-            network_id,
-            address,
-            address_v6,
-            mac,
-            host_veth,
-            container_veth,
-            joined,
-            port_bindings,
-            exposed_ports,
-            published,
-            driver_options,
-        } = e;
-        Endpoint {
-            id: id.clone(),
-            network_id: network_id.clone(),
-            address: *address,
-            address_v6: *address_v6,
-            mac: mac.clone(),
-            host_veth: host_veth.clone(),
-            container_veth: container_veth.clone(),
-            joined: *joined,
-            port_bindings: port_bindings.iter().map(Binding::from).collect(),
-            exposed_ports: exposed_ports.iter().map(Exposed::from).collect(),
-            published: published.iter().map(Published::from).collect(),
-            driver_options: driver_options.clone(),
-        }
-    }
-}
-
-impl From<&PortBinding> for Binding {
-    fn from(b: &PortBinding) -> Self {
-        let PortBinding { proto, ip, port, host_ip, host_port, host_port_end } = b;
-        Binding {
-            protocol: *proto,
-            container_ip: ip.clone(),
-            container_port: *port,
-            host_ip: host_ip.clone(),
-            host_port: *host_port,
-            host_port_end: *host_port_end,
-        }
-    }
-}
-
-impl From<&TransportPort> for Exposed {
-    fn from(t: &TransportPort) -> Self {
-        let TransportPort { proto, port } = t;
-        Exposed { protocol: *proto, port: *port }
-    }
-}
-
-impl From<&FwPort> for Published {
-    fn from(p: &FwPort) -> Self {
-        let FwPort { proto, host_ip, host_port, container_ip, container_port } = p;
-        Published {
-            protocol: (*proto).into(),
-            host_ip: *host_ip,
-            host_port: *host_port,
-            container_ip: *container_ip,
-            container_port: *container_port,
-        }
-    }
-}
-
-impl From<Proto> for Protocol {
-    fn from(p: Proto) -> Self {
-        match p {
-            Proto::Tcp => Protocol::Tcp,
-            Proto::Udp => Protocol::Udp,
-            Proto::Sctp => Protocol::Sctp,
-        }
-    }
-}
-
-impl From<&PoolRecord> for Pool {
-    fn from(p: &PoolRecord) -> Self {
-        let PoolRecord { id, address_space, pool, sub_pool, v6, auto } = p;
-        Pool {
-            id: id.clone(),
-            address_space: address_space.clone(),
-            pool: *pool,
-            sub_pool: *sub_pool,
-            v6: *v6,
-            auto: *auto,
-        }
-    }
-}
-
-// ---------------------------------------------------------------- record → domain
-
-impl From<Network> for NetworkRecord {
-    fn from(n: Network) -> Self {
-        let Network { id, bridge, bridge_created, options, ipv4, ipv6, added_addresses } = n;
-        NetworkRecord {
-            id,
-            bridge,
-            bridge_created,
-            options: options.into(),
-            ipv4: ipv4.into_iter().map(SubnetRecord::from).collect(),
-            ipv6: ipv6.into_iter().map(SubnetRecord::from).collect(),
-            added_addresses,
-        }
-    }
-}
-
-impl From<Subnet> for SubnetRecord {
-    fn from(s: Subnet) -> Self {
-        SubnetRecord { pool: s.pool, gateway: s.gateway }
-    }
-}
-
-impl From<Options> for NetworkOptions {
-    fn from(o: Options) -> Self {
-        let Options {
-            bridge_name,
-            mtu,
-            mtu_explicit,
-            iface_prefix,
-            enable_icc,
-            enable_ip_masquerade,
-            host_binding_ipv4,
-            host_ipv4,
-            host_ipv6,
-            inhibit_ipv4,
-            gateway_mode_ipv4,
-            gateway_mode_ipv6,
-            trusted_host_interfaces,
-            internal,
-            enable_ipv4,
-            enable_ipv6,
-        } = o;
-        NetworkOptions {
-            bridge_name,
-            mtu,
-            mtu_explicit,
-            iface_prefix,
-            enable_icc,
-            enable_ip_masquerade,
-            host_binding_ipv4,
-            host_ipv4,
-            host_ipv6,
-            inhibit_ipv4,
-            gateway_mode_ipv4: gateway_mode_ipv4.into(),
-            gateway_mode_ipv6: gateway_mode_ipv6.into(),
-            trusted_host_interfaces,
-            internal,
-            enable_ipv4,
-            enable_ipv6,
         }
     }
 }
@@ -402,66 +194,54 @@ impl From<Gateway> for GatewayMode {
     }
 }
 
-impl From<Endpoint> for EndpointRecord {
-    fn from(e: Endpoint) -> Self {
-        let Endpoint {
-            id,
-            network_id,
-            address,
-            address_v6,
-            mac,
-            host_veth,
-            container_veth,
-            joined,
-            port_bindings,
-            exposed_ports,
-            published,
-            driver_options,
-        } = e;
-        EndpointRecord {
-            id,
-            network_id,
-            address,
-            address_v6,
-            mac,
-            host_veth,
-            container_veth,
-            joined,
-            port_bindings: port_bindings.into_iter().map(PortBinding::from).collect(),
-            exposed_ports: exposed_ports.into_iter().map(TransportPort::from).collect(),
-            published: published.into_iter().map(FwPort::from).collect(),
-            driver_options,
-        }
+impl From<PortBinding> for Binding {
+    fn from(b: PortBinding) -> Self {
+        let PortBinding { proto, ip, port, host_ip, host_port, host_port_end } = b;
+        Binding { protocol: proto, container_ip: ip, container_port: port, host_ip, host_port, host_port_end }
     }
 }
 
 impl From<Binding> for PortBinding {
     fn from(b: Binding) -> Self {
-        PortBinding {
-            proto: b.protocol,
-            ip: b.container_ip,
-            port: b.container_port,
-            host_ip: b.host_ip,
-            host_port: b.host_port,
-            host_port_end: b.host_port_end,
-        }
+        let Binding { protocol, container_ip, container_port, host_ip, host_port, host_port_end } = b;
+        PortBinding { proto: protocol, ip: container_ip, port: container_port, host_ip, host_port, host_port_end }
+    }
+}
+
+impl From<TransportPort> for Exposed {
+    fn from(t: TransportPort) -> Self {
+        let TransportPort { proto, port } = t;
+        Exposed { protocol: proto, port }
     }
 }
 
 impl From<Exposed> for TransportPort {
     fn from(e: Exposed) -> Self {
-        TransportPort { proto: e.protocol, port: e.port }
+        let Exposed { protocol, port } = e;
+        TransportPort { proto: protocol, port }
+    }
+}
+
+impl From<FwPort> for Published {
+    fn from(p: FwPort) -> Self {
+        let FwPort { proto, host_ip, host_port, container_ip, container_port } = p;
+        Published { protocol: proto.into(), host_ip, host_port, container_ip, container_port }
     }
 }
 
 impl From<Published> for FwPort {
     fn from(p: Published) -> Self {
-        FwPort {
-            proto: p.protocol.into(),
-            host_ip: p.host_ip,
-            host_port: p.host_port,
-            container_ip: p.container_ip,
-            container_port: p.container_port,
+        let Published { protocol, host_ip, host_port, container_ip, container_port } = p;
+        FwPort { proto: protocol.into(), host_ip, host_port, container_ip, container_port }
+    }
+}
+
+impl From<Proto> for Protocol {
+    fn from(p: Proto) -> Self {
+        match p {
+            Proto::Tcp => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+            Proto::Sctp => Protocol::Sctp,
         }
     }
 }
@@ -473,13 +253,6 @@ impl From<Protocol> for Proto {
             Protocol::Udp => Proto::Udp,
             Protocol::Sctp => Proto::Sctp,
         }
-    }
-}
-
-impl From<Pool> for PoolRecord {
-    fn from(p: Pool) -> Self {
-        let Pool { id, address_space, pool, sub_pool, v6, auto } = p;
-        PoolRecord { id, address_space, pool, sub_pool, v6, auto }
     }
 }
 

@@ -122,126 +122,44 @@ pub struct Pool {
     auto: bool,
 }
 
-impl From<Network> for schema::Network {
-    fn from(n: Network) -> Self {
-        let Network { id, bridge, bridge_created, options, ipv4, ipv6, added_addresses } = n;
-        schema::Network {
-            id,
-            bridge,
-            bridge_created,
-            options: options.into(),
-            ipv4: ipv4.into_iter().map(Into::into).collect(),
-            ipv6: ipv6.into_iter().map(Into::into).collect(),
-            added_addresses,
-        }
+convert_fields!(Network => schema::Network {
+    id, bridge, bridge_created, options as into, ipv4 as each, ipv6 as each, added_addresses,
+});
+
+convert_fields!(Subnet => schema::Subnet { pool, gateway });
+
+convert_fields!(Options => schema::Options {
+    bridge_name, mtu, mtu_explicit, iface_prefix, enable_icc, enable_ip_masquerade,
+    host_binding_ipv4, host_ipv4, host_ipv6, inhibit_ipv4, gateway_mode_ipv4, gateway_mode_ipv6,
+    trusted_host_interfaces, internal, enable_ipv4, enable_ipv6,
+});
+
+convert_fields!(Endpoint => schema::Endpoint {
+    id, network_id, address, address_v6, mac, host_veth, container_veth, joined,
+    port_bindings as each, exposed_ports as each, published as each, driver_options,
+});
+
+convert_fields!(Pool => schema::Pool { id, address_space, pool, sub_pool, v6, auto });
+
+// dockerd's and the firewall's spellings then, the record's names now.
+
+impl From<PortBinding> for schema::Binding {
+    fn from(b: PortBinding) -> Self {
+        let PortBinding { proto, ip, port, host_ip, host_port, host_port_end } = b;
+        schema::Binding { protocol: proto, container_ip: ip, container_port: port, host_ip, host_port, host_port_end }
     }
 }
 
-impl From<Subnet> for schema::Subnet {
-    fn from(s: Subnet) -> Self {
-        schema::Subnet { pool: s.pool, gateway: s.gateway }
+impl From<TransportPort> for schema::Exposed {
+    fn from(t: TransportPort) -> Self {
+        let TransportPort { proto, port } = t;
+        schema::Exposed { protocol: proto, port }
     }
 }
 
-impl From<Options> for schema::Options {
-    fn from(o: Options) -> Self {
-        let Options {
-            bridge_name,
-            mtu,
-            mtu_explicit,
-            iface_prefix,
-            enable_icc,
-            enable_ip_masquerade,
-            host_binding_ipv4,
-            host_ipv4,
-            host_ipv6,
-            inhibit_ipv4,
-            gateway_mode_ipv4,
-            gateway_mode_ipv6,
-            trusted_host_interfaces,
-            internal,
-            enable_ipv4,
-            enable_ipv6,
-        } = o;
-        schema::Options {
-            bridge_name,
-            mtu,
-            mtu_explicit,
-            iface_prefix,
-            enable_icc,
-            enable_ip_masquerade,
-            host_binding_ipv4,
-            host_ipv4,
-            host_ipv6,
-            inhibit_ipv4,
-            gateway_mode_ipv4,
-            gateway_mode_ipv6,
-            trusted_host_interfaces,
-            internal,
-            enable_ipv4,
-            enable_ipv6,
-        }
-    }
-}
-
-impl From<Endpoint> for schema::Endpoint {
-    fn from(e: Endpoint) -> Self {
-        let Endpoint {
-            id,
-            network_id,
-            address,
-            address_v6,
-            mac,
-            host_veth,
-            container_veth,
-            joined,
-            port_bindings,
-            exposed_ports,
-            published,
-            driver_options,
-        } = e;
-        schema::Endpoint {
-            id,
-            network_id,
-            address,
-            address_v6,
-            mac,
-            host_veth,
-            container_veth,
-            joined,
-            port_bindings: port_bindings
-                .into_iter()
-                .map(|b| schema::Binding {
-                    protocol: b.proto,
-                    container_ip: b.ip,
-                    container_port: b.port,
-                    host_ip: b.host_ip,
-                    host_port: b.host_port,
-                    host_port_end: b.host_port_end,
-                })
-                .collect(),
-            exposed_ports: exposed_ports
-                .into_iter()
-                .map(|t| schema::Exposed { protocol: t.proto, port: t.port })
-                .collect(),
-            published: published
-                .into_iter()
-                .map(|p| schema::Published {
-                    protocol: p.proto,
-                    host_ip: p.host_ip,
-                    host_port: p.host_port,
-                    container_ip: p.container_ip,
-                    container_port: p.container_port,
-                })
-                .collect(),
-            driver_options,
-        }
-    }
-}
-
-impl From<Pool> for schema::Pool {
-    fn from(p: Pool) -> Self {
-        let Pool { id, address_space, pool, sub_pool, v6, auto } = p;
-        schema::Pool { id, address_space, pool, sub_pool, v6, auto }
+impl From<FwPort> for schema::Published {
+    fn from(p: FwPort) -> Self {
+        let FwPort { proto, host_ip, host_port, container_ip, container_port } = p;
+        schema::Published { protocol: proto, host_ip, host_port, container_ip, container_port }
     }
 }
