@@ -81,6 +81,9 @@ disable_plugin() { [ "$(docker plugin inspect -f '{{.Enabled}}' "$PLUGIN")" = fa
 save_db() { disable_plugin && cp "$1" "$2"; }
 # put_back SAVED DB: the saved database back in place, the plugin restarted on it.
 put_back() { disable_plugin && cp "$1" "$2" && "$ROOT/scripts/plugin.sh" enable "$PLUGIN"; }
+# restore_if_damaged FLAG SAVED DB: put_back only while FLAG says the database is damaged.
+restore_if_damaged() { [ ! -e "$1" ] || put_back "$2" "$3"; rm -f "$1"; }
+plugin_networks_with() { plugin_call Rustbridge.Status '{}' | jq --arg s "$1" '[.networks[] | select(any(.subnets[]; .subnet == $s))] | length'; }
 running() { [ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
 mac_of() { docker inspect -f "{{(index .NetworkSettings.Networks \"$2\").MacAddress}}" "$1"; }
 web_cmd() { echo "mkdir -p /www && echo hello-\$(hostname) > /www/index.html && exec httpd -f -p $1 -h /www"; }
@@ -351,7 +354,7 @@ case_tampering() {
 # ------------------------------------------------------------------ state database
 case_state_db() {
   step "A damaged state database: refused clearly, no crash loop, dockerd responsive, containers untouched"
-  local net=$PREFIX-db a=$PREFIX-da b=$PREFIX-db1 db backup variant pid t0 out status
+  local net=$PREFIX-db a=$PREFIX-da b=$PREFIX-db1 db backup variant pid t0 out status damaged_flag
   setup "network $net" docker network create -d rustbridge --subnet 10.234.6.0/24 "$net" || return
   expect "run $a" docker run -d --name "$a" --network "$net" "$IMAGE" sleep 3600
   expect "run $b" docker run -d --name "$b" --network "$net" "$IMAGE" sleep 3600
@@ -360,10 +363,15 @@ case_state_db() {
   backup=$(mktemp)
   cleanup "rm -f $backup"
   expect "save the database (plugin disabled)" save_db "$db" "$backup"
-  # Whatever happens, the saved database goes back and the plugin restarts on it.
-  cleanup "put_back $backup $db"
+  # If the case stops with the database damaged, the saved one goes back and the
+  # plugin restarts on it. Only then: put back after the case has removed its
+  # network, the copy would bring back a network dockerd no longer knows.
+  damaged_flag=$(mktemp)
+  rm -f "$damaged_flag"
+  cleanup "restore_if_damaged $damaged_flag $backup $db"
   for variant in half garbage empty; do
     expect "[$variant] docker plugin disable -f" disable_plugin
+    touch "$damaged_flag"
     case $variant in
       half) truncate -s $(($(stat -c %s "$db") / 2)) "$db" ;;
       garbage) head -c 8192 /dev/urandom | dd of="$db" conv=notrunc status=none ;;
@@ -386,13 +394,15 @@ case_state_db() {
     expect "[$variant] …is refused, naming the state database" sh -c "[ $status -ne 0 ] && echo '$out' | grep -q 'rustbridge.redb'"
     rm_each "$PREFIX-dnew"
     equal "[$variant] the damaged file is left as it was" "$damaged" "$(sha256sum <"$db")"
-    expect "[$variant] put the saved database back" put_back "$backup" "$db"
+    expect "[$variant] put the saved database back" put_back "$backup" "$db" && rm -f "$damaged_flag"
     expect "[$variant] a new container starts again" docker run -d --name "$PREFIX-dnew" --network "$net" "$IMAGE" sleep 3600
     expect "[$variant] and reaches $a by name" ping_ok "$PREFIX-dnew" "$a"
     rm_each "$PREFIX-dnew"
   done
   expect "remove containers" rm_each "$a" "$b"
   expect "remove $net" docker network rm "$net"
+  restore_if_damaged "$damaged_flag" "$backup" "$db" # what the exit cleanup does
+  equal "the plugin holds no network in 10.234.6.0/24 afterwards (nothing brought back)" 0 "$(plugin_networks_with 10.234.6.0/24)"
 }
 
 # ------------------------------------------------------------------ churn
