@@ -97,6 +97,10 @@ pub struct ServeArgs {
     #[arg(long, env = "RUSTBRIDGE_CALL_DEADLINE_SECONDS", default_value = "25",
           value_parser = clap::value_parser!(u64).range(2..=25))]
     pub call_deadline_seconds: u64,
+    /// Seconds a joined endpoint's veth pair must stay back in the host before
+    /// the endpoint is taken for one whose container is gone (tests shorten it).
+    #[arg(long, env = "RUSTBRIDGE_UNCLAIMED_GRACE_SECONDS", default_value = "30", hide = true)]
+    pub unclaimed_grace_seconds: u64,
 }
 
 /// The metrics listener's address; empty (the managed plugin's default) means off.

@@ -63,7 +63,7 @@ async fn start(args: &ServeArgs, log: &Logger) -> Result<Serving, String> {
     metrics::global().set_firewall(firewall.describe());
     let db = store.path().to_path_buf();
     let plugin = match Plugin::load(store, dataplane, Arc::new(firewall), args.default_pools.clone()) {
-        Ok(plugin) => Arc::new(plugin),
+        Ok(plugin) => Arc::new(plugin.with_unclaimed_grace(Duration::from_secs(args.unclaimed_grace_seconds))),
         Err(e) => return Ok(refusing(log, format!("state database {} cannot be loaded: {e}", db.display()))),
     };
     {

@@ -3,9 +3,9 @@
 //! owns go away, and firewall rules flushed by someone (or reordered by a
 //! dockerd restart) are put back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use slog::{Logger, info, warn};
@@ -16,7 +16,7 @@ use crate::metrics;
 use crate::names::{HOST_VETH_PREFIX, PEER_VETH_PREFIX, is_owned_bridge_name, is_owned_veth_name, short_id};
 use crate::state::{Change, EndpointRecord, NetworkRecord};
 
-/// Start-up: forget endpoints whose container is gone, recreate missing
+/// Start-up: note endpoints whose container may be gone, recreate missing
 /// bridges, remove leftovers that are provably this state's and unused,
 /// rewrite the rules. One failing item does not stop the others; the errors
 /// are logged and returned together (the periodic pass retries).
@@ -27,13 +27,12 @@ pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
 }
 
 async fn at_start_pass(plugin: &Plugin, log: &Logger) -> Result<()> {
-    let mut state = plugin.lock_state().await;
+    let state = plugin.lock_state().await;
     let mut errors: Vec<String> = Vec::new();
     match plugin.dataplane().list_links().await {
+        // Only noted: the periodic pass forgets them once they stay unclaimed.
         Ok(links) => {
-            if let Err(e) = forget_gone_containers(plugin, &mut state, &links, log).await {
-                errors.push(e.to_string());
-            }
+            plugin.unclaimed().observe(unclaimed_among(&joined_endpoints(&state), &links), Instant::now());
         }
         Err(e) => errors.push(e.to_string()),
     }
@@ -59,30 +58,88 @@ async fn at_start_pass(plugin: &Plugin, log: &Logger) -> Result<()> {
     if errors.is_empty() { Ok(()) } else { Err(crate::driver::PluginError::new(errors.join("; "))) }
 }
 
+/// How long a joined endpoint's veth pair must stay whole in the host before
+/// the endpoint is taken for one whose container is gone. Between dockerd's
+/// Join answer and its move of the peer into the container the pair is in the
+/// host too; a plugin killed and restarted in that moment (dockerd restarts it
+/// within milliseconds) must not take the pair away from the container
+/// dockerd is starting.
+pub const UNCLAIMED_GRACE: Duration = Duration::from_secs(30);
+
+/// Joined endpoints seen with their veth pair whole in the host namespace,
+/// and since when. A sighting ends as soon as the peer is elsewhere (dockerd
+/// moved it into the container) or the endpoint left.
+#[derive(Debug)]
+pub struct Unclaimed {
+    grace: Duration,
+    since: std::sync::Mutex<BTreeMap<String, Instant>>,
+}
+
+impl Unclaimed {
+    pub fn new(grace: Duration) -> Unclaimed {
+        Unclaimed { grace, since: std::sync::Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Records which endpoints are unclaimed at `now` (forgetting the others)
+    /// and returns those unclaimed for at least the grace period.
+    pub fn observe(&self, unclaimed: BTreeSet<String>, now: Instant) -> Vec<String> {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        since.retain(|id, _| unclaimed.contains(id));
+        for id in unclaimed {
+            since.entry(id).or_insert(now);
+        }
+        since
+            .iter()
+            .filter(|(_, seen)| now.saturating_duration_since(**seen) >= self.grace)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn forget(&self, id: &str) {
+        self.since.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// Joined endpoints (ID, host veth) whose veth pair is whole in the host
+/// namespace: the host end is there and its peer is in this namespace too
+/// (under whatever name dockerd gave it back).
+fn unclaimed_among(joined: &[(String, String)], links: &[Link]) -> BTreeSet<String> {
+    let at_home = |name: &str| links.iter().any(|l| l.name == name && l.kind == LinkKind::Veth && !l.peer_elsewhere);
+    joined.iter().filter(|(_, veth)| at_home(veth)).map(|(id, _)| id.clone()).collect()
+}
+
+fn joined_endpoints(state: &State) -> Vec<(String, String)> {
+    state.endpoints.values().filter(|e| e.joined).map(|e| (e.id.clone(), e.host_veth.clone())).collect()
+}
+
 /// Endpoints dockerd forgot: a container removed while the plugin was away
 /// (dockerd moves the veth back to the host and drops the endpoint although
-/// Leave and DeleteEndpoint failed). A joined endpoint whose pair is whole in
-/// the host namespace has no container any more: its record, veth, address and
-/// rules go. Only at start, before serving: a Join in progress also has its
-/// pair in the host for a moment.
-async fn forget_gone_containers(plugin: &Plugin, state: &mut State, links: &[Link], log: &Logger) -> Result<()> {
-    // The host end is there and its peer is in this namespace too (under
-    // whatever name dockerd gave it back).
-    let at_home = |name: &str| links.iter().any(|l| l.name == name && l.kind == LinkKind::Veth && !l.peer_elsewhere);
-    let gone: Vec<EndpointRecord> =
-        state.endpoints.values().filter(|e| e.joined && at_home(&e.host_veth)).cloned().collect();
-    for endpoint in gone {
+/// Leave and DeleteEndpoint failed). A joined endpoint whose pair has stayed
+/// whole in the host for the grace period has no container any more: its
+/// record, veth, address and rules go. Called under the state lock with
+/// links listed under it.
+async fn forget_gone_containers(
+    plugin: &Plugin,
+    state: &mut State,
+    links: &[Link],
+    now: Instant,
+    log: &Logger,
+) -> Result<()> {
+    let due = plugin.unclaimed().observe(unclaimed_among(&joined_endpoints(state), links), now);
+    for id in due {
+        let Some(endpoint) = state.endpoints.get(&id).cloned() else { continue };
         let released = held_addresses(state, &endpoint);
         let mut changes = vec![Change::DeleteEndpoint(endpoint.id.clone())];
         changes.extend(released.iter().map(|(pool, addr)| Change::DeleteAddress(pool.clone(), *addr)));
         plugin.commit(changes)?;
         state.endpoints.remove(&endpoint.id);
+        plugin.unclaimed().forget(&endpoint.id);
         for (pool, addr) in &released {
             let _ = state.ipam.release_address(pool, *addr);
         }
         plugin.dataplane().delete_link(&endpoint.host_veth).await?;
         repaired("forgotten_endpoint_removed", format!("endpoint {} without container", short_id(&endpoint.id)));
-        warn!(log, "removed an endpoint whose container is gone (its interface was back in the host)";
+        warn!(log, "removed an endpoint whose container is gone (its interface stayed back in the host)";
             "endpoint" => short_id(&endpoint.id), "veth" => &endpoint.host_veth,
             "addresses_released" => released.len(), "ports_withdrawn" => endpoint.published.len());
     }
@@ -174,20 +231,31 @@ async fn reattach_endpoints(plugin: &Plugin, state: &State, network: &NetworkRec
 /// One periodic pass. The checks run on a snapshot without holding the state
 /// lock (dockerd's calls go on meanwhile); only a repair takes it.
 pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<()> {
-    let (bridges, networks) = {
+    pass_at(plugin, log, Instant::now()).await
+}
+
+/// [`pass`] as if it ran at `now` (tests step over the grace period).
+pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> {
+    let (bridges, networks, joined) = {
         let state = plugin.lock_state().await;
         let bridges: Vec<String> = state.networks.values().map(|n| n.bridge.clone()).collect();
-        (bridges, state.firewall_networks())
+        (bridges, state.firewall_networks(), joined_endpoints(&state))
     };
+    let links = plugin.dataplane().list_links().await?;
+    let forget_due = !plugin.unclaimed().observe(unclaimed_among(&joined, &links), now).is_empty();
     let mut bridge_missing = false;
     for bridge in &bridges {
         bridge_missing |= !plugin.dataplane().link_exists(bridge).await?;
     }
     let rules_intact = plugin.firewall().is_intact(&networks).await?;
-    if !bridge_missing && rules_intact {
+    if !bridge_missing && rules_intact && !forget_due {
         return Ok(());
     }
-    let state = plugin.lock_state().await;
+    let mut state = plugin.lock_state().await;
+    if forget_due {
+        let links = plugin.dataplane().list_links().await?;
+        forget_gone_containers(plugin, &mut state, &links, now, log).await?;
+    }
     for network in state.networks.values() {
         if !plugin.dataplane().link_exists(&network.bridge).await? {
             plugin.dataplane().ensure_bridge(&plugin.bridge_spec(network)).await?;

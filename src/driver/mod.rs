@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 use crate::dataplane::DataPlane;
 use crate::firewall::{Firewall, FwNetwork};
 use crate::ipam::{DefaultPool, Ipam};
+use crate::reconcile::{UNCLAIMED_GRACE, Unclaimed};
 use crate::state::{EndpointRecord, NetworkRecord, Store};
 
 /// An error dockerd shows to the user, as `Err` (network) or `Error` (IPAM).
@@ -66,6 +67,7 @@ pub struct Plugin {
     dataplane: Arc<dyn DataPlane>,
     firewall: Arc<dyn Firewall>,
     store: Store,
+    unclaimed: Unclaimed,
 }
 
 impl Plugin {
@@ -82,6 +84,18 @@ impl Plugin {
     /// The firewall, for the reconciler and the operator's tools.
     pub fn firewall(&self) -> &dyn Firewall {
         &*self.firewall
+    }
+
+    /// Joined endpoints whose veth pair is back in the host, for the reconciler.
+    pub fn unclaimed(&self) -> &Unclaimed {
+        &self.unclaimed
+    }
+
+    /// How long an endpoint may stay unclaimed before the reconciler forgets
+    /// it (default [`UNCLAIMED_GRACE`]).
+    pub fn with_unclaimed_grace(mut self, grace: std::time::Duration) -> Plugin {
+        self.unclaimed = Unclaimed::new(grace);
+        self
     }
 
     /// This state database's instance ID, which marks the kernel objects it owns.
@@ -121,7 +135,7 @@ impl Plugin {
             endpoints: snapshot.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
             ipam,
         };
-        Ok(Plugin { state: Mutex::new(state), dataplane, firewall, store })
+        Ok(Plugin { state: Mutex::new(state), dataplane, firewall, store, unclaimed: Unclaimed::new(UNCLAIMED_GRACE) })
     }
 }
 

@@ -1216,7 +1216,7 @@ async fn join_never_deletes_a_link_of_that_name_it_did_not_make() {
 }
 
 #[tokio::test]
-async fn endpoint_whose_container_is_gone_is_cleaned_at_start() {
+async fn endpoint_whose_container_is_gone_is_cleaned_once_unclaimed_for_the_grace() {
     let mut h = Harness::new("forgotten");
     let pool = h.request_pool("10.90.0.0/24", "", false).await.unwrap().pool_id;
     h.request_gateway(&pool).await.unwrap();
@@ -1246,6 +1246,11 @@ async fn endpoint_whose_container_is_gone_is_cleaned_at_start() {
     h.fake.links.lock().unwrap().insert(peer_name.clone(), peer);
     h.reload();
     reconcile_at_start(&h).await;
+    assert_eq!(h.endpoint_joined(&ep).await, Some(true), "start-up only notes it (a Join may be in progress)");
+    let start = std::time::Instant::now();
+    crate::reconcile::pass_at(h.p(), &discard_log(), start).await.unwrap();
+    assert_eq!(h.endpoint_joined(&ep).await, Some(true), "kept within the grace");
+    crate::reconcile::pass_at(h.p(), &discard_log(), start + crate::reconcile::UNCLAIMED_GRACE).await.unwrap();
     assert!(h.endpoint_ids().await.is_empty(), "record removed");
     assert!(h.link(&host).is_none() && h.link(&peer_name).is_none(), "veth pair removed");
     assert!(h.fw.applied.lock().unwrap()[0].ports.is_empty(), "published port withdrawn");

@@ -5,6 +5,8 @@
 
 use serde_json::{Value, json};
 
+use std::time::Instant;
+
 use super::*;
 use crate::dataplane::LinkKind;
 use crate::names::{bridge_name, veth_names};
@@ -23,8 +25,19 @@ async fn call(p: &FakePlugin, path: &str, body: Value) -> Value {
         .unwrap_or_else(|e| panic!("{path} {body}: {e}"))
 }
 
-/// One network (10.91.0.0/24, gateway .1) with one joined endpoint (.2).
+/// One network (10.91.0.0/24, gateway .1) with one joined endpoint (.2)
+/// whose peer dockerd moved into the container.
 async fn network_with_joined_endpoint(tag: &str) -> FakePlugin {
+    let p = network_with_endpoint_joined_in_host(tag).await;
+    // dockerd moves the peer into the container (a pair whole in the host
+    // would be an endpoint whose container is gone, or a Join in progress).
+    let (_, peer) = veth_names(ENDPOINT);
+    p.fake.links.lock().unwrap().remove(&peer);
+    p
+}
+
+/// The same, with the veth pair still whole in the host, as Join leaves it.
+async fn network_with_endpoint_joined_in_host(tag: &str) -> FakePlugin {
     let p = FakePlugin::new(tag);
     call(
         &p,
@@ -45,10 +58,6 @@ async fn network_with_joined_endpoint(tag: &str) -> FakePlugin {
         json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "SandboxKey": "/var/run/docker/netns/x"}),
     )
     .await;
-    // dockerd moves the peer into the container (a pair whole in the host at
-    // start-up would be an endpoint whose container is gone).
-    let (_, peer) = veth_names(ENDPOINT);
-    p.fake.links.lock().unwrap().remove(&peer);
     p
 }
 
@@ -156,4 +165,61 @@ async fn a_pass_restores_flushed_rules_and_a_deleted_bridge() {
     let (host_end, _) = veth_names(ENDPOINT);
     assert!(p.fake.link(&bridge).is_some(), "bridge recreated");
     assert_eq!(p.fake.link(&host_end).unwrap().controller.as_deref(), Some(bridge.as_str()));
+}
+
+/// dockerd restarts a killed plugin within milliseconds. A Join answered just
+/// before the kill still has its pair in the host until dockerd moves the
+/// peer into the container: start-up must not take it away (the fault suite's
+/// SIGKILL case saw containers run without their interface, their address
+/// released).
+#[tokio::test]
+async fn a_join_answered_just_before_a_restart_is_left_to_dockerd() {
+    let p = network_with_endpoint_joined_in_host("join-in-flight").await;
+    let (host_end, peer) = veth_names(ENDPOINT);
+
+    at_start(p.plugin(), &log()).await.unwrap();
+
+    assert!(p.fake.link(&host_end).is_some() && p.fake.link(&peer).is_some(), "{:?}", p.fake.names());
+    assert_eq!(endpoint_count(&p).await, 1);
+    // dockerd moves the peer into the container; long after, nothing is forgotten.
+    p.fake.links.lock().unwrap().remove(&peer);
+    pass_at(p.plugin(), &log(), Instant::now() + 2 * UNCLAIMED_GRACE).await.unwrap();
+    assert!(p.fake.link(&host_end).is_some());
+    assert_eq!(endpoint_count(&p).await, 1);
+}
+
+#[tokio::test]
+async fn an_endpoint_unclaimed_for_the_grace_is_forgotten() {
+    let p = network_with_endpoint_joined_in_host("unclaimed").await;
+    let (host_end, peer) = veth_names(ENDPOINT);
+    at_start(p.plugin(), &log()).await.unwrap();
+    let t0 = Instant::now();
+
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE / 2).await.unwrap();
+    assert_eq!(endpoint_count(&p).await, 1, "kept within the grace");
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE).await.unwrap();
+
+    assert_eq!(endpoint_count(&p).await, 0, "record kept");
+    assert!(p.fake.link(&host_end).is_none() && p.fake.link(&peer).is_none(), "{:?}", p.fake.names());
+}
+
+#[tokio::test]
+async fn an_unclaimed_sighting_ends_when_the_peer_is_seen_elsewhere() {
+    let p = network_with_endpoint_joined_in_host("sighting").await;
+    let (_, peer) = veth_names(ENDPOINT);
+    let t0 = Instant::now();
+    pass_at(p.plugin(), &log(), t0).await.unwrap();
+    let moved = p.fake.links.lock().unwrap().remove(&peer).expect("peer");
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE / 2).await.unwrap();
+    // Back in the host (container stopped, Leave on its way): a new sighting starts.
+    p.fake.links.lock().unwrap().insert(peer.clone(), moved);
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE * 3 / 4).await.unwrap();
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE).await.unwrap();
+    assert_eq!(endpoint_count(&p).await, 1, "forgotten although it was claimed in between");
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE * 7 / 4).await.unwrap();
+    assert_eq!(endpoint_count(&p).await, 0);
+}
+
+async fn endpoint_count(p: &FakePlugin) -> usize {
+    p.plugin().lock_state().await.endpoints.len()
 }

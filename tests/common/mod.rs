@@ -383,6 +383,8 @@ impl Plugin {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--log-level", "debug", "--reconcile-seconds", "1"])
+            // Endpoints whose pair stays back in the host are forgotten after 2 s, not 30.
+            .args(["--unclaimed-grace-seconds", "2"])
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log2)
