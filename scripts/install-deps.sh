@@ -4,6 +4,8 @@ set -euo pipefail
 
 packages=(docker.io iptables iproute2 busybox-static curl iputils-ping jq kmod python3 python3-prometheus-client docker-compose)
 [ "${WITH_REGISTRY:-0}" = 1 ] && packages+=(docker-registry)
+# make bench: the chart (matplotlib) and the throughput test (iperf3, copied into a local image).
+[ "${WITH_BENCH:-0}" = 1 ] && packages+=(python3-matplotlib iperf3)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""`make bench`: every measure of issue 13 against Docker's built-in bridge,
+in one run, then the report (bench/results/latest.{md,json,png} and the
+README's table). BENCH_QUICK=1 (`make bench-smoke`): every measure with tiny
+counts, written to bench/results/smoke/. Needs dockerd, the installed plugin
+and the images (the Makefile's prerequisites); run it under the host lock.
+
+  bench/run.py [--quick] [--out DIR] [--only NAME,...]
+  bench/run.py --check DIR     the report files in DIR are there and well-formed
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import host  # noqa: E402
+import netlink  # noqa: E402
+import report  # noqa: E402
+from common import Ctx, row  # noqa: E402
+import m_docker_run, m_endpoints, m_iperf, m_network, m_network_scale, m_ports  # noqa: E402,E401
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEASURES = [
+    ("docker_run", m_docker_run),
+    ("network", m_network),
+    ("network_scale", m_network_scale),
+    ("endpoints", m_endpoints),
+    ("ports", m_ports),
+    ("iperf", m_iperf),
+]
+
+
+def sweep(log):
+    """Removes whatever a bench run (this one or a killed earlier one) left:
+    containers and networks named rbbench-…, the plugin's networks and
+    endpoints whose IDs start with the bench prefix, kernel-floor links."""
+    for cid in host.docker("ps", "-aq", "--filter", f"name=^{host.NAME_PREFIX}-", check=False).split():
+        host.docker("rm", "-f", cid, check=False)
+    for nid in host.docker("network", "ls", "-q", "--filter", f"name=^{host.NAME_PREFIX}-", check=False).split():
+        host.docker("network", "rm", nid, check=False)
+    plugin = host.Plugin()
+    for net in plugin.status().get("networks", []):
+        if not net["id"].startswith(host.ID_PREFIX):
+            continue
+        log(f"sweep: removing the plugin's bench network {net['id'][:12]} ({len(net['endpoints'])} endpoints)")
+        for ep in net["endpoints"]:
+            for call in (plugin.revoke, plugin.leave, plugin.delete_endpoint):
+                try:
+                    call(net["id"], ep["id"])
+                except host.PluginError as e:
+                    log(f"sweep: {e}")
+        plugin.delete_network(net["id"])
+    plugin.close()
+    host.sh("ip", "netns", "del", host.PEER_NETNS, check=False)
+    nl = netlink.Netlink()
+    for name in netlink.links_with_prefix(host.FLOOR_PREFIX):
+        try:
+            nl.delete(name)
+        except OSError:
+            pass  # a peer already gone with its pair
+    nl.close()
+
+
+def leftovers():
+    found = []
+    found += host.docker("ps", "-aq", "--filter", f"name=^{host.NAME_PREFIX}-", check=False).split()
+    found += host.docker("network", "ls", "-q", "--filter", f"name=^{host.NAME_PREFIX}-", check=False).split()
+    found += [n["id"][:12] for n in host.Plugin().status().get("networks", []) if n["id"].startswith(host.ID_PREFIX)]
+    found += netlink.links_with_prefix(host.FLOOR_PREFIX)
+    found += [host.PEER_NETNS] if os.path.exists(f"/run/netns/{host.PEER_NETNS}") else []
+    return found
+
+
+def preflight():
+    problems = []
+    if host.sh("docker", "info", "-f", "{{.ID}}", check=False, timeout=10) == "":
+        problems.append("dockerd does not answer")
+    if not os.path.exists(host.RB_SOCKET):
+        problems.append(f"no plugin socket {host.RB_SOCKET} (make install)")
+    for image in (host.IMAGE, host.IPERF_IMAGE):
+        if host.sh("docker", "image", "inspect", "-f", "{{.Id}}", image, check=False) == "":
+            problems.append(f"no image {image} (scripts/test-image.sh, scripts/bench-image.sh)")
+    if problems:
+        sys.exit("bench: " + "; ".join(problems))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
+    ap.add_argument("--out")
+    ap.add_argument("--only", help="comma-separated measures: " + ",".join(n for n, _ in MEASURES))
+    ap.add_argument("--check", metavar="DIR")
+    args = ap.parse_args()
+    if args.check:
+        return check(args.check)
+    out = args.out or os.path.join(ROOT, "bench", "results", "smoke" if args.quick else "")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    preflight()
+    ctx = Ctx(args.quick)
+    ctx.plugin = host.Plugin()
+    selected = [(n, m) for n, m in MEASURES if not args.only or n in args.only.split(",")]
+    run = {"quick": args.quick, "stamp": host.stamp(ROOT), "results": {}, "rows": [], "errors": {}}
+    ctx.log(f"bench ({'quick' if args.quick else 'full'}): {', '.join(n for n, _ in selected)}")
+    sweep(ctx.log)
+    t0 = time.time()
+    try:
+        for name, module in selected:
+            ctx.log(f"== {name}")
+            try:
+                result = module.run(ctx)
+                run["rows"] += result.pop("rows")
+                run["results"][name] = result
+            except Exception as e:
+                ctx.log(f"{name} failed: {e}")
+                traceback.print_exc()
+                run["errors"][name] = host.short(e, 1000)
+                run["rows"].append(row(name, "–", "–", "–", "–", "–", "failed", host.short(e)))
+            finally:
+                ctx.run_cleanups()
+                ctx.plugin.close()
+    finally:
+        ctx.run_cleanups()
+        sweep(ctx.log)
+    left = leftovers()
+    run["clean"], run["leftovers"] = not left, " ".join(left)
+    run["seconds"] = time.time() - t0
+    md, js, png = report.write(run, out)
+    ctx.log(f"report: {md}, {js}, {png}")
+    if not args.quick and not args.only and not args.out:
+        link = os.path.relpath(md, ROOT)
+        if report.update_readme(os.path.join(ROOT, "README.md"), run, link):
+            ctx.log("README.md: latest table updated")
+    print(open(md).read())
+    if run["errors"] or left:
+        sys.exit(f"bench: {len(run['errors'])} measure(s) failed; leftovers: {run['leftovers'] or 'none'}")
+
+
+def check(directory):
+    """The smoke pass's report is there and well-formed (never its timings)."""
+    md, js, png = (os.path.join(directory, f"latest.{e}") for e in ("md", "json", "png"))
+    with open(js) as f:
+        run = json.load(f)
+    problems = []
+    for key in ("stamp", "rows", "results", "clean"):
+        if key not in run:
+            problems.append(f"{js}: no {key}")
+    for key in ("cores", "memory_gib", "kernel", "docker", "iptables", "commit"):
+        if not run.get("stamp", {}).get(key):
+            problems.append(f"{js}: stamp has no {key}")
+    names = {n for n, _ in MEASURES}
+    if set(run.get("results", {})) != names:
+        problems.append(f"{js}: results for {sorted(run.get('results', {}))}, expected {sorted(names)}")
+    text = open(md).read()
+    if report.table(run.get("rows", [])) not in text or "## Goals in plain words" not in text:
+        problems.append(f"{md}: no table or no verdicts")
+    with open(png, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            problems.append(f"{png}: not a PNG")
+    if not run.get("clean"):
+        problems.append(f"leftovers after the run: {run.get('leftovers')}")
+    for p in problems:
+        print("bench check:", p)
+    print(f"bench check: {len(run.get('rows', []))} rows, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
