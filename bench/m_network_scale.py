@@ -25,7 +25,7 @@ def bb_subnet(k):
 def run(ctx):
     checkpoints = ctx.pick([1, 10, 100, 250, 500, 1000], [1, 5, 10])
     rounds = ctx.pick(5, 2)
-    rb_budget, bb_budget = ctx.pick((300, 150), (60, 60))
+    rb_budget, bb_budget = ctx.pick((360, 30), (60, 60))
     plugin = ctx.plugin
     rb_ids, bb_names = [], []
     series = {"rb_fill": [], "bb_fill": [], "rb_teardown": [], "bb_teardown": []}
@@ -95,7 +95,7 @@ def summarise(points, series, rss_at_max, rb_stopped, bb_stopped, wanted):
     reached = last["n"]
     v = stats.verdict(rb_growth, GOAL, noise) if reached >= wanted else "not measured"
     bb_note = (f"BB measured at #{last['bb_n']} (its other networks made through dockerd"
-               + (f"; stopped at {bb_stopped} by its {'time budget'})" if bb_stopped else ")"))
+               + (f"; its time budget stopped it at {bb_stopped} networks)" if bb_stopped else ")"))
     fill = series["rb_fill"]
     early = stats.median([d for k, d in fill if k <= max(10, len(fill) // 10)]) if fill else None
     late = stats.median([d for k, d in fill if k > len(fill) * 9 // 10]) if fill else None

@@ -28,6 +28,7 @@ def markdown(run, png_name, json_name):
     by = {v: [r for r in rows if r["verdict"] == v] for v in ("met", "within noise", "not met", "not measured", "failed")}
     out = [f"# rustbridge benchmark{' (smoke pass: tiny counts, the numbers mean nothing)' if run['quick'] else ''}", "",
            f"Measured {stamp_line(run['stamp'])}. The whole run took {run['seconds'] / 60:.1f} min.", "",
+           *([f"**Interrupted** ({run['interrupted']}): only the measures above ran.", ""] if run.get("interrupted") else []),
            table(rows), "",
            f"Chart: [{png_name}]({png_name}); every sample: [{json_name}]({json_name}).", "",
            "## Goals in plain words", ""]

@@ -124,15 +124,18 @@ def main():
             finally:
                 ctx.run_cleanups()
                 ctx.plugin.close()
+    except BaseException as e:  # interrupted: clean up and still write what was measured
+        run["interrupted"] = f"{type(e).__name__} {e}"
+        raise
     finally:
         ctx.run_cleanups()
         sweep(ctx.log)
-    left = leftovers()
-    run["clean"], run["leftovers"] = not left, " ".join(left)
-    run["seconds"] = time.time() - t0
-    md, js, png = report.write(run, out)
-    ctx.log(f"report: {md}, {js}, {png}")
-    if not args.quick and not args.only and not args.out:
+        left = leftovers()
+        run["clean"], run["leftovers"] = not left, " ".join(left)
+        run["seconds"] = time.time() - t0
+        md, js, png = report.write(run, out)
+        ctx.log(f"report: {md}, {js}, {png}")
+    if not args.quick and not args.only and not args.out and not run["errors"]:
         link = os.path.relpath(md, ROOT)
         if report.update_readme(os.path.join(ROOT, "README.md"), run, link):
             ctx.log("README.md: latest table updated")
