@@ -7,9 +7,10 @@ import os
 import signal
 import time
 
-from host import Plugin, PluginError, cmdline, now, pids, plugin_pid
+from host import Plugin, PluginError, cmdline, now, pids, plugin_pid, sh
 
 TIMEOUT = 60
+PLUGIN = "rustbridge/rustbridge:latest"
 
 
 def _new_plugin_process(old):
@@ -19,7 +20,8 @@ def _new_plugin_process(old):
             if pid != old and cmdline(pid).startswith("/usr/bin/rustbridge\0serve"):
                 return pid
         time.sleep(0.002)
-    raise RuntimeError(f"no new plugin process within {TIMEOUT} s of killing {old}")
+    enabled = sh("docker", "plugin", "inspect", "-f", "{{.Name}} enabled={{.Enabled}}", PLUGIN, check=False)
+    raise RuntimeError(f"no new plugin process within {TIMEOUT} s of killing {old} ({enabled or PLUGIN + ' not installed'})")
 
 
 def _until_listening():
@@ -54,4 +56,5 @@ def restart(probe):
     finally:
         client.close()
     t_served = now()
+    time.sleep(1)  # let dockerd settle before anything kills the plugin again
     return {"kill_to_exec": t_exec - t_kill, "exec_to_listen": t_listen - t_exec, "exec_to_served": t_served - t_exec}

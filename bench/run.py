@@ -44,8 +44,13 @@ def sweep(log):
         host.docker("rm", "-f", cid, check=False)
     for nid in host.docker("network", "ls", "-q", "--filter", f"name=^{host.NAME_PREFIX}-", check=False).split():
         host.docker("network", "rm", nid, check=False)
-    plugin = host.Plugin()
-    for net in plugin.status().get("networks", []):
+    plugin = host.Plugin(timeout=30)
+    try:
+        networks = plugin.status().get("networks", [])
+    except (OSError, host.PluginError) as e:
+        networks = []
+        log(f"sweep: the plugin does not answer ({e}): its bench networks, if any, stay until the next run")
+    for net in networks:
         if not net["id"].startswith(host.ID_PREFIX):
             continue
         log(f"sweep: removing the plugin's bench network {net['id'][:12]} ({len(net['endpoints'])} endpoints)")
@@ -71,7 +76,11 @@ def leftovers():
     found = []
     found += host.docker("ps", "-aq", "--filter", f"name=^{host.NAME_PREFIX}-", check=False).split()
     found += host.docker("network", "ls", "-q", "--filter", f"name=^{host.NAME_PREFIX}-", check=False).split()
-    found += [n["id"][:12] for n in host.Plugin().status().get("networks", []) if n["id"].startswith(host.ID_PREFIX)]
+    try:
+        networks = host.Plugin(timeout=30).status().get("networks", [])
+        found += [n["id"][:12] for n in networks if n["id"].startswith(host.ID_PREFIX)]
+    except (OSError, host.PluginError) as e:
+        found.append(f"(the plugin's networks unknown: {e})")
     found += netlink.links_with_prefix(host.FLOOR_PREFIX)
     found += [host.PEER_NETNS] if os.path.exists(f"/run/netns/{host.PEER_NETNS}") else []
     return found
@@ -96,9 +105,15 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--only", help="comma-separated measures: " + ",".join(n for n, _ in MEASURES))
     ap.add_argument("--check", metavar="DIR")
+    ap.add_argument("--sweep", action="store_true", help="only remove what a bench run left")
     args = ap.parse_args()
     if args.check:
         return check(args.check)
+    if args.sweep:
+        sweep(lambda m: print(m, file=sys.stderr))
+        left = leftovers()
+        print("left:", " ".join(left) or "nothing")
+        return 1 if left else 0
     out = args.out or os.path.join(ROOT, "bench", "results", "smoke" if args.quick else "")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     preflight()
