@@ -2,7 +2,8 @@
 # Installs what rustbridge's build, demo and tests need on Debian, skipping what is there.
 set -euo pipefail
 
-packages=(docker.io iptables iproute2 busybox-static curl iputils-ping jq kmod python3 python3-prometheus-client docker-compose)
+# nftables: the nft tool, for the tests' view of the plugin's table (the plugin itself speaks netlink).
+packages=(docker.io iptables nftables iproute2 busybox-static curl iputils-ping jq kmod python3 python3-prometheus-client docker-compose)
 [ "${WITH_REGISTRY:-0}" = 1 ] && packages+=(docker-registry)
 # make bench: the chart (matplotlib) and the throughput test (iperf3, copied into a local image).
 [ "${WITH_BENCH:-0}" = 1 ] && packages+=(python3-matplotlib iperf3)

@@ -63,14 +63,15 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
         }
         Err(e) => report.errors.push(format!("list links: {e}")),
     }
-    // With networks, the plugin's chains are its own and the reconciler keeps
-    // their content exact; with none, any RUSTBRIDGE chain or jump is a leftover.
+    // With networks, the plugin's table and chains are its own and the
+    // reconciler keeps them exact; with none, its nftables table or any
+    // RUSTBRIDGE chain or jump is a leftover.
     if state.networks.is_empty() {
         match plugin.firewall().is_intact(&[]).await {
             Ok(true) => {}
             Ok(false) => report.leftovers.push(Leftover {
                 kind: "firewall".into(),
-                name: "RUSTBRIDGE-* chains and the jumps into them".into(),
+                name: "nftables table inet rustbridge, RUSTBRIDGE-* chains and the jumps into them".into(),
                 in_use: None,
             }),
             Err(e) => report.errors.push(format!("read firewall: {e}")),

@@ -10,6 +10,7 @@ use rustbridge::config::{Cli, Command, ServeArgs};
 use rustbridge::dataplane::netlink::NetlinkDataPlane;
 use rustbridge::driver::Plugin;
 use rustbridge::firewall::iptables::IptablesFirewall;
+use rustbridge::firewall::nft::NftFirewall;
 use rustbridge::server::Serving;
 use rustbridge::state::Store;
 use rustbridge::{cli, log, metrics, reconcile, server};
@@ -57,9 +58,9 @@ async fn start(args: &ServeArgs, log: &Logger) -> Result<Serving, String> {
         Err(e) => return Ok(refusing(log, e.to_string())),
     };
     let dataplane = Arc::new(NetlinkDataPlane::connect().map_err(|e| format!("netlink socket: {e}"))?);
-    let firewall = IptablesFirewall::detect(args.iptables).await;
+    let firewall = NftFirewall::new(IptablesFirewall::detect(args.iptables).await);
     info!(log, "starting"; "version" => rustbridge::version::VERSION, "commit" => rustbridge::version::COMMIT,
-        "state_dir" => %args.state_dir.display(), "iptables" => firewall.describe());
+        "state_dir" => %args.state_dir.display(), "firewall" => firewall.describe());
     metrics::global().set_firewall(firewall.describe());
     let db = store.path().to_path_buf();
     let plugin = match Plugin::load(store, dataplane, Arc::new(firewall), args.default_pools.clone()) {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub mod http;
 
 /// Upper bounds of the latency histogram, in seconds (a call is a few
-/// netlink round trips, an iptables save/restore and one fsync).
+/// netlink round trips, one nf_tables transaction and one fsync).
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0];
 

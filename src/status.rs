@@ -28,7 +28,7 @@ pub struct Status {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FirewallStatus {
-    /// The iptables flavour in use (its restore tool).
+    /// The firewall engine: the nftables table, and the iptables flavour of the accept rule.
     pub backend: String,
     /// The last kernel check (bridges and rules against the state).
     pub last_check: CheckReport,

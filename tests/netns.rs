@@ -130,17 +130,34 @@ fn assert_no_plugin_traces(ns: &Netns) {
     assert!(leftovers.is_empty(), "links left behind: {leftovers:?}");
     let saved = ns.iptables_save();
     assert!(!saved.contains("RUSTBRIDGE"), "rules left behind:\n{saved}");
+    assert_eq!(ns.nft_table(), None, "nftables table left behind");
 }
 
-/// Rules in RUSTBRIDGE-FORWARD and exactly one jump to it from FORWARD.
+/// The accept rule in RUSTBRIDGE-FORWARD, exactly one jump to it from
+/// FORWARD, and the network's chains in the nftables table.
 fn forward_rules_in_place(ns: &Netns, bridge: &str) -> bool {
     let Some(chain) = ns.iptables_chain("filter", "RUSTBRIDGE-FORWARD") else {
         return false;
     };
     let forward = ns.iptables_chain("filter", "FORWARD").unwrap_or_default();
     let jumps = forward.iter().filter(|r| *r == "-A FORWARD -j RUSTBRIDGE-FORWARD").count();
-    let intra = format!("-A RUSTBRIDGE-FORWARD -i {bridge} -o {bridge} -j ACCEPT");
-    jumps == 1 && chain.contains(&intra)
+    let accept = chain.iter().any(|r| r.ends_with("-m mark --mark 0x1000000/0x1000000 -j ACCEPT"));
+    let intra = format!("iifname \"{bridge}\" meta mark set meta mark | 0x01000000 accept");
+    let table = ns.nft_table().unwrap_or_default();
+    jumps == 1 && accept && table.contains(&format!("\"{bridge}\" : jump to-{bridge}")) && table.contains(&intra)
+}
+
+/// The rules of one chain of the plugin's nftables table, as `nft` prints them.
+fn nft_chain(ns: &Netns, chain: &str) -> Vec<String> {
+    let out = ns.exec(&["nft", "list", "chain", "inet", "rustbridge", chain]);
+    out.stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("table") && !l.starts_with("chain") && !l.starts_with("type ") && *l != "}"
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 // ---------------------------------------------------------------------- tests
@@ -241,11 +258,11 @@ fn internal_network_has_no_gateway() {
     );
     assert!(e.join_reply.get("GatewayIPv6").is_none(), "{}", e.join_reply);
     assert!(host.has_link(&e.peer), "the peer still exists for dockerd to move");
-    let chain = host.iptables_chain("filter", "RUSTBRIDGE-FORWARD").expect("RUSTBRIDGE-FORWARD chain");
-    let drop_out = format!("-A RUSTBRIDGE-FORWARD -i {bridge} -j DROP");
-    assert!(chain.contains(&drop_out), "internal network must not forward out: {chain:?}");
-    let masq = host.iptables_chain("nat", "RUSTBRIDGE-POSTROUTING").unwrap_or_default();
-    assert!(!masq.iter().any(|r| r.contains("10.79.0.0/24")), "no NAT for an internal network: {masq:?}");
+    assert_eq!(nft_chain(&host, &format!("from-{bridge}")), ["drop"], "internal network must not forward out");
+    let to = nft_chain(&host, &format!("to-{bridge}"));
+    assert_eq!(to.last().map(String::as_str), Some("drop"), "nor in: {to:?}");
+    assert_eq!(to.len(), 2, "only the intra-network verdict before the drop: {to:?}");
+    assert!(nft_chain(&host, &format!("nat-{bridge}")).is_empty(), "no NAT for an internal network");
 }
 
 #[test]
@@ -407,14 +424,16 @@ fn firewall_rules_come_back_after_flush() {
     assert!(back.is_some(), "rules not restored within 4 s:\n{}", host.iptables_save());
     eprintln!("forward rules restored after {:?}", back.unwrap());
 
-    // The NAT chain too.
-    let masq = "-A RUSTBRIDGE-POSTROUTING -s 10.81.0.0/24 ! -o ".to_string() + &bridge + " -j MASQUERADE";
-    assert!(host.iptables_chain("nat", "RUSTBRIDGE-POSTROUTING").unwrap_or_default().contains(&masq));
-    host.exec(&["iptables", "-t", "nat", "-F", "RUSTBRIDGE-POSTROUTING"]).expect_ok();
-    let back = wait_until(Duration::from_secs(4), || {
-        host.iptables_chain("nat", "RUSTBRIDGE-POSTROUTING").unwrap_or_default().contains(&masq)
-    });
-    assert!(back.is_some(), "NAT rules not restored within 4 s:\n{}", host.iptables_save());
+    // The nftables table too: a flushed chain, then the whole table deleted.
+    let masq = format!("ip saddr 10.81.0.0/24 oifname != \"{bridge}\" masquerade");
+    let nat = format!("nat-{bridge}");
+    assert_eq!(nft_chain(&host, &nat), std::slice::from_ref(&masq));
+    host.exec(&["nft", "flush", "chain", "inet", "rustbridge", &nat]).expect_ok();
+    let back = wait_until(Duration::from_secs(4), || nft_chain(&host, &nat) == [masq.clone()]);
+    assert!(back.is_some(), "NAT rules not restored within 4 s:\n{:?}", host.nft_table());
+    host.exec(&["nft", "delete", "table", "inet", "rustbridge"]).expect_ok();
+    let back = wait_until(Duration::from_secs(4), || forward_rules_in_place(&host, &bridge));
+    assert!(back.is_some(), "table not restored within 4 s");
 }
 
 #[test]
@@ -427,6 +446,7 @@ fn bad_input_changes_nothing() {
         assert_eq!(host.link_names(), links_before, "{what} changed the links");
         let saved = host.iptables_save();
         assert!(!saved.contains("RUSTBRIDGE"), "{what} left rules:\n{saved}");
+        assert_eq!(host.nft_table(), None, "{what} left a table");
     };
     let expect_err = |body: Value, needle: &str| {
         let (status, reply) = p.call("/NetworkDriver.CreateNetwork", body.clone());
@@ -652,7 +672,13 @@ type Damage = fn(&std::path::Path);
 
 /// The rules and links the plugin's networks consist of, to compare before and after.
 fn kernel_view(ns: &Netns) -> (Vec<String>, Vec<String>) {
-    let rules = ns.iptables_save().lines().filter(|l| l.starts_with("-A")).map(str::to_string).collect();
+    let rules = ns
+        .iptables_save()
+        .lines()
+        .filter(|l| l.starts_with("-A"))
+        .map(str::to_string)
+        .chain(ns.nft_table().unwrap_or_default().lines().map(str::to_string))
+        .collect();
     let mut links = ns.link_names();
     links.sort();
     (rules, links)
@@ -796,7 +822,7 @@ fn endpoint_of_a_container_removed_while_away_is_cleaned_after_restart() {
             {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18093, "HostPortEnd": 18093}
         ]}}),
     );
-    assert!(host.iptables_save().contains("--dport 18093"), "port published");
+    assert_eq!(host.nft_elements("dnat4-any").len(), 1, "port published");
     let container = container_for(&host, &e);
 
     p.kill9();
@@ -808,10 +834,10 @@ fn endpoint_of_a_container_removed_while_away_is_cleaned_after_restart() {
     p.restart();
 
     let gone = wait_until(UNCLAIMED_WAIT, || {
-        !host.has_link(&host_veth(&e.id)) && !host.has_link(&e.peer) && !host.iptables_save().contains("--dport 18093")
+        !host.has_link(&host_veth(&e.id)) && !host.has_link(&e.peer) && host.nft_elements("dnat4-any").is_empty()
     });
     assert!(gone.is_some(), "veth pair kept: {:?}", host.link_names());
-    assert!(!host.iptables_save().contains("--dport 18093"), "published port kept:\n{}", host.iptables_save());
+    assert!(host.nft_elements("dnat4-any").is_empty(), "published port kept:\n{:?}", host.nft_table());
     let again =
         p.call("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": "10.78.2.5", "Options": null}));
     assert_eq!(again.0, 200, "the address was not released: {}", again.1);
@@ -847,13 +873,12 @@ fn route_localnet_follows_the_drop_and_adopted_bridges_keep_their_address() {
     let v4 = random_id();
     create_network(&p, &v4, "10.78.4.0/24", "10.78.4.1/24", json!({}));
     assert_eq!(localnet(&bridge_name(&v4)), "1");
-    let saved = host.iptables_save();
-    assert!(
-        saved.lines().any(|l| l.contains(&format!("-i {}", bridge_name(&v4)))
-            && l.contains("-d 127.0.0.0/8")
-            && l.ends_with("-j DROP")),
-        "no 127.0.0.0/8 drop for the IPv4 bridge:\n{saved}"
+    assert_eq!(
+        host.nft_elements("localnet"),
+        [json!(bridge_name(&v4))],
+        "127.0.0.0/8 dropped from the IPv4 bridge only"
     );
+    assert_eq!(nft_chain(&host, "raw-prerouting"), ["iifname @localnet ip daddr 127.0.0.0/8 drop"]);
 
     host.ip(&["link", "add", "rbadopt0", "type", "bridge"]).expect_ok();
     host.ip(&["addr", "add", "10.78.5.1/24", "dev", "rbadopt0"]).expect_ok();

@@ -13,7 +13,7 @@
 //! and the namespace's bridges and veths follow the model after every call that
 //! changes them. After each file the namespace holds bridges exactly for the live
 //! networks (also after one more restart), and once those are deleted no trace of
-//! the plugin (links, iptables/ip6tables rules) is left.
+//! the plugin (links, iptables/ip6tables rules, its nftables table) is left.
 //!
 //! Needs root; without it the test prints "skipped: needs root", except with CI=true
 //! where it fails. Everything happens inside the namespace, deleted on drop (also
@@ -141,6 +141,9 @@ impl Binary {
             if !left.is_empty() {
                 problems.push(format!("{save}: rules left behind:\n{}", left.join("\n")));
             }
+        }
+        if let Some(table) = self.host.nft_table() {
+            problems.push(format!("nftables table left behind:\n{table}"));
         }
         problems
     }

@@ -11,7 +11,7 @@ use super::{Plugin, PluginError, Result, State, ports};
 use crate::api::{self, *};
 use crate::dataplane::{BridgeSpec, DataPlane, VethSpec};
 use crate::family::Family;
-use crate::firewall::rules::drops_localnet;
+use crate::firewall::nft::ruleset::drops_localnet;
 use crate::names::{
     ID_CHARS_IN_VETH, bridge_name, is_docker_bridge_name, is_owned_bridge_name, short_id as short, veth_names,
 };

@@ -491,6 +491,20 @@ async fn injected_bridge_failure_records_nothing() {
 }
 
 #[tokio::test]
+async fn a_call_hands_the_firewall_only_the_network_it_changes() {
+    let h = Harness::new("fw-delta");
+    for i in 0..5 {
+        network_with_subnet(&h, 90 + i, &format!("10.{}.0.0/24", 90 + i), &format!("10.{}.0.1/24", 90 + i)).await;
+    }
+    let last = h.fw.changes.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last, [expected_bridge(&net_id(94))], "a network more: that network only");
+    h.delete_network(&net_id(92)).await.unwrap();
+    let last = h.fw.changes.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last, [expected_bridge(&net_id(92))], "a network less: that network only");
+    assert_eq!(h.fw.applied.lock().unwrap().len(), 4);
+}
+
+#[tokio::test]
 async fn firewall_failure_deletes_the_bridge_again() {
     let mut h = Harness::new("fail-fw");
     let keep = net_id(14);
@@ -1100,8 +1114,9 @@ async fn route_localnet_only_on_bridges_whose_127_traffic_the_firewall_drops() {
     let v4 = network_with_subnet(&h, 81, "10.81.0.0/24", "10.81.0.1/24").await;
     assert!(h.link(&expected_bridge(&v4)).unwrap().route_localnet);
     let fw = h.fw.applied.lock().unwrap().clone();
-    let drops = crate::firewall::rules::raw_rules(&fw);
-    assert_eq!(drops, [format!("-i {} -d 127.0.0.0/8 -j DROP", expected_bridge(&v4))]);
+    let table = crate::firewall::nft::ruleset::build(&fw).unwrap();
+    let localnet: Vec<&Vec<u8>> = table.elements[crate::firewall::nft::ruleset::LOCALNET].keys().collect();
+    assert_eq!(localnet, [&crate::firewall::nft::ruleset::ifname(&expected_bridge(&v4))]);
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@
 //! Nothing is given back to anyone (a released pool or address, a deleted
 //! record) before the commit; anything taken before it has an undo.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -26,8 +27,8 @@ use tokio::sync::MutexGuard;
 use super::{Plugin, PluginError, Result, State, firewall_network};
 use crate::dataplane::BridgeSpec;
 use crate::deadline::CallDeadline;
-use crate::firewall::FwNetwork;
-use crate::state::Change;
+use crate::firewall::{FirewallError, FwChange, FwNetwork};
+use crate::state::{Change, EndpointRecord, NetworkRecord};
 
 /// One undo step may take this long (its own requests are bounded too); the
 /// state lock is held meanwhile, and later calls' waits count against their deadlines.
@@ -45,8 +46,9 @@ pub enum Undo {
     /// A kernel step that cannot be taken back (a veth pair deleted): the
     /// record must say so even though the call fails. Committed by the undo.
     Record(Box<Change>),
-    /// Rules written for the call's changes: write the committed state's back.
-    Firewall,
+    /// Rules written for the call's changes: put the networks it touched back
+    /// as committed (None: a network the call created).
+    Firewall(Vec<FwChange>),
     /// An address taken in memory, and the pool's cursor before.
     ReleaseAddress { pool: String, addr: IpAddr, cursor_before: Option<IpAddr> },
     /// A pool taken in memory.
@@ -117,17 +119,36 @@ impl Txn<'_> {
         self.changes.push(change);
     }
 
-    /// Writes the rules for the state as it will be after this call's
-    /// changes (record them first). Bounded by the time left before the
-    /// commit point; a write that fails or is cut off (possibly half done)
-    /// is undone by writing the committed state's rules back.
+    /// Writes the rules of the networks this call changes, as they will be
+    /// after its changes (record them first): only those networks, so the
+    /// work does not grow with the others. Bounded by the time left before
+    /// the commit point; a write that fails or is cut off (possibly half
+    /// done) is undone by writing those networks back as committed.
     pub async fn sync_firewall(&mut self) -> Result<()> {
         self.check("writing firewall rules")?;
-        let desired = self.firewall_after();
-        if !self.teardown.iter().any(|u| matches!(u, Undo::Firewall)) {
-            self.teardown.push(Undo::Firewall);
+        let touched = self.touched_networks();
+        let changes = self.firewall_changes(&touched);
+        let committed = self.firewall_committed(&touched, &changes);
+        match self.teardown.iter_mut().find_map(|u| match u {
+            Undo::Firewall(back) => Some(back),
+            _ => None,
+        }) {
+            Some(back) => {
+                for c in committed {
+                    if !back.iter().any(|b| b.bridge == c.bridge) {
+                        back.push(c);
+                    }
+                }
+            }
+            None => self.teardown.push(Undo::Firewall(committed)),
         }
-        let write = self.plugin.firewall.sync(&desired);
+        let firewall = &self.plugin.firewall;
+        let write = async {
+            if !firewall.apply(&changes).await? {
+                firewall.sync(&self.firewall_after()).await?;
+            }
+            Ok::<(), FirewallError>(())
+        };
         match self.deadline.until_commit() {
             None => write.await?,
             Some(left) => tokio::time::timeout(left, write).await.map_err(|_| {
@@ -140,7 +161,92 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// The firewall's view of the state with this call's changes applied.
+    /// The networks this call's changes touch (by ID).
+    fn touched_networks(&self) -> BTreeSet<String> {
+        let mut ids = BTreeSet::new();
+        for change in &self.changes {
+            match change {
+                Change::PutNetwork(r) => drop(ids.insert(r.id.clone())),
+                Change::DeleteNetwork(id) => drop(ids.insert(id.clone())),
+                Change::PutEndpoint(r) => {
+                    ids.insert(r.network_id.clone());
+                    ids.extend(self.state.endpoints.get(&r.id).map(|e| e.network_id.clone()));
+                }
+                Change::DeleteEndpoint(id) => ids.extend(self.state.endpoints.get(id).map(|e| e.network_id.clone())),
+                _ => {}
+            }
+        }
+        ids
+    }
+
+    /// A network as this call leaves it.
+    fn network_after(&self, id: &str) -> Option<NetworkRecord> {
+        let mut network = self.state.networks.get(id).cloned();
+        for change in &self.changes {
+            match change {
+                Change::PutNetwork(r) if r.id == id => network = Some(r.clone()),
+                Change::DeleteNetwork(gone) if gone == id => network = None,
+                _ => {}
+            }
+        }
+        network
+    }
+
+    /// A network's endpoints as this call leaves them.
+    fn endpoints_after(&self, network_id: &str) -> Vec<EndpointRecord> {
+        let mut endpoints: BTreeMap<&str, EndpointRecord> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| e.network_id == network_id)
+            .map(|e| (e.id.as_str(), e.clone()))
+            .collect();
+        for change in &self.changes {
+            match change {
+                Change::PutEndpoint(r) if r.network_id == network_id => drop(endpoints.insert(&r.id, r.clone())),
+                Change::PutEndpoint(r) => drop(endpoints.remove(r.id.as_str())),
+                Change::DeleteEndpoint(id) => drop(endpoints.remove(id.as_str())),
+                _ => {}
+            }
+        }
+        endpoints.into_values().collect()
+    }
+
+    /// The firewall's view of the touched networks after this call (a
+    /// network gone, or moved to another bridge, leaves its old bridge empty).
+    fn firewall_changes(&self, touched: &BTreeSet<String>) -> Vec<FwChange> {
+        let mut out = Vec::new();
+        for id in touched {
+            let before = self.state.networks.get(id).map(|n| n.bridge.clone());
+            let after = self.network_after(id);
+            if let Some(bridge) = before.filter(|b| after.as_ref().is_none_or(|n| n.bridge != *b)) {
+                out.push(FwChange { bridge, after: None });
+            }
+            if let Some(n) = after {
+                let view = firewall_network(&n, self.endpoints_after(id).iter());
+                out.push(FwChange { bridge: n.bridge, after: Some(view) });
+            }
+        }
+        out
+    }
+
+    /// The same networks as committed: what an undo writes back.
+    fn firewall_committed(&self, touched: &BTreeSet<String>, changes: &[FwChange]) -> Vec<FwChange> {
+        let mut out: Vec<FwChange> = touched
+            .iter()
+            .filter_map(|id| self.state.networks.get(id))
+            .map(|n| FwChange { bridge: n.bridge.clone(), after: Some(self.state.firewall_network(n)) })
+            .collect();
+        for c in changes {
+            if !out.iter().any(|o| o.bridge == c.bridge) {
+                out.push(FwChange { bridge: c.bridge.clone(), after: None });
+            }
+        }
+        out
+    }
+
+    /// The firewall's view of the whole state with this call's changes
+    /// applied: for a firewall that does not know what the kernel holds.
     fn firewall_after(&self) -> Vec<FwNetwork> {
         let mut networks = self.state.networks.clone();
         let mut endpoints = self.state.endpoints.clone();
@@ -225,7 +331,11 @@ impl Txn<'_> {
             }
             Undo::EnsureBridge(spec) => drop(plugin.dataplane.ensure_bridge(&spec).await?),
             Undo::Record(_) => {} // committed together after the kernel steps
-            Undo::Firewall => plugin.firewall.sync(&self.state.firewall_networks()).await?,
+            Undo::Firewall(back) => {
+                if !plugin.firewall.apply(&back).await? {
+                    plugin.firewall.sync(&self.state.firewall_networks()).await?
+                }
+            }
             Undo::ReleaseAddress { pool, addr, cursor_before } => {
                 let ipam = &mut self.state.ipam;
                 ipam.release_address(&pool, addr)?;

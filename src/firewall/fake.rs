@@ -5,21 +5,24 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Firewall, FirewallError, FwNetwork};
+use super::{Firewall, FirewallError, FwChange, FwNetwork};
 
 /// Records what it was asked to apply; for driver unit tests.
 #[derive(Default)]
 pub struct FakeFirewall {
+    /// The networks the kernel would hold now (changes merged in call order).
     pub applied: Mutex<Vec<FwNetwork>>,
+    /// Writes of either kind.
     pub syncs: Mutex<usize>,
+    /// The bridges of each `apply` call, in order (a call hands only what it changed).
+    pub changes: Mutex<Vec<Vec<String>>>,
     pub fail_next: Mutex<bool>,
     /// Each write takes this long before it applies (a wedged xtables lock).
     pub delay: Mutex<std::time::Duration>,
 }
 
-#[async_trait]
-impl Firewall for FakeFirewall {
-    async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError> {
+impl FakeFirewall {
+    async fn write(&self) -> Result<(), FirewallError> {
         let delay = *self.delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -29,12 +32,42 @@ impl Firewall for FakeFirewall {
             *fail = false;
             return Err(FirewallError { tool: "fake".into(), message: "injected failure".into() });
         }
-        *self.applied.lock().unwrap() = networks.to_vec();
         *self.syncs.lock().unwrap() += 1;
         Ok(())
     }
+}
+
+fn sorted(networks: &[FwNetwork]) -> Vec<&FwNetwork> {
+    let mut out: Vec<&FwNetwork> = networks.iter().collect();
+    out.sort_by(|a, b| a.bridge.cmp(&b.bridge));
+    out
+}
+
+#[async_trait]
+impl Firewall for FakeFirewall {
+    async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError> {
+        self.write().await?;
+        *self.applied.lock().unwrap() = networks.to_vec();
+        Ok(())
+    }
+
+    async fn apply(&self, changes: &[FwChange]) -> Result<bool, FirewallError> {
+        self.write().await?;
+        self.changes.lock().unwrap().push(changes.iter().map(|c| c.bridge.clone()).collect());
+        let mut applied = self.applied.lock().unwrap();
+        for change in changes {
+            let at = applied.iter().position(|n| n.bridge == change.bridge);
+            match (at, &change.after) {
+                (Some(i), Some(n)) => applied[i] = n.clone(),
+                (Some(i), None) => drop(applied.remove(i)),
+                (None, Some(n)) => applied.push(n.clone()),
+                (None, None) => {}
+            }
+        }
+        Ok(true)
+    }
 
     async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError> {
-        Ok(*self.applied.lock().unwrap() == networks)
+        Ok(sorted(&self.applied.lock().unwrap()) == sorted(networks))
     }
 }

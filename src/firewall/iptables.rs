@@ -1,18 +1,19 @@
-//! iptables backend: reads the current tables with `*-save` (one process),
-//! writes one `*-restore --noflush` batch per change (one process, atomic per
-//! table). Rules are passed on stdin, never through a shell.
+//! The static iptables part (see [`super::rules`]) in the flavour dockerd
+//! uses: read with `*-save` (one process), written with one
+//! `*-restore --noflush` batch (one process, atomic per table) when a family
+//! gains its first network or loses its last, at start-up and by the repair;
+//! never per call. Rules are passed on stdin, never through a shell.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use super::FirewallError;
 use super::rules::{self, Family};
-use super::{Firewall, FirewallError, FwNetwork};
 
-/// Per tool run. A change runs at most four (save and restore, IPv4 and IPv6);
+/// Per tool run. A write runs at most four (save and restore, IPv4 and IPv6);
 /// a call's transaction also cuts a write off at the call's commit point
 /// (the child is killed on drop) and writes the committed rules back.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,36 +90,23 @@ impl IptablesFirewall {
         }
     }
 
-    async fn sync_family(&self, networks: &[FwNetwork], family: Family) -> Result<(), FirewallError> {
-        let plans = rules::plan(networks, family);
-        let needed = plans.iter().any(|p| p.active);
-        let Some(current) = self.current(family, needed).await? else { return Ok(()) };
+    /// Puts the accept chain in place (`active`) or removes it, and removes retired chains.
+    pub async fn sync_family(&self, active: bool, family: Family) -> Result<(), FirewallError> {
+        let plans = rules::plan(active, family);
+        let Some(current) = self.current(family, active).await? else { return Ok(()) };
         let count = |table: &str, chain: &str| current.rules_of(table, chain).count();
-        if plans.iter().all(|p| rules::holds(p, &current, &count) && !p.active) {
+        if plans.iter().all(|p| rules::holds(p, &current, &count)) {
             return Ok(());
         }
         let batch: String = plans.iter().map(|p| rules::render(p, &current)).collect();
         restore(&self.tools(family).restore, &batch).await
     }
 
-    async fn family_intact(&self, networks: &[FwNetwork], family: Family) -> Result<bool, FirewallError> {
-        let plans = rules::plan(networks, family);
-        let needed = plans.iter().any(|p| p.active);
-        let Some(current) = self.current(family, needed).await? else { return Ok(true) };
+    pub async fn family_intact(&self, active: bool, family: Family) -> Result<bool, FirewallError> {
+        let plans = rules::plan(active, family);
+        let Some(current) = self.current(family, active).await? else { return Ok(true) };
         let count = |table: &str, chain: &str| current.rules_of(table, chain).count();
         Ok(plans.iter().all(|p| rules::holds(p, &current, &count)))
-    }
-}
-
-#[async_trait]
-impl Firewall for IptablesFirewall {
-    async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError> {
-        self.sync_family(networks, Family::V4).await?;
-        self.sync_family(networks, Family::V6).await
-    }
-
-    async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError> {
-        Ok(self.family_intact(networks, Family::V4).await? && self.family_intact(networks, Family::V6).await?)
     }
 }
 

@@ -1,15 +1,17 @@
-//! The firewall: rules derived from state, rendered as plain data
-//! ([`rules`]), applied in one atomic batch per change by a backend
-//! ([`iptables`]) in the same iptables flavour dockerd uses.
+//! The firewall: rustbridge's own nftables table written over netlink, one
+//! transaction per change holding only what the change adds or removes
+//! ([`nft`]), and one static accept rule in dockerd's iptables filter
+//! FORWARD ([`rules`], [`iptables`]).
 //!
-//! dockerd leaves the FORWARD policy at DROP with br_netfilter on, so even
-//! traffic between two containers on one plugin bridge needs an ACCEPT in the
-//! iptables filter FORWARD path (an accept in a separate nftables table would
-//! not override dockerd's drop).
+//! dockerd leaves the FORWARD policy at DROP with br_netfilter on, and an
+//! accept in another table cannot override a drop: so the nftables table
+//! drops what must not pass and marks what may, and the iptables rule (in
+//! the flavour dockerd uses) accepts marked packets.
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod iptables;
+pub mod nft;
 pub mod rules;
 
 #[cfg(any(test, feature = "test-support"))]
@@ -88,11 +90,24 @@ pub struct FirewallError {
     pub message: String,
 }
 
+/// One network as a call leaves it: its view after the call, or None when it
+/// (or its bridge) is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FwChange {
+    pub bridge: String,
+    pub after: Option<FwNetwork>,
+}
+
 #[async_trait]
 pub trait Firewall: Send + Sync {
-    /// Makes the plugin's chains hold exactly the rules for `networks`
-    /// (removing the chains and their jumps when there are none). Idempotent.
+    /// Makes the kernel hold exactly the rules for `networks` (removing
+    /// everything when there are none), in one transaction. Idempotent.
     async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError>;
+    /// Changes only the networks a call changed, in one transaction whose
+    /// size does not depend on the other networks. Ok(false): the firewall
+    /// does not know what the kernel holds (first write, or a failed one);
+    /// nothing was written and the caller must `sync` every network.
+    async fn apply(&self, changes: &[FwChange]) -> Result<bool, FirewallError>;
     /// True when the rules in the kernel still match what `sync` last wrote
     /// (someone may have flushed them, or dockerd restarted and reordered FORWARD).
     async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError>;

@@ -1,25 +1,25 @@
-//! Pure rule generation: networks in, per-table plans out, rendered as
-//! iptables-restore text.
+//! The static iptables part: one chain in dockerd's filter FORWARD that
+//! accepts what rustbridge's nftables table marked (see
+//! [`crate::firewall::nft::ruleset`]), rendered as iptables-restore text.
 //!
-//! Rules live only in the plugin's own chains; the built-in chains get one
-//! jump each. Per network the rule count is constant whatever the number of
-//! networks, and per published port it is constant whatever the number of ports.
+//! dockerd leaves the FORWARD policy at DROP and only an ACCEPT in the
+//! iptables filter table can let a packet past it; the rule does not depend
+//! on networks or ports, so it is written when the first network of a family
+//! appears, removed with the last, and checked by the periodic repair: never
+//! per call. The chains of earlier versions (nat, raw, mangle) are retired:
+//! removed wherever found.
 
 use std::fmt::Write;
-use std::net::IpAddr;
 
-use super::{FwNetwork, FwPort};
 pub use crate::family::Family;
-use crate::names::docker_bridge_patterns;
 
 pub const FORWARD_CHAIN: &str = "RUSTBRIDGE-FORWARD";
-pub const POSTROUTING_CHAIN: &str = "RUSTBRIDGE-POSTROUTING";
-pub const DNAT_CHAIN: &str = "RUSTBRIDGE-DNAT";
-pub const RAW_CHAIN: &str = "RUSTBRIDGE-PREROUTING";
-/// mangle FORWARD: isolation that holds whatever order filter FORWARD is in.
-pub const ISOLATION_CHAIN: &str = "RUSTBRIDGE-ISOLATION";
-/// Second stage: where a packet leaving a container bridge for another bridge may not go.
-pub const ISOLATION_STAGE2_CHAIN: &str = "RUSTBRIDGE-ISOLATION-2";
+/// Chains of earlier versions; removed at start-up, by the repair and by gc.
+pub const RETIRED_POSTROUTING_CHAIN: &str = "RUSTBRIDGE-POSTROUTING";
+pub const RETIRED_DNAT_CHAIN: &str = "RUSTBRIDGE-DNAT";
+pub const RETIRED_RAW_CHAIN: &str = "RUSTBRIDGE-PREROUTING";
+pub const RETIRED_ISOLATION_CHAIN: &str = "RUSTBRIDGE-ISOLATION";
+pub const RETIRED_ISOLATION_STAGE2_CHAIN: &str = "RUSTBRIDGE-ISOLATION-2";
 
 /// A jump from a built-in chain into one of ours.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct ChainPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TablePlan {
     pub table: &'static str,
-    /// False when no network of this family exists: chains and jumps are removed.
+    /// False when the chains and their jumps must not exist.
     pub active: bool,
     pub chains: Vec<ChainPlan>,
 }
@@ -51,268 +51,57 @@ fn jump(builtin: &'static str, matches: &str, chain: &str, positioned: bool) -> 
     Jump { builtin, spec, positioned }
 }
 
-/// Everything the plugin wants in the kernel for one address family.
-pub fn plan(networks: &[FwNetwork], family: Family) -> Vec<TablePlan> {
-    let active = networks.iter().any(|n| has_family(n, family));
+/// The accept rule, as iptables-save prints it.
+pub fn forward_rules() -> Vec<String> {
+    let mark = crate::firewall::nft::ruleset::ACCEPT_MARK;
+    vec![format!("-m mark --mark {mark:#x}/{mark:#x} -j ACCEPT")]
+}
+
+/// Everything the plugin wants in iptables for one family: the accept chain
+/// when `active` (some network of the family exists), and no retired chain.
+pub fn plan(active: bool, family: Family) -> Vec<TablePlan> {
+    let retired = |name, jumps| ChainPlan { name, rules: vec![], jumps };
     let mut tables = vec![
         TablePlan {
             table: "filter",
             active,
             chains: vec![ChainPlan {
                 name: FORWARD_CHAIN,
-                rules: forward_rules(networks, family),
+                rules: forward_rules(),
                 jumps: vec![jump("FORWARD", "", FORWARD_CHAIN, true)],
             }],
         },
         TablePlan {
             table: "nat",
-            active,
+            active: false,
             chains: vec![
-                ChainPlan {
-                    name: POSTROUTING_CHAIN,
-                    rules: postrouting_rules(networks, family),
-                    jumps: vec![jump("POSTROUTING", "", POSTROUTING_CHAIN, false)],
-                },
-                ChainPlan {
-                    name: DNAT_CHAIN,
-                    rules: dnat_rules(networks, family),
-                    jumps: vec![
-                        jump("PREROUTING", "-m addrtype --dst-type LOCAL", DNAT_CHAIN, false),
-                        jump("OUTPUT", "-m addrtype --dst-type LOCAL", DNAT_CHAIN, false),
+                retired(RETIRED_POSTROUTING_CHAIN, vec![jump("POSTROUTING", "", RETIRED_POSTROUTING_CHAIN, false)]),
+                retired(
+                    RETIRED_DNAT_CHAIN,
+                    vec![
+                        jump("PREROUTING", "-m addrtype --dst-type LOCAL", RETIRED_DNAT_CHAIN, false),
+                        jump("OUTPUT", "-m addrtype --dst-type LOCAL", RETIRED_DNAT_CHAIN, false),
                     ],
-                },
+                ),
             ],
         },
     ];
     if family == Family::V4 {
         tables.push(TablePlan {
             table: "raw",
-            active,
-            chains: vec![ChainPlan {
-                name: RAW_CHAIN,
-                rules: raw_rules(networks),
-                jumps: vec![jump("PREROUTING", "", RAW_CHAIN, false)],
-            }],
+            active: false,
+            chains: vec![retired(RETIRED_RAW_CHAIN, vec![jump("PREROUTING", "", RETIRED_RAW_CHAIN, false)])],
         });
     }
     tables.push(TablePlan {
         table: "mangle",
-        active,
+        active: false,
         chains: vec![
-            ChainPlan {
-                name: ISOLATION_CHAIN,
-                rules: isolation_rules(networks, family),
-                jumps: vec![jump("FORWARD", "", ISOLATION_CHAIN, false)],
-            },
-            ChainPlan { name: ISOLATION_STAGE2_CHAIN, rules: isolation_stage2_rules(networks, family), jumps: vec![] },
+            retired(RETIRED_ISOLATION_CHAIN, vec![jump("FORWARD", "", RETIRED_ISOLATION_CHAIN, false)]),
+            retired(RETIRED_ISOLATION_STAGE2_CHAIN, vec![]),
         ],
     });
     tables
-}
-
-fn networks_of(networks: &[FwNetwork], family: Family) -> Vec<&FwNetwork> {
-    networks.iter().filter(|n| has_family(n, family)).collect()
-}
-
-fn ports_of(n: &FwNetwork, family: Family) -> impl Iterator<Item = &FwPort> {
-    n.ports.iter().filter(move |p| Family::of(&p.container_ip) == family)
-}
-
-/// The rules of the plugin's filter FORWARD chain, in order, without the `-A CHAIN` prefix.
-pub fn forward_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
-    let nets = networks_of(networks, family);
-    let mut rules = Vec::new();
-    // Published ports are reachable from anywhere but the network itself
-    // (there, enable_icc decides, as with Docker), and only through the DNAT:
-    // another host routing to the container's own address gets nothing.
-    for n in &nets {
-        for p in ports_of(n, family) {
-            rules.push(format!(
-                "-d {}/{} ! -i {b} -o {b} -p {proto} -m conntrack --ctstate DNAT -m {proto} --dport {} -j ACCEPT",
-                p.container_ip,
-                family.host_prefix(),
-                p.container_port,
-                b = n.bridge,
-                proto = p.proto
-            ));
-        }
-    }
-    for n in &nets {
-        let verdict = if n.icc { "ACCEPT" } else { "DROP" };
-        rules.push(format!("-i {b} -o {b} -j {verdict}", b = n.bridge));
-    }
-    for n in &nets {
-        rules.push(format!("-o {} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", n.bridge));
-    }
-    // Nothing new enters a network from elsewhere (other networks, Docker's
-    // bridges, other hosts routing to container addresses), unless its
-    // gateway mode is routed.
-    for n in &nets {
-        if n.routed(family) && !n.internal {
-            // Routed: other hosts may reach containers directly, but other
-            // container networks still may not.
-            for other in nets.iter().filter(|o| o.bridge != n.bridge) {
-                rules.push(format!("-i {} -o {} -j DROP", other.bridge, n.bridge));
-            }
-            for pattern in docker_bridge_patterns() {
-                rules.push(format!("-i {pattern} -o {} -j DROP", n.bridge));
-            }
-            rules.push(format!("-o {} -j ACCEPT", n.bridge));
-            continue;
-        }
-        if !n.internal {
-            for iface in &n.trusted_interfaces {
-                rules.push(format!("-i {iface} -o {} -j ACCEPT", n.bridge));
-            }
-        }
-        rules.push(format!("-o {} -j DROP", n.bridge));
-    }
-    for n in &nets {
-        if n.internal {
-            rules.push(format!("-i {} -j DROP", n.bridge));
-            continue;
-        }
-        for pattern in docker_bridge_patterns() {
-            rules.push(format!("-i {} -o {pattern} -j DROP", n.bridge));
-        }
-        rules.push(format!("-i {} -j ACCEPT", n.bridge));
-    }
-    rules
-}
-
-/// Isolation in mangle FORWARD, the first stage. dockerd rewrites filter
-/// FORWARD at every start (its own accepts for docker0 and its br- bridges
-/// land above rustbridge's jump until the next repair), and again after a
-/// firewalld reload; it never touches mangle, which runs before filter, and a
-/// DROP there is final. So the isolation between container bridges holds
-/// continuously here, and the filter chain keeps the rest (published ports,
-/// icc, outbound) and is repaired periodically.
-///
-/// Replies and DNATed connections (published ports, reached through a host
-/// address) are left to the filter chain. Linear in the number of networks:
-/// a packet leaving a container bridge for another bridge goes through the
-/// second stage, which drops it if the other bridge is rustbridge's.
-pub fn isolation_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
-    let nets = networks_of(networks, family);
-    let mut rules =
-        vec!["-m conntrack --ctdir REPLY -j RETURN".to_string(), "-m conntrack --ctstate DNAT -j RETURN".to_string()];
-    for n in &nets {
-        // Within a network, enable_icc (in filter) decides.
-        rules.push(format!("-i {b} -o {b} -j RETURN", b = n.bridge));
-    }
-    for n in nets.iter().filter(|n| n.internal) {
-        rules.push(format!("-i {b} ! -o {b} -j DROP", b = n.bridge));
-        rules.push(format!("! -i {b} -o {b} -j DROP", b = n.bridge));
-    }
-    for n in nets.iter().filter(|n| !n.internal) {
-        for iface in &n.trusted_interfaces {
-            rules.push(format!("-i {iface} -o {} -j RETURN", n.bridge));
-        }
-    }
-    for n in nets.iter().filter(|n| !n.internal) {
-        for pattern in docker_bridge_patterns() {
-            rules.push(format!("-i {} -o {pattern} -j DROP", n.bridge));
-        }
-    }
-    for n in &nets {
-        rules.push(format!("-i {b} ! -o {b} -j {ISOLATION_STAGE2_CHAIN}", b = n.bridge));
-    }
-    for pattern in docker_bridge_patterns() {
-        rules.push(format!("-i {pattern} -j {ISOLATION_STAGE2_CHAIN}"));
-    }
-    rules
-}
-
-/// The second isolation stage: nothing from another container bridge enters a rustbridge network.
-pub fn isolation_stage2_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
-    networks_of(networks, family).iter().map(|n| format!("-o {} -j DROP", n.bridge)).collect()
-}
-
-/// The rules of the plugin's nat POSTROUTING chain.
-pub fn postrouting_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
-    let mut rules = Vec::new();
-    for n in networks_of(networks, family) {
-        // Hairpin: a container reaching its own published port through a host address.
-        for p in ports_of(n, family) {
-            rules.push(format!(
-                "-s {ip}/{len} -d {ip}/{len} -p {proto} -m {proto} --dport {port} -j MASQUERADE",
-                ip = p.container_ip,
-                len = family.host_prefix(),
-                proto = p.proto,
-                port = p.container_port
-            ));
-        }
-        // Published ports reached from the host's 127.0.0.1 (route_localnet is on for our bridges).
-        if family == Family::V4 && n.ports.iter().any(|p| p.container_ip.is_ipv4()) {
-            rules.push(format!("-s 127.0.0.0/8 -o {} -j MASQUERADE", n.bridge));
-        }
-        if n.internal || !n.masquerade || n.routed(family) {
-            continue;
-        }
-        let snat = match family {
-            Family::V4 => n.snat_ipv4,
-            Family::V6 => n.snat_ipv6,
-        };
-        for subnet in n.subnets.iter().filter(|s| family.matches(s)) {
-            let target = match snat {
-                Some(ip) => format!("SNAT --to-source {ip}"),
-                None => "MASQUERADE".to_string(),
-            };
-            rules.push(format!("-s {subnet} ! -o {} -j {target}", n.bridge));
-        }
-    }
-    rules
-}
-
-/// The plugin's nat DNAT chain: one rule per published port.
-pub fn dnat_rules(networks: &[FwNetwork], family: Family) -> Vec<String> {
-    let mut rules = Vec::new();
-    for n in networks_of(networks, family) {
-        for p in ports_of(n, family) {
-            let dest = match p.host_ip {
-                Some(ip) => format!("-d {ip}/{} ", family.host_prefix()),
-                None => String::new(),
-            };
-            let to = match p.container_ip {
-                IpAddr::V4(ip) => format!("{ip}:{}", p.container_port),
-                IpAddr::V6(ip) => format!("[{ip}]:{}", p.container_port),
-            };
-            rules.push(format!(
-                "{dest}-p {proto} -m {proto} --dport {} -j DNAT --to-destination {to}",
-                p.host_port,
-                proto = p.proto
-            ));
-        }
-    }
-    rules
-}
-
-/// route_localnet is on for our bridges so 127.0.0.1 can reach published
-/// ports; so nothing from a bridge may reach the host's 127.0.0.0/8
-/// (the CVE-2020-8558 pattern).
-pub fn raw_rules(networks: &[FwNetwork]) -> Vec<String> {
-    debug_assert!(networks_of(networks, Family::V4).iter().all(|n| drops_localnet(&n.subnets)));
-    networks_of(networks, Family::V4).iter().map(|n| format!("-i {} -d 127.0.0.0/8 -j DROP", n.bridge)).collect()
-}
-
-/// Whether the raw table drops 127.0.0.0/8 arriving from a network with these
-/// subnets (it does for every network with IPv4): route_localnet may be on
-/// for its bridge only then.
-pub fn drops_localnet(subnets: &[ipnet::IpNet]) -> bool {
-    subnets.iter().any(|s| Family::V4.matches(s))
-}
-
-impl FwNetwork {
-    fn routed(&self, family: Family) -> bool {
-        match family {
-            Family::V4 => self.routed_v4,
-            Family::V6 => self.routed_v6,
-        }
-    }
-}
-
-fn has_family(n: &FwNetwork, family: Family) -> bool {
-    n.subnets.iter().any(|s| family.matches(s))
 }
 
 /// What is in a table now, as far as rendering needs to know.

@@ -65,7 +65,7 @@ pub fn ready_or_skip(test: &str) -> bool {
 
 fn check_tools() {
     let mut missing = Vec::new();
-    for tool in ["ip", "iptables", "iptables-save", "iptables-restore", "sysctl", "kill"] {
+    for tool in ["ip", "iptables", "iptables-save", "iptables-restore", "nft", "sysctl", "kill"] {
         if find_in_path(tool).is_none() {
             missing.push(tool.to_string());
         }
@@ -290,6 +290,31 @@ impl Netns {
     pub fn iptables_chain(&self, table: &str, chain: &str) -> Option<Vec<String>> {
         let out = self.exec(&["iptables", "-t", table, "-S", chain]);
         out.ok().then(|| out.stdout.lines().map(str::to_string).collect())
+    }
+
+    /// `nft list table inet rustbridge` (the plugin's table) as text, or None when absent.
+    pub fn nft_table(&self) -> Option<String> {
+        let out = self.exec(&["nft", "list", "table", "inet", "rustbridge"]);
+        out.ok().then_some(out.stdout)
+    }
+
+    /// The elements of one of the plugin's sets or maps, as `nft -j` prints them (empty when absent).
+    pub fn nft_elements(&self, set: &str) -> Vec<Value> {
+        let mut out = self.exec(&["nft", "-j", "list", "set", "inet", "rustbridge", set]);
+        if !out.ok() {
+            out = self.exec(&["nft", "-j", "list", "map", "inet", "rustbridge", set]);
+        }
+        if !out.ok() {
+            return vec![];
+        }
+        let parsed: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        parsed["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("set").or_else(|| o.get("map")))
+            .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
+            .collect()
     }
 
     /// True when one ping (of up to `tries`) gets an answer.

@@ -21,7 +21,9 @@ expect "an IPv6 address ($b6)" sh -c "echo $b6 | grep -q '^fd00:233:1::'"
 expect "IPv6 default route via the gateway" sh -c "docker exec $PREFIX-6a ip -6 route | grep -q '^default via fd00:233:1::1'"
 expect "containers ping each other over IPv6" docker exec "$PREFIX-6a" ping -6 -c 1 -W 2 "$b6"
 expect "NAT66: the outside host sees the host's IPv6 address" sh -c "docker exec $PREFIX-6a nc fd00:198:20::2 7000 | grep -qx fd00:198:20::1"
-expect "no IPv4 rule for this network" sh -c "! iptables-save | grep -q $(bridge_of "$PREFIX-v6only")"
+v6br=$(bridge_of "$PREFIX-v6only")
+expect "no IPv4 rule for this network (no 127.0.0.0/8 drop, no IPv4 NAT)" bash -c "rustbridge_table | grep -q '\"$v6br\" : jump to-$v6br' \
+  && ! nft list set inet rustbridge localnet | grep -q $v6br && ! nft list chain inet rustbridge nat-$v6br | grep -q 'ip saddr'"
 
 step "--gw-priority picks the default route across two rustbridge networks"
 expect "two networks" sh -c "docker network create -d rustbridge --subnet 10.233.1.0/24 $PREFIX-gwa && docker network create -d rustbridge --subnet 10.233.2.0/24 $PREFIX-gwb"

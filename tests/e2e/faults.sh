@@ -326,7 +326,8 @@ case_tampering() {
       "$tool" -t "$table" -F "$chain"
     done
   done
-  measured "flushed every RUSTBRIDGE chain: $(rustbridge_rule_count) of $rules rule lines left"
+  nft flush table inet rustbridge
+  measured "flushed every RUSTBRIDGE chain and every chain of table inet rustbridge: $(rustbridge_rule_count) of $rules rule lines left"
   recovers "the published port answers again" 20 serves "$cli" 198.18.32.1 18090 tw
   recovers "NAT to the outside works again" 20 nat_ok
   recovers "every rule is back" 20 test "$(rustbridge_rule_count)" = "$rules"

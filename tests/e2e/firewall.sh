@@ -91,18 +91,19 @@ expect "run $PREFIX-range -p 8100-8102:80 (a host port range)" docker run -d --n
 range_port=$(published_port "$(ip_of "$PREFIX-range" "$n1")" 80 tcp)
 expect "it got a host port in 8100-8102 ($range_port)" test "${range_port:-0}" -ge 8100 -a "${range_port:-0}" -le 8102
 eventually "the range port works from the client host" 10 sh -c "ip netns exec $cli curl -s -m 2 http://198.18.11.1:$range_port/ | grep -q hello-range"
-dnat_before=$(iptables -t nat -S RUSTBRIDGE-DNAT | wc -l)
+dnat_before=$(published_ports | wc -l)
 veths_before=$(host_veth_count)
 out_text=$(docker run -d --name "$dup" --network "$n1" -p 8080:80 "$IMAGE" sleep 3600 2>&1)
 status=$?
 expect "a second container asking for host port 8080 fails" test "$status" -ne 0
 expect "the error names the port" sh -c "echo '$out_text' | grep -q '8080/tcp'"
-equal "no DNAT rule leaked" "$dnat_before" "$(iptables -t nat -S RUSTBRIDGE-DNAT | wc -l)"
+equal "no DNAT element leaked" "$dnat_before" "$(published_ports | wc -l)"
 equal "no veth leaked" "$veths_before" "$(host_veth_count)"
 docker rm -f "$dup" >/dev/null 2>&1
-expect "removing $eph removes exactly its rules" sh -c "docker rm -f $eph >/dev/null && ! iptables -t nat -S RUSTBRIDGE-DNAT | grep -q 'to-destination $eph_ip:' && iptables -t nat -S RUSTBRIDGE-DNAT | grep -q 'to-destination $web_ip:80'"
+docker rm -f "$eph" >/dev/null
+expect "removing $eph removes exactly its DNAT elements" bash -c "! published_ports | grep -q ' $eph_ip ' && published_ports | grep -q ' $web_ip 80\$'"
 
-step "IPv6: the same behaviour with ip6tables"
+step "IPv6: the same behaviour"
 expect "dual-stack network $n6" docker network create -d rustbridge --ipv6 --subnet 10.231.6.0/24 --subnet fd00:231:6::/64 "$n6"
 expect "dual-stack network $n7" docker network create -d rustbridge --ipv6 --subnet 10.231.7.0/24 --subnet fd00:231:7::/64 "$n7"
 expect "run $w6 -p 8086:80" docker run -d --name "$w6" --hostname w6 --network "$n6" -p 8086:80 "$IMAGE" sh -c "$httpd_cmd"
@@ -119,15 +120,17 @@ step "SCTP ports"
 # which this test does not assume.
 expect "run with -p 8099:99/sctp" docker run -d --name "$PREFIX-sctp" --network "$n1" -p 8099:99/sctp "$IMAGE" sleep 3600
 sctp_ip=$(ip_of "$PREFIX-sctp" "$n1")
-expect "an sctp DNAT rule to $sctp_ip:99" sh -c "iptables -t nat -S RUSTBRIDGE-DNAT | grep -- '-p sctp' | grep -q -- '--to-destination $sctp_ip:99'"
+expect "an sctp DNAT element to $sctp_ip:99" bash -c "published_ports | grep -qx 'sctp 8099 $sctp_ip 99'"
 
 step "Rules come back after a flush and after a dockerd restart"
-iptables -F RUSTBRIDGE-FORWARD; iptables -t nat -F RUSTBRIDGE-DNAT; iptables -D FORWARD -j RUSTBRIDGE-FORWARD
+iptables -F RUSTBRIDGE-FORWARD; iptables -D FORWARD -j RUSTBRIDGE-FORWARD; nft flush map inet rustbridge dnat4-any
 eventually "after a flush, the published port works again" 20 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
 show "$ROOT/scripts/dockerd.sh" restart
 eventually "$web (--restart always) is running again" 60 sh -c "[ \"\$(docker inspect -f '{{.State.Running}}' $web)\" = true ]"
 eventually "after a dockerd restart, the published port works again" 30 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
 expect "after a dockerd restart, NAT to the outside works" sh -c "docker exec $web nc 198.18.10.2 7000 | grep -qx 198.18.10.1"
+nft delete table inet rustbridge
+eventually "after the table was deleted, the published port works again" 20 sh -c "ip netns exec $cli curl -s -m 3 http://198.18.11.1:8080/ | grep -q hello-web"
 equal "exactly one jump to RUSTBRIDGE-FORWARD" 1 "$(iptables -S FORWARD | grep -c -- '-j RUSTBRIDGE-FORWARD')"
 expect "the jump sits right after DOCKER-USER" sh -c "iptables -S FORWARD | grep -A1 -- '-j DOCKER-USER' | tail -n1 | grep -q RUSTBRIDGE-FORWARD"
 
@@ -135,7 +138,7 @@ step "Teardown leaves zero rules"
 expect "remove containers" rm_each "$web" "$peer" "$other" "$dflt" "$inner" "$i1" "$i2" "$trusted" "$w6" "$o6" "$PREFIX-range" "$PREFIX-sctp"
 expect "remove networks" docker network rm "$n1" "$n2" "$nint" "$nicc" "$n5" "$n6" "$n7"
 if [ "$rules_before" = 0 ] && [ -z "$(docker network ls -q --filter driver=rustbridge)" ]; then
-  equal "no RUSTBRIDGE rule or chain left (iptables and ip6tables)" 0 "$(rustbridge_rule_count)"
+  equal "no RUSTBRIDGE rule or chain left (iptables and ip6tables), no nftables table" 0 "$(rustbridge_rule_count)"
 fi
 
 summary

@@ -128,7 +128,12 @@ bridge_of() { echo "$RB_BRIDGE_PREFIX$(network_id "$1" | cut -c1-$RB_ID_CHARS_IN
 # host_veth_of ENDPOINT_ID: the host end of the endpoint's veth pair.
 host_veth_of() { echo "$RB_HOST_VETH_PREFIX$(echo "$1" | cut -c1-$RB_ID_CHARS_IN_VETH)"; }
 host_veth_count() { ip -br link | grep -c "^$RB_HOST_VETH_PREFIX"; }
-rustbridge_rule_count() { { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'RUSTBRIDGE' || true; }
+# Lines of the plugin's firewall: its iptables chains and jumps, and its nftables table (src/firewall).
+rustbridge_rule_count() {
+  echo $(($({ iptables-save; ip6tables-save; } 2>/dev/null | grep -c RUSTBRIDGE) + $(rustbridge_table | wc -l)))
+}
+# rustbridge_table: the plugin's nftables table as nft prints it (empty when there is none).
+rustbridge_table() { nft list table inet rustbridge 2>/dev/null; }
 
 # fake_host NS HOST_IP NS_IP [HOST_IP6 NS_IP6]: a network namespace of the
 # test's own, wired to the host by a veth pair (/24, and /64 for IPv6), routed
@@ -155,10 +160,17 @@ fake_host() {
   fi
 }
 
-# published_port CONTAINER_IP PORT PROTO: the host port rustbridge DNATs to it.
-published_port() {
-  iptables -t nat -S RUSTBRIDGE-DNAT | grep -- "-p $3 " | grep -- "--to-destination $1:$2\$" | sed -E 's/.*--dport ([0-9]+).*/\1/' | head -n 1
+# published_ports: every port rustbridge publishes, one "PROTO HOST_PORT CONTAINER_IP CONTAINER_PORT"
+# line each, from its DNAT maps (nftables table inet rustbridge).
+published_ports() {
+  local map
+  for map in dnat4-any dnat4-addr dnat6-any dnat6-addr; do nft -j list map inet rustbridge "$map" 2>/dev/null; done |
+    jq -r '.nftables[] | .map? // empty | .elem[]? | "\(.[0].concat[0]) \(.[0].concat[-1]) \(.[1].concat[0]) \(.[1].concat[1])"'
 }
+# published_port CONTAINER_IP PORT PROTO: the host port rustbridge DNATs to it.
+published_port() { published_ports | awk -v ip="$1" -v port="$2" -v proto="$3" '$1 == proto && $3 == ip && $4 == port {print $2; exit}'; }
+# For checks run as `bash -c "…"`.
+export -f rustbridge_table published_ports published_port
 
 # source_echo_server NS IPV4 [IPV6]: in the fake host NS, answer every TCP
 # connection on port 7000 with the source address it arrived from (to see NAT).

@@ -1,0 +1,619 @@
+//! The firewall engine: rustbridge's own nftables table, written over
+//! netlink (no process), one transaction per change holding only what the
+//! change adds or removes; plus the static iptables accept rule in dockerd's
+//! filter FORWARD ([`super::iptables`]), written only when a family gains its
+//! first network or loses its last.
+//!
+//! The engine remembers what it last committed, per network. A call hands it
+//! only the networks it changed ([`Firewall::apply`]); the transaction is the
+//! difference of those networks' chains and elements (in memory, no kernel
+//! read), so neither the work nor the transaction grows with the other
+//! networks or their ports. When it does not know what the kernel holds
+//! (start-up, a failed or cut-off write, drift found by the repair) it
+//! rewrites the whole table in one transaction (delete and recreate), so a
+//! reader never sees it half-made.
+
+pub mod expr;
+pub mod msg;
+pub mod ruleset;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+
+use super::iptables::IptablesFirewall;
+use super::{Firewall, FirewallError, FwChange, FwNetwork, FwPort};
+use crate::family::Family;
+use msg::{Attrs, Kind, Msg, NFPROTO_INET, NLM_F_CREATE, Reply, Socket};
+use ruleset::{Chain, Elem, Rule, Ruleset, SETS, SetData, SetDef, TABLE};
+
+const NLM_F_APPEND: u16 = 0x800;
+/// Bounds one NFTA_SET_ELEM_LIST_ELEMENTS (a 16-bit attribute length).
+const ELEMENTS_BYTES: usize = 48 * 1024;
+
+pub struct NftFirewall {
+    statics: IptablesFirewall,
+    cache: tokio::sync::Mutex<Cache>,
+    /// Messages in the last transaction sent (for tests: a change's size).
+    last_transaction: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// What the table holds; None: not known.
+    committed: Option<Committed>,
+    /// Whether the iptables accept chain is in place, per family; None: not known.
+    statics: Option<[bool; 2]>,
+    /// Counts the table's commits: a check whose kernel read overlapped a
+    /// commit cannot tell drift from the commit.
+    generation: u64,
+}
+
+fn err(message: String) -> FirewallError {
+    FirewallError { tool: "nftables".into(), message }
+}
+
+fn families_in_use<'a>(networks: impl Iterator<Item = &'a FwNetwork> + Clone) -> [bool; 2] {
+    let has = |f: Family| networks.clone().any(|n| n.subnets.iter().any(|s| f.matches(s)));
+    [has(Family::V4), has(Family::V6)]
+}
+
+/// What the kernel's table holds, per network (no network: no table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    nets: BTreeMap<String, FwNetwork>,
+    /// Every element, with the network that put it there and how many of
+    /// that network's ports (or itself) want it.
+    owners: BTreeMap<(&'static str, Vec<u8>), Owned>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owned {
+    elem: Elem,
+    bridge: String,
+    refs: usize,
+}
+
+/// Elements a transaction deletes and adds, by set.
+#[derive(Default)]
+struct ElementChanges {
+    deleted: BTreeMap<&'static str, BTreeMap<Vec<u8>, Elem>>,
+    added: BTreeMap<&'static str, BTreeMap<Vec<u8>, Elem>>,
+}
+
+impl Committed {
+    /// What a full write of `networks` leaves (the first network wins a key, as in [`ruleset::build`]).
+    pub fn new(networks: &[FwNetwork]) -> Committed {
+        let mut c = Committed::default();
+        let mut ignored = ElementChanges::default();
+        for n in networks {
+            for (key, elem) in
+                ruleset::network_elements(n).into_iter().chain(n.ports.iter().flat_map(ruleset::port_elements))
+            {
+                c.acquire(key, elem, &n.bridge, &mut ignored);
+            }
+            c.nets.insert(n.bridge.clone(), n.clone());
+        }
+        c
+    }
+
+    fn holds(&self, networks: &[FwNetwork]) -> bool {
+        self.nets.len() == networks.len() && networks.iter().all(|n| self.nets.get(&n.bridge) == Some(n))
+    }
+
+    /// The changes that turn this into `networks`.
+    fn changes_to(&self, networks: &[FwNetwork]) -> Vec<FwChange> {
+        let gone = self.nets.keys().filter(|b| !networks.iter().any(|n| n.bridge == **b));
+        gone.map(|b| FwChange { bridge: b.clone(), after: None })
+            .chain(networks.iter().map(|n| FwChange { bridge: n.bridge.clone(), after: Some(n.clone()) }))
+            .collect()
+    }
+
+    /// `bridge` wants the element. Keys are unique across networks (no
+    /// overlapping subnets, one owner per host port); were they not, the
+    /// network holding the key keeps it.
+    fn acquire(&mut self, key: (&'static str, Vec<u8>), elem: Elem, bridge: &str, out: &mut ElementChanges) {
+        match self.owners.get_mut(&key) {
+            None => {
+                out.added.entry(key.0).or_default().insert(key.1.clone(), elem.clone());
+                self.owners.insert(key, Owned { elem, bridge: bridge.to_string(), refs: 1 });
+            }
+            Some(o) if o.bridge == bridge => {
+                o.refs += 1;
+                if o.elem != elem {
+                    // The same key to another value (a host port moved to another container).
+                    out.deleted.entry(key.0).or_default().insert(key.1.clone(), o.elem.clone());
+                    out.added.entry(key.0).or_default().insert(key.1, elem.clone());
+                    o.elem = elem;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// `bridge` no longer wants the element once.
+    fn release(&mut self, key: (&'static str, Vec<u8>), bridge: &str, out: &mut ElementChanges) {
+        let Some(o) = self.owners.get_mut(&key).filter(|o| o.bridge == bridge) else { return };
+        o.refs -= 1;
+        if o.refs > 0 {
+            return;
+        }
+        let o = self.owners.remove(&key).expect("just found");
+        let not_yet_written = out.added.get_mut(key.0).and_then(|a| a.remove(&key.1)).is_some();
+        if !not_yet_written || out.deleted.get(key.0).is_some_and(|d| d.contains_key(&key.1)) {
+            out.deleted.entry(key.0).or_default().insert(key.1, o.elem);
+        }
+    }
+}
+
+/// The ports only in `before` and only in `after` (both sorted, as the driver hands them).
+fn port_difference<'a>(before: &'a [FwPort], after: &'a [FwPort]) -> (Vec<&'a FwPort>, Vec<&'a FwPort>) {
+    let sorted = |ports: &'a [FwPort]| {
+        let mut v: Vec<&FwPort> = ports.iter().collect();
+        if !v.is_sorted() {
+            v.sort();
+        }
+        v
+    };
+    let (b, a) = (sorted(before), sorted(after));
+    let (mut gone, mut new) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (b.get(i), a.get(j)) {
+            (Some(x), Some(y)) if x == y => (i, j) = (i + 1, j + 1),
+            (Some(x), Some(y)) if x < y => {
+                gone.push(*x);
+                i += 1;
+            }
+            (Some(x), None) => {
+                gone.push(*x);
+                i += 1;
+            }
+            (_, Some(y)) => {
+                new.push(*y);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (gone, new)
+}
+
+/// Whether two views of a network differ only in their ports.
+fn same_but_ports(a: &FwNetwork, b: &FwNetwork) -> bool {
+    let FwNetwork {
+        bridge,
+        subnets,
+        internal,
+        icc,
+        masquerade,
+        routed_v4,
+        routed_v6,
+        trusted_interfaces,
+        ports: _,
+        snat_ipv4,
+        snat_ipv6,
+    } = a;
+    *bridge == b.bridge
+        && *subnets == b.subnets
+        && *internal == b.internal
+        && *icc == b.icc
+        && *masquerade == b.masquerade
+        && *routed_v4 == b.routed_v4
+        && *routed_v6 == b.routed_v6
+        && *trusted_interfaces == b.trusted_interfaces
+        && *snat_ipv4 == b.snat_ipv4
+        && *snat_ipv6 == b.snat_ipv6
+}
+
+impl NftFirewall {
+    pub fn new(statics: IptablesFirewall) -> NftFirewall {
+        NftFirewall { statics, cache: Default::default(), last_transaction: Default::default() }
+    }
+
+    /// How many nf_tables messages the last transaction held (0: nothing to change).
+    pub fn last_transaction(&self) -> usize {
+        self.last_transaction.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn describe(&self) -> String {
+        format!("nftables table inet {TABLE}, accept rule via {}", self.statics.describe())
+    }
+
+    async fn write_statics(&self, cache: &mut Cache, want: [bool; 2]) -> Result<(), FirewallError> {
+        if cache.statics == Some(want) {
+            return Ok(());
+        }
+        // Only the family that changed: a network more of one family runs no tool for the other.
+        let known = cache.statics.take();
+        for (i, family) in [Family::V4, Family::V6].into_iter().enumerate() {
+            if known.is_none_or(|k| k[i] != want[i]) {
+                self.statics.sync_family(want[i], family).await?;
+            }
+        }
+        cache.statics = Some(want);
+        Ok(())
+    }
+}
+
+async fn transact(msgs: Vec<Msg>) -> Result<(), FirewallError> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || Socket::open()?.transact(&msgs))
+        .await
+        .map_err(|e| err(format!("nf_tables writer: {e}")))?
+        .map_err(err)
+}
+
+impl NftFirewall {
+    /// Sends `msgs`; `next` is what the kernel holds once they commit.
+    /// Unknown until the kernel has answered: a write cut off at a call's
+    /// deadline (this future dropped) leaves the next write a full rewrite.
+    async fn commit(&self, cache: &mut Cache, msgs: Vec<Msg>, next: Committed) -> Result<(), FirewallError> {
+        cache.committed = None;
+        cache.generation += 1;
+        self.last_transaction.store(msgs.len(), std::sync::atomic::Ordering::Relaxed);
+        transact(msgs).await?;
+        let families = families_in_use(next.nets.values());
+        cache.committed = Some(next);
+        self.write_statics(cache, families).await
+    }
+}
+
+#[async_trait]
+impl Firewall for NftFirewall {
+    async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError> {
+        let mut cache = self.cache.lock().await;
+        let (msgs, next) = match cache.committed.take() {
+            Some(mut c) => {
+                let changes = c.changes_to(networks);
+                (change_batch(&mut c, &changes), c)
+            }
+            None => (full_batch(ruleset::build(networks).as_ref()), Committed::new(networks)),
+        };
+        self.commit(&mut cache, msgs, next).await
+    }
+
+    async fn apply(&self, changes: &[FwChange]) -> Result<bool, FirewallError> {
+        let mut cache = self.cache.lock().await;
+        let Some(mut c) = cache.committed.take() else { return Ok(false) };
+        let msgs = change_batch(&mut c, changes);
+        self.commit(&mut cache, msgs, c).await?;
+        Ok(true)
+    }
+
+    /// Reads the kernel without holding off writers. Drift forgets what was
+    /// committed (the next write is a full rewrite) only when `networks` is
+    /// what was committed and no commit overlapped the read: the periodic
+    /// check runs on a snapshot that a call may have superseded meanwhile.
+    async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError> {
+        let desired = ruleset::build(networks);
+        let families = families_in_use(networks.iter());
+        let (generation, as_committed) = {
+            let cache = self.cache.lock().await;
+            (cache.generation, cache.committed.as_ref().is_some_and(|c| c.holds(networks)))
+        };
+        let table = tokio::task::spawn_blocking(move || table_intact(desired.as_ref()))
+            .await
+            .map_err(|e| err(format!("nf_tables reader: {e}")))?
+            .map_err(err)?;
+        let mut statics = true;
+        for (family, active) in [(Family::V4, families[0]), (Family::V6, families[1])] {
+            statics &= self.statics.family_intact(active, family).await?;
+        }
+        let mut cache = self.cache.lock().await;
+        if !table && as_committed && cache.generation == generation {
+            cache.committed = None;
+        }
+        if !statics && cache.statics == Some(families) {
+            cache.statics = None;
+        }
+        Ok(table && statics)
+    }
+}
+
+// ---- batches ----
+
+fn table_msg(kind: Kind, flags: u16, what: &str) -> Msg {
+    Msg::new(kind, flags, NFPROTO_INET, format!("{what} table inet {TABLE}"), |a| a.put_str(1, TABLE))
+}
+
+fn set_msg(set: &SetDef, id: u32) -> Msg {
+    Msg::new(Kind::NewSet, NLM_F_CREATE, NFPROTO_INET, format!("add set {}", set.name), |a| {
+        // NFTA_SET_TABLE 1, NAME 2, FLAGS 3, KEY_TYPE 4, KEY_LEN 5, DATA_TYPE 6, DATA_LEN 7, ID 10
+        a.put_str(1, TABLE);
+        a.put_str(2, set.name);
+        a.put_be32(3, if set.data.is_some() { 0x8 } else { 0 });
+        a.put_be32(4, set.key_type);
+        a.put_be32(5, set.key_len);
+        match set.data {
+            Some(SetData::Verdict) => a.put_be32(6, ruleset::NFT_DATA_VERDICT),
+            Some(SetData::Value { kind, len }) => {
+                a.put_be32(6, kind);
+                a.put_be32(7, len);
+            }
+            None => {}
+        }
+        a.put_be32(10, id);
+        // NFTA_SET_USERDATA: NFTNL_UDATA_SET_KEYBYTEORDER (type 0, 4 bytes) = host
+        // endian for interface names, so that `nft list` prints them as strings.
+        if set.key_type == ruleset::TYPE_IFNAME {
+            let mut udata = vec![0u8, 4];
+            udata.extend_from_slice(&1u32.to_ne_bytes());
+            a.put(13, &udata);
+        }
+    })
+}
+
+fn chain_msg(name: &str, hook: Option<ruleset::Hook>) -> Msg {
+    Msg::new(Kind::NewChain, NLM_F_CREATE, NFPROTO_INET, format!("add chain {name}"), |a| {
+        // NFTA_CHAIN_TABLE 1, NAME 3, HOOK 4 {HOOKNUM 1, PRIORITY 2}, POLICY 5, TYPE 7
+        a.put_str(1, TABLE);
+        a.put_str(3, name);
+        if let Some(h) = hook {
+            a.nested(4, |n| {
+                n.put_be32(1, h.num);
+                n.put_be32(2, h.priority as u32);
+            });
+            a.put_be32(5, expr::NF_ACCEPT as u32);
+            a.put_str(7, h.kind);
+        }
+    })
+}
+
+fn chain_del_msgs(name: &str) -> [Msg; 2] {
+    let flush = Msg::new(Kind::DelRule, 0, NFPROTO_INET, format!("flush chain {name}"), |a| {
+        a.put_str(1, TABLE);
+        a.put_str(2, name);
+    });
+    let delete = Msg::new(Kind::DelChain, 0, NFPROTO_INET, format!("delete chain {name}"), |a| {
+        a.put_str(1, TABLE);
+        a.put_str(3, name);
+    });
+    [flush, delete]
+}
+
+/// A NEWRULE message's attributes: NFTA_RULE_TABLE 1, CHAIN 2, EXPRESSIONS 4.
+pub fn rule_attrs(table: &str, chain: &str, rule: &Rule) -> Attrs {
+    let mut a = Attrs::default();
+    a.put_str(1, table);
+    a.put_str(2, chain);
+    a.nested(4, |list| rule.iter().for_each(|e| e.encode(list)));
+    a
+}
+
+fn rule_msg(chain: &str, rule: &Rule, index: usize) -> Msg {
+    let what = format!("add rule {index} to chain {chain}");
+    let flags = NLM_F_CREATE | NLM_F_APPEND;
+    Msg { kind: Kind::NewRule, flags, family: NFPROTO_INET, attrs: rule_attrs(TABLE, chain, rule), what }
+}
+
+fn rules_msgs(chain: &str, rules: &[Rule]) -> impl Iterator<Item = Msg> {
+    rules.iter().enumerate().map(move |(i, r)| rule_msg(chain, r, i + 1))
+}
+
+/// NEWSETELEM / DELSETELEM for `elements` of `set`, as few messages as the attribute size allows.
+fn elements_msgs<'a>(kind: Kind, set: &str, elements: impl Iterator<Item = (&'a Vec<u8>, &'a Elem)>) -> Vec<Msg> {
+    let verb = if kind == Kind::NewSetElem { "add" } else { "delete" };
+    let mut chunks: Vec<Attrs> = Vec::new();
+    let mut current = Attrs::default();
+    let mut count = 0;
+    let mut counts = Vec::new();
+    for (key, elem) in elements {
+        current.nested(1, |e| {
+            // NFTA_SET_ELEM_KEY 1, DATA 2 (NFTA_DATA_VALUE 1 / NFTA_DATA_VERDICT 2)
+            e.nested(1, |k| k.put(1, key));
+            if kind == Kind::NewSetElem {
+                match elem {
+                    Elem::Key => {}
+                    Elem::Value(v) => e.nested(2, |d| d.put(1, v)),
+                    Elem::Jump(chain) => {
+                        e.nested(2, |d| d.nested(2, |v| expr::encode_verdict(v, expr::NFT_JUMP, Some(chain))))
+                    }
+                }
+            }
+        });
+        count += 1;
+        if current.0.len() > ELEMENTS_BYTES {
+            chunks.push(std::mem::take(&mut current));
+            counts.push(std::mem::take(&mut count));
+        }
+    }
+    if count > 0 {
+        chunks.push(current);
+        counts.push(count);
+    }
+    let flags = if kind == Kind::NewSetElem { NLM_F_CREATE } else { 0 };
+    chunks
+        .into_iter()
+        .zip(counts)
+        .map(|(list, n)| {
+            Msg::new(kind, flags, NFPROTO_INET, format!("{verb} {n} element(s) of set {set}"), |a| {
+                // NFTA_SET_ELEM_LIST_TABLE 1, SET 2, ELEMENTS 3
+                a.put_str(1, TABLE);
+                a.put_str(2, set);
+                a.put(3 | 0x8000, &list.0);
+            })
+        })
+        .collect()
+}
+
+/// Replaces whatever table is there by `desired` (or removes it), in one transaction.
+pub fn full_batch(desired: Option<&Ruleset>) -> Vec<Msg> {
+    // Adding first makes the delete succeed whether or not the table exists.
+    let mut msgs = vec![table_msg(Kind::NewTable, NLM_F_CREATE, "add"), table_msg(Kind::DelTable, 0, "delete")];
+    let Some(rs) = desired else { return msgs };
+    msgs.push(table_msg(Kind::NewTable, NLM_F_CREATE, "add"));
+    msgs.extend(SETS.iter().enumerate().map(|(i, s)| set_msg(s, i as u32 + 1)));
+    let skeleton = ruleset::skeleton();
+    msgs.extend(rs.chains.keys().map(|name| chain_msg(name, None)));
+    msgs.extend(skeleton.iter().map(|c| chain_msg(&c.name, c.hook)));
+    for (set, elements) in &rs.elements {
+        msgs.extend(elements_msgs(Kind::NewSetElem, set, elements.iter()));
+    }
+    for (name, rules) in &rs.chains {
+        msgs.extend(rules_msgs(name, rules));
+    }
+    for Chain { name, rules, .. } in &skeleton {
+        msgs.extend(rules_msgs(name, rules));
+    }
+    msgs
+}
+
+/// The transaction that turns the table `c` describes into the one with
+/// `changes` applied (and `c` into its description). Only the changed
+/// networks' chains and elements: element deletions first (a chain still
+/// referenced by a map element cannot go), then chains, then new elements.
+/// The first network makes the table, the last removes it.
+pub fn change_batch(c: &mut Committed, changes: &[FwChange]) -> Vec<Msg> {
+    let was_empty = c.nets.is_empty();
+    let mut elements = ElementChanges::default();
+    let mut chains = Vec::new();
+    let none: &[FwPort] = &[];
+    for change in changes {
+        let bridge = &change.bridge;
+        let old = c.nets.remove(bridge);
+        if old.as_ref() == change.after.as_ref() {
+            old.map(|n| c.nets.insert(bridge.clone(), n));
+            continue;
+        }
+        // A port more or less touches only that port's elements; anything
+        // else about the network, its own elements and chains as well.
+        let whole = match (&old, &change.after) {
+            (Some(a), Some(b)) => !same_but_ports(a, b),
+            _ => true,
+        };
+        let (gone, new) =
+            port_difference(old.as_ref().map_or(none, |n| &n.ports), change.after.as_ref().map_or(none, |n| &n.ports));
+        // Wanted first, unwanted after: an element both had is neither written nor deleted.
+        if whole {
+            for (key, elem) in change.after.iter().flat_map(ruleset::network_elements) {
+                c.acquire(key, elem, bridge, &mut elements);
+            }
+        }
+        for (key, elem) in new.into_iter().flat_map(ruleset::port_elements) {
+            c.acquire(key, elem, bridge, &mut elements);
+        }
+        for (key, _) in gone.into_iter().flat_map(ruleset::port_elements) {
+            c.release(key, bridge, &mut elements);
+        }
+        if whole {
+            for (key, _) in old.iter().flat_map(ruleset::network_elements) {
+                c.release(key, bridge, &mut elements);
+            }
+            let before = old.as_ref().map(ruleset::chains).unwrap_or_default();
+            let after = change.after.as_ref().map(ruleset::chains).unwrap_or_default();
+            let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+            for name in names {
+                match (before.get(name), after.get(name)) {
+                    (Some(_), None) => chains.extend(chain_del_msgs(name)),
+                    (None, Some(rules)) => {
+                        chains.push(chain_msg(name, None));
+                        chains.extend(rules_msgs(name, rules));
+                    }
+                    (Some(a), Some(b)) if a != b => {
+                        let [flush, _] = chain_del_msgs(name);
+                        chains.push(flush);
+                        chains.extend(rules_msgs(name, b));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(n) = &change.after {
+            c.nets.insert(bridge.clone(), n.clone());
+        }
+    }
+    if c.nets.is_empty() {
+        *c = Committed::default();
+        return if was_empty { vec![] } else { vec![table_msg(Kind::DelTable, 0, "delete")] };
+    }
+    if was_empty {
+        let networks: Vec<FwNetwork> = c.nets.values().cloned().collect();
+        *c = Committed::new(&networks);
+        return full_batch(ruleset::build(&networks).as_ref());
+    }
+    let mut msgs = Vec::new();
+    for set in SETS {
+        if let Some(e) = elements.deleted.get(set.name) {
+            msgs.extend(elements_msgs(Kind::DelSetElem, set.name, e.iter()));
+        }
+    }
+    msgs.extend(chains);
+    for set in SETS {
+        if let Some(e) = elements.added.get(set.name) {
+            msgs.extend(elements_msgs(Kind::NewSetElem, set.name, e.iter()));
+        }
+    }
+    msgs
+}
+
+// ---- reading back ----
+
+/// Whether the kernel's table has the chains, rule counts, sets and element
+/// counts `desired` means (or no table, for None). Counts, not contents:
+/// enough to see a flush, a deletion or a partial write, at a cost in
+/// proportion to the table's size (this runs in the periodic repair, not per call).
+fn table_intact(desired: Option<&Ruleset>) -> Result<bool, String> {
+    let mut sock = Socket::open()?;
+    let get = |kind, what: &str, fill: &dyn Fn(&mut Attrs)| {
+        Msg::new(kind, 0, NFPROTO_INET, format!("list {what} of table inet {TABLE}"), |a| fill(a))
+    };
+    let ours = |r: &Reply, attr| r.family == NFPROTO_INET && r.str(attr).as_deref() == Some(TABLE);
+    let tables = sock.dump(&get(Kind::GetTable, "tables", &|_| {}))?;
+    let exists = tables.iter().any(|r| r.family == NFPROTO_INET && r.str(1).as_deref() == Some(TABLE));
+    let Some(rs) = desired else { return Ok(!exists) };
+    if !exists {
+        return Ok(false);
+    }
+    let chains: BTreeSet<String> = sock
+        .dump(&get(Kind::GetChain, "chains", &|_| {}))?
+        .iter()
+        .filter(|r| ours(r, 1))
+        .filter_map(|r| r.str(3))
+        .collect();
+    let want: BTreeMap<String, usize> = ruleset::skeleton()
+        .into_iter()
+        .map(|c| (c.name, c.rules.len()))
+        .chain(rs.chains.iter().map(|(n, r)| (n.clone(), r.len())))
+        .collect();
+    if chains.iter().ne(want.keys()) {
+        return Ok(false);
+    }
+    let mut rules: BTreeMap<String, usize> = want.keys().map(|k| (k.clone(), 0)).collect();
+    for r in sock.dump(&get(Kind::GetRule, "rules", &|a| a.put_str(1, TABLE)))?.iter().filter(|r| ours(r, 1)) {
+        *rules.entry(r.str(2).unwrap_or_default()).or_default() += 1;
+    }
+    if rules != want {
+        return Ok(false);
+    }
+    let sets: BTreeSet<String> = sock
+        .dump(&get(Kind::GetSet, "sets", &|a| a.put_str(1, TABLE)))?
+        .iter()
+        .filter(|r| ours(r, 1))
+        .filter_map(|r| r.str(2))
+        .collect();
+    if sets.iter().map(String::as_str).ne(SETS.iter().map(|s| s.name).collect::<BTreeSet<_>>()) {
+        return Ok(false);
+    }
+    for set in SETS {
+        let fill = |a: &mut Attrs| {
+            a.put_str(1, TABLE);
+            a.put_str(2, set.name);
+        };
+        let count: usize = sock
+            .dump(&get(Kind::GetSetElem, set.name, &fill))?
+            .iter()
+            .filter_map(|r| r.get(3))
+            .map(|list| msg::parse_attrs(list).len())
+            .sum();
+        if count != rs.elements.get(set.name).map_or(0, BTreeMap::len) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;
