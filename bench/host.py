@@ -156,10 +156,35 @@ def port_options(ports):
     }
 
 
-def plugin_pid():
-    """The plugin's process (`/usr/bin/rustbridge serve`, as the e2e suites find it)."""
+PLUGIN_REF = "rustbridge/rustbridge:latest"
+_plugin_id = []
+
+
+def plugin_id():
+    """The managed plugin's ID (it stays the same across the restarts dockerd makes)."""
+    if not _plugin_id:
+        _plugin_id.append(docker("plugin", "inspect", "-f", "{{.Id}}", PLUGIN_REF, check=False))
+    return _plugin_id[0]
+
+
+def is_plugin_process(pid, exclude=None):
+    """`/usr/bin/rustbridge serve` of this host's plugin: in this network namespace
+    and in the cgroup dockerd named after the plugin's ID. Other dockerds on the
+    machine (in namespaces of their own) run plugins with the same command line."""
+    if pid == exclude or not cmdline(pid).startswith("/usr/bin/rustbridge\0serve"):
+        return False
+    try:
+        if os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+            return False
+        with open(f"/proc/{pid}/cgroup") as f:
+            return not plugin_id() or plugin_id() in f.read()
+    except OSError:
+        return False
+
+
+def plugin_pid(exclude=None):
     for pid in pids():
-        if cmdline(pid).startswith("/usr/bin/rustbridge\0serve"):
+        if is_plugin_process(pid, exclude):
             return pid
     return None
 

@@ -7,21 +7,20 @@ import os
 import signal
 import time
 
-from host import Plugin, PluginError, cmdline, now, pids, plugin_pid, sh
+from host import Plugin, PluginError, now, plugin_pid, sh, PLUGIN_REF
 
 TIMEOUT = 60
-PLUGIN = "rustbridge/rustbridge:latest"
 
 
 def _new_plugin_process(old):
     deadline = now() + TIMEOUT
     while now() < deadline:
-        for pid in pids():
-            if pid != old and cmdline(pid).startswith("/usr/bin/rustbridge\0serve"):
-                return pid
+        pid = plugin_pid(exclude=old)
+        if pid:
+            return pid
         time.sleep(0.002)
-    enabled = sh("docker", "plugin", "inspect", "-f", "{{.Name}} enabled={{.Enabled}}", PLUGIN, check=False)
-    raise RuntimeError(f"no new plugin process within {TIMEOUT} s of killing {old} ({enabled or PLUGIN + ' not installed'})")
+    enabled = sh("docker", "plugin", "inspect", "-f", "{{.Name}} enabled={{.Enabled}}", PLUGIN_REF, check=False)
+    raise RuntimeError(f"no new plugin process within {TIMEOUT} s of killing {old} ({enabled or PLUGIN_REF + ' not installed'})")
 
 
 def _until_listening():

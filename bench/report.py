@@ -118,7 +118,7 @@ def chart(run, path):
         ax.plot([max(b["published"], 1) for b in blocks],
                 [sorted(b["program"])[len(b["program"]) // 2] * 1000 for b in blocks], "o-",
                 label="one more port (ProgramExternalConnectivity)")
-    changes = sock.get("changes", [])
+    changes = [c for c in sock.get("changes", []) if "program" in c]  # not those refused
     if changes:
         ax.plot([c["ports"] for c in changes], [c["program"] * 1000 for c in changes], "s-",
                 label="N ports in one change")

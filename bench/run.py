@@ -106,7 +106,15 @@ def main():
     ap.add_argument("--only", help="comma-separated measures: " + ",".join(n for n, _ in MEASURES))
     ap.add_argument("--check", metavar="DIR")
     ap.add_argument("--sweep", action="store_true", help="only remove what a bench run left")
+    ap.add_argument("--rewrite", metavar="DIR", help="write DIR's report again from its latest.json")
     args = ap.parse_args()
+    if args.rewrite:
+        with open(os.path.join(args.rewrite, "latest.json")) as f:
+            run = json.load(f)
+        md, _, _ = report.write(run, args.rewrite)
+        if not run["quick"] and not run["errors"] and os.path.samefile(args.rewrite, os.path.join(ROOT, "bench", "results")):
+            report.update_readme(os.path.join(ROOT, "README.md"), run, os.path.relpath(md, ROOT))
+        return 0
     if args.check:
         return check(args.check)
     if args.sweep:
