@@ -13,6 +13,7 @@ pub mod gc;
 pub mod ipam;
 pub mod listener;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod options;

@@ -47,15 +47,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Loads the state and puts the kernel in line with it; or, when the state
-/// cannot be used, serves the reason instead of exiting: dockerd would only
-/// show "connection refused" (and a managed plugin that exits at enable is
+/// Loads the state and takes the state lock for the start-up repair, which
+/// runs once the socket is bound (see `serve`); or, when the state cannot be
+/// used, serves the reason instead of exiting: dockerd would only show
+/// "connection refused" (and a managed plugin that exits at enable is
 /// disabled), whereas an answered call shows the reason in docker's output.
 /// In that mode nothing in the kernel is touched.
-async fn start(args: &ServeArgs, log: &Logger) -> Result<Serving, String> {
+async fn start(args: &ServeArgs, log: &Logger) -> Result<(Serving, Option<reconcile::StartUp>), String> {
     let store = match Store::open(&args.state_dir) {
         Ok(store) => store,
-        Err(e) => return Ok(refusing(log, e.to_string())),
+        Err(e) => return Ok((refusing(log, e.to_string()), None)),
     };
     let dataplane = Arc::new(NetlinkDataPlane::connect().map_err(|e| format!("netlink socket: {e}"))?);
     let firewall = NftFirewall::new(IptablesFirewall::detect(args.iptables).await);
@@ -65,18 +66,19 @@ async fn start(args: &ServeArgs, log: &Logger) -> Result<Serving, String> {
     let db = store.path().to_path_buf();
     let plugin = match Plugin::load(store, dataplane, Arc::new(firewall), args.default_pools.clone()) {
         Ok(plugin) => Arc::new(plugin.with_unclaimed_grace(Duration::from_secs(args.unclaimed_grace_seconds))),
-        Err(e) => return Ok(refusing(log, format!("state database {} cannot be loaded: {e}", db.display()))),
+        Err(e) => {
+            return Ok((refusing(log, format!("state database {} cannot be loaded: {e}", db.display())), None));
+        }
     };
     {
         let state = plugin.lock_state().await;
         info!(log, "state loaded"; "networks" => state.networks.len(), "endpoints" => state.endpoints.len());
     }
     metrics::global().set_state_loaded();
-    // Reconcile before listening: dockerd may call as soon as the socket exists.
-    if let Err(e) = reconcile::at_start(&plugin, log).await {
-        error!(log, "start-up reconcile incomplete; will retry periodically"; "error" => %e);
-    }
-    Ok(Serving::Plugin(plugin))
+    // dockerd may call as soon as the socket exists: the repair holds the
+    // state lock from now on, so any call that needs the state comes after it.
+    let startup = reconcile::StartUp::hold(&plugin).await;
+    Ok((Serving::Plugin(plugin), Some(startup)))
 }
 
 fn refusing(log: &Logger, reason: String) -> Serving {
@@ -94,7 +96,7 @@ fn refusing(log: &Logger, reason: String) -> Serving {
 async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    let serving = start(&args, &log).await?;
+    let (serving, startup) = start(&args, &log).await?;
     let mut listeners = Vec::new();
     let paths: Vec<PathBuf> = std::iter::once(args.socket.clone()).chain(args.also_listen.iter().cloned()).collect();
     for path in &paths {
@@ -102,6 +104,17 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
         info!(log, "listening"; "socket" => %path.display());
         listeners.push((path.clone(), listener));
     }
+    let startup = match (&serving, startup) {
+        (Serving::Plugin(plugin), Some(startup)) => {
+            let (plugin, log) = (plugin.clone(), log.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = startup.run(&plugin, &log).await {
+                    error!(log, "start-up reconcile incomplete; will retry periodically"; "error" => %e);
+                }
+            }))
+        }
+        _ => None,
+    };
     let (reconciler, metrics_task) = match &serving {
         Serving::Plugin(plugin) => (
             Some(tokio::spawn(reconcile::run_periodically(
@@ -122,7 +135,7 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     let limits =
         server::Limits { call_deadline: Duration::from_secs(args.call_deadline_seconds), ..Default::default() };
     server::serve_with(listeners, serving.clone(), log.clone(), shutdown, DRAIN, limits).await;
-    for task in reconciler.into_iter().chain(metrics_task) {
+    for task in reconciler.into_iter().chain(metrics_task).chain(startup) {
         task.abort();
     }
     // A call whose answer was already given up on may still be running: let it
@@ -131,6 +144,11 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
         && tokio::time::timeout(FINISH_CALLS, plugin.lock_state()).await.is_err()
     {
         info!(log, "a call was still running at exit; the next start reconciles what it left");
+    }
+    if let Serving::Plugin(plugin) = &serving
+        && let Err(e) = plugin.flush()
+    {
+        error!(log, "Joins since the last reconcile pass not flushed to disk; the next start recovers them from the kernel"; "error" => %e);
     }
     for path in &paths {
         let _ = std::fs::remove_file(path);

@@ -1,7 +1,16 @@
-//! Makes the kernel match the state: at start-up (before serving) and then
-//! periodically, so that a missing bridge comes back, leftovers the plugin
-//! owns go away, and firewall rules flushed by someone (or reordered by a
-//! dockerd restart) are put back.
+//! Makes the kernel match the state: at start-up and then periodically, so
+//! that a missing bridge comes back, leftovers the plugin owns go away, and
+//! firewall rules flushed by someone (or reordered by a dockerd restart) are
+//! put back.
+//!
+//! Both passes work from one dump of the links (with their addresses) and
+//! change only what differs from the state, so their cost follows what
+//! changed, not how much the state holds. The start-up pass takes the state
+//! lock before the socket is bound and keeps it until it is done: dockerd's
+//! handshake is answered at once, and a call that needs the state waits for
+//! the repair (never the other way round), so no call sees a kernel the pass
+//! is still changing, and leftovers are judged under the lock, against a
+//! state no call is changing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -9,53 +18,162 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use slog::{Logger, info, warn};
+use tokio::sync::OwnedMutexGuard;
 
-use crate::dataplane::{Link, LinkKind};
+use crate::dataplane::{BridgeSpec, Link, LinkKind};
 use crate::driver::{Plugin, Result, State};
 use crate::metrics;
 use crate::names::{HOST_VETH_PREFIX, PEER_VETH_PREFIX, is_owned_bridge_name, is_owned_veth_name, short_id};
 use crate::state::{Change, EndpointRecord, NetworkRecord};
 
 /// Start-up: note endpoints whose container may be gone, recreate missing
-/// bridges, remove leftovers that are provably this state's and unused,
+/// bridges (and repair drifted ones), put detached endpoints back on their
+/// bridge, remove leftovers that are provably this state's and unused,
 /// rewrite the rules. One failing item does not stop the others; the errors
 /// are logged and returned together (the periodic pass retries).
 pub async fn at_start(plugin: &Plugin, log: &Logger) -> Result<()> {
-    let result = at_start_pass(plugin, log).await;
-    metrics::global().record_check(result.clone().map_err(|e| e.to_string()));
-    result
+    StartUp::hold(plugin).await.run(plugin, log).await
 }
 
-async fn at_start_pass(plugin: &Plugin, log: &Logger) -> Result<()> {
-    let state = plugin.lock_state().await;
+/// The start-up pass with the state lock it holds from before serving.
+pub struct StartUp {
+    state: OwnedMutexGuard<State>,
+}
+
+/// What a start-up pass changed.
+#[derive(Debug, Default)]
+struct Repairs {
+    bridges: usize,
+    endpoints: usize,
+    /// How long the links took (dump and repairs), and the rules.
+    links_time: std::time::Duration,
+    rules_time: std::time::Duration,
+}
+
+impl StartUp {
+    /// Takes the state lock (at once: nothing else holds it before serving).
+    pub async fn hold(plugin: &Plugin) -> StartUp {
+        StartUp { state: plugin.lock_state_owned().await }
+    }
+
+    /// Repairs, then releases the state lock.
+    pub async fn run(mut self, plugin: &Plugin, log: &Logger) -> Result<()> {
+        let started = Instant::now();
+        let mut repairs = Repairs::default();
+        let result = start_pass(plugin, &mut self.state, &mut repairs, log).await;
+        drop(self.state);
+        let ms = |d: std::time::Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        info!(log, "start-up reconcile done"; "ms" => ms(started.elapsed()), "links_ms" => ms(repairs.links_time),
+            "rules_ms" => ms(repairs.rules_time), "bridges_repaired" => repairs.bridges,
+            "endpoints_reattached" => repairs.endpoints, "ok" => result.is_ok());
+        metrics::global().record_check(result.clone().map_err(|e| e.to_string()));
+        crate::memory::give_back();
+        result
+    }
+}
+
+async fn start_pass(plugin: &Plugin, state: &mut State, repairs: &mut Repairs, log: &Logger) -> Result<()> {
+    let started = Instant::now();
     let mut errors: Vec<String> = Vec::new();
-    match plugin.dataplane().list_links().await {
-        // Only noted: the periodic pass forgets them once they stay unclaimed.
-        Ok(links) => {
-            plugin.unclaimed().observe(unclaimed_among(&joined_endpoints(&state), &links), Instant::now());
-        }
-        Err(e) => errors.push(e.to_string()),
-    }
-    for network in state.networks.values() {
-        match plugin.dataplane().ensure_bridge(&plugin.bridge_spec(network)).await {
-            Ok(outcome) if outcome.created => {
-                repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
-                info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => short_id(&network.id))
-            }
-            Ok(_) => {}
-            Err(e) => errors.push(e.to_string()),
-        }
-        if let Err(e) = reattach_endpoints(plugin, &state, network).await {
+    // Without the dump every bridge and endpoint is repaired, as if all had drifted.
+    let links = match plugin.dataplane().list_links().await {
+        Ok(links) => Some(links),
+        Err(e) => {
             errors.push(e.to_string());
+            None
         }
-    }
-    if let Err(e) = remove_leftovers(plugin, &state, log).await {
+    };
+    if let Some(links) = &links
+        && let Err(e) = recover_joins(plugin, state, links, log)
+    {
         errors.push(e.to_string());
     }
+    let state: &State = state;
+    if let Some(links) = &links {
+        // Only noted: the periodic pass forgets them once they stay unclaimed.
+        plugin.unclaimed().observe(unclaimed_among(&joined_endpoints(state), links), Instant::now());
+    }
+    for network in state.networks.values() {
+        let spec = plugin.bridge_spec(network);
+        let found = links.as_deref().and_then(|l| l.iter().find(|l| l.name == network.bridge));
+        if !found.is_some_and(|link| bridge_intact(&spec, link)) {
+            match plugin.dataplane().ensure_bridge(&spec).await {
+                Ok(outcome) => {
+                    repairs.bridges += 1;
+                    if outcome.created {
+                        repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
+                        info!(log, "recreated missing bridge"; "bridge" => &network.bridge, "network" => short_id(&network.id))
+                    }
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            }
+        }
+        match reattach_endpoints(plugin, state, network, links.as_deref()).await {
+            Ok(count) => repairs.endpoints += count,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if let Some(links) = &links
+        && let Err(e) = remove_leftovers(plugin, state, links, log).await
+    {
+        errors.push(e.to_string());
+    }
+    repairs.links_time = started.elapsed();
     if let Err(e) = plugin.firewall().sync(&state.firewall_networks()).await {
         errors.push(e.to_string());
     }
+    repairs.rules_time = started.elapsed() - repairs.links_time;
     if errors.is_empty() { Ok(()) } else { Err(crate::driver::PluginError::new(errors.join("; "))) }
+}
+
+/// Join commits without waiting for the disk (one fsync less per
+/// container), so a crash can lose its record while its veth pair exists.
+/// The pair says what the record would have: an endpoint not joined whose
+/// host end is in the kernel with this state's owner mark was joined (no
+/// other call leaves such a pair behind; a Leave whose deletion a crash cut
+/// off is taken for joined too, and then goes with DeleteEndpoint or, when
+/// no container claims the pair, after the unclaimed grace). Recorded again,
+/// durably, before anything else looks at the joined endpoints.
+fn recover_joins(plugin: &Plugin, state: &mut State, links: &[Link], log: &Logger) -> Result<()> {
+    let instance = plugin.instance_id();
+    let ours = |veth: &str| {
+        links.iter().any(|l| l.name == veth && l.kind == LinkKind::Veth && l.owner.as_deref() == Some(instance))
+    };
+    let recovered: Vec<EndpointRecord> = state
+        .endpoints
+        .values()
+        .filter(|e| !e.joined && ours(&e.host_veth))
+        .map(|e| EndpointRecord { joined: true, ..e.clone() })
+        .collect();
+    if recovered.is_empty() {
+        return Ok(());
+    }
+    plugin.commit(recovered.iter().cloned().map(Change::PutEndpoint).collect())?;
+    for endpoint in recovered {
+        info!(log, "recorded a Join again (its veth pair is there; a crash lost the record)";
+            "endpoint" => short_id(&endpoint.id), "veth" => &endpoint.host_veth);
+        state.endpoints.insert(endpoint.id.clone(), endpoint);
+    }
+    Ok(())
+}
+
+/// Whether the bridge, as the dump shows it, is what `ensure_bridge` would
+/// make of it: a bridge, up, with the gateway addresses; on a bridge the
+/// plugin owns also its MTU, owner mark and route_localnet (an explicit MTU
+/// on any). Its pinned MAC address cannot be seen in a dump: it is pinned
+/// when the plugin makes or repairs the bridge and stays so.
+fn bridge_intact(spec: &BridgeSpec, link: &Link) -> bool {
+    let mtu_right = !(spec.owned || spec.mtu_explicit) || link.mtu == spec.mtu;
+    let owned_right = !spec.owned
+        || (link.owner.as_deref() == Some(spec.instance.as_str()) && link.route_localnet == Some(spec.route_localnet));
+    link.kind == LinkKind::Bridge
+        && link.up
+        && mtu_right
+        && owned_right
+        && spec.addresses.iter().all(|a| link.addresses.contains(a))
 }
 
 /// How long a joined endpoint's veth pair must stay whole in the host before
@@ -173,16 +291,12 @@ fn held_addresses(state: &State, endpoint: &EndpointRecord) -> Vec<(String, IpAd
 /// veth whose peer is in a container, or a bridge with other ports, stays. So
 /// a missing, replaced or empty database (or a second `rustbridge serve` with
 /// another state directory) never takes away live containers' networking.
-async fn remove_leftovers(plugin: &Plugin, state: &State, log: &Logger) -> Result<()> {
+async fn remove_leftovers(plugin: &Plugin, state: &State, links: &[Link], log: &Logger) -> Result<()> {
     let instance = plugin.instance_id();
     let known_bridges: BTreeSet<&str> = state.networks.values().map(|n| n.bridge.as_str()).collect();
-    let known_veths: BTreeSet<&str> = state
-        .endpoints
-        .values()
-        .filter(|e| e.joined)
-        .flat_map(|e| [e.host_veth.as_str(), e.container_veth.as_str()])
-        .collect();
-    let links = plugin.dataplane().list_links().await?;
+    // Every endpoint's names, joined or not: a pair a record names is never a leftover.
+    let known_veths: BTreeSet<&str> =
+        state.endpoints.values().flat_map(|e| [e.host_veth.as_str(), e.container_veth.as_str()]).collect();
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     for link in links.iter().filter(|l| l.kind == LinkKind::Veth && l.name.starts_with(HOST_VETH_PREFIX)) {
         if !is_owned_veth_name(&link.name) || known_veths.contains(link.name.as_str()) {
@@ -221,48 +335,72 @@ async fn remove_leftovers(plugin: &Plugin, state: &State, log: &Logger) -> Resul
 
 /// Deleting a bridge detaches its ports; a recreated bridge takes back the
 /// host ends of its joined endpoints (those whose container still exists).
-async fn reattach_endpoints(plugin: &Plugin, state: &State, network: &NetworkRecord) -> Result<()> {
+/// With a dump, only the host ends it shows off their bridge or down are
+/// touched (one request each); without one, all of them. Returns how many.
+async fn reattach_endpoints(
+    plugin: &Plugin,
+    state: &State,
+    network: &NetworkRecord,
+    links: Option<&[Link]>,
+) -> Result<usize> {
+    let detached = |veth: &str| match links {
+        None => true,
+        Some(links) => links
+            .iter()
+            .find(|l| l.name == veth)
+            .is_some_and(|l| l.controller.as_deref() != Some(network.bridge.as_str()) || !l.up),
+    };
+    let mut count = 0;
     for endpoint in state.endpoints.values().filter(|e| e.joined && e.network_id == network.id) {
-        plugin.dataplane().attach_to_bridge(&endpoint.host_veth, &network.bridge).await?;
+        if detached(&endpoint.host_veth) {
+            plugin.dataplane().attach_to_bridge(&endpoint.host_veth, &network.bridge).await?;
+            count += 1;
+        }
     }
-    Ok(())
+    Ok(count)
 }
 
 /// One periodic pass. The checks run on a snapshot without holding the state
-/// lock (dockerd's calls go on meanwhile); only a repair takes it.
+/// lock (dockerd's calls go on meanwhile); only a repair takes it, and looks
+/// again under it.
 pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<()> {
     pass_at(plugin, log, Instant::now()).await
 }
 
 /// [`pass`] as if it ran at `now` (tests step over the grace period).
 pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> {
-    let (bridges, networks, joined) = {
+    // Joins committed since the last pass go to disk (a crash in between is
+    // recovered at start-up from the kernel, see `recover_joins`).
+    plugin.flush()?;
+    let (bridges, networks, joined, known) = {
         let state = plugin.lock_state().await;
         let bridges: Vec<String> = state.networks.values().map(|n| n.bridge.clone()).collect();
-        (bridges, state.firewall_networks(), joined_endpoints(&state))
+        (bridges, state.firewall_networks(), joined_endpoints(&state), Known::of(&state))
     };
     let links = plugin.dataplane().list_links().await?;
     let forget_due = !plugin.unclaimed().observe(unclaimed_among(&joined, &links), now).is_empty();
-    let mut bridge_missing = false;
-    for bridge in &bridges {
-        bridge_missing |= !plugin.dataplane().link_exists(bridge).await?;
-    }
+    let bridge_missing = bridges.iter().any(|b| !links.iter().any(|l| &l.name == b));
+    let leftovers = known.leftovers(plugin.instance_id(), &links);
     let rules_intact = plugin.firewall().is_intact(&networks).await?;
-    if !bridge_missing && rules_intact && !forget_due {
+    if !bridge_missing && rules_intact && !forget_due && !leftovers {
         return Ok(());
     }
     let mut state = plugin.lock_state().await;
+    let mut links = plugin.dataplane().list_links().await?;
     if forget_due {
-        let links = plugin.dataplane().list_links().await?;
         forget_gone_containers(plugin, &mut state, &links, now, log).await?;
+        links = plugin.dataplane().list_links().await?;
     }
     for network in state.networks.values() {
-        if !plugin.dataplane().link_exists(&network.bridge).await? {
+        if !links.iter().any(|l| l.name == network.bridge) {
             plugin.dataplane().ensure_bridge(&plugin.bridge_spec(network)).await?;
-            reattach_endpoints(plugin, &state, network).await?;
+            reattach_endpoints(plugin, &state, network, Some(&links)).await?;
             repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
             warn!(log, "bridge was missing; recreated it and put its endpoints back"; "bridge" => &network.bridge);
         }
+    }
+    if Known::of(&state).leftovers(plugin.instance_id(), &links) {
+        remove_leftovers(plugin, &state, &links, log).await?;
     }
     let networks = state.firewall_networks();
     if !plugin.firewall().is_intact(&networks).await? {
@@ -271,6 +409,45 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
         warn!(log, "firewall rules had drifted (flushed, or dockerd restarted); restored");
     }
     Ok(())
+}
+
+/// The link names the state accounts for: its bridges and its endpoints'
+/// veth pairs (joined or not, as in `remove_leftovers`).
+struct Known {
+    bridges: BTreeSet<String>,
+    veths: BTreeSet<String>,
+}
+
+impl Known {
+    fn of(state: &State) -> Known {
+        Known {
+            bridges: state.networks.values().map(|n| n.bridge.clone()).collect(),
+            veths: state.endpoints.values().flat_map(|e| [e.host_veth.clone(), e.container_veth.clone()]).collect(),
+        }
+    }
+
+    fn veth_is_leftover(&self, instance: &str, link: &Link) -> bool {
+        link.kind == LinkKind::Veth
+            && is_owned_veth_name(&link.name)
+            && !self.veths.contains(&link.name)
+            && link.owner.as_deref() == Some(instance)
+            && !link.peer_elsewhere
+    }
+
+    /// Whether the dump shows a link `remove_leftovers` would remove (a
+    /// bridge with ports counts: its ports may be leftovers too).
+    fn leftovers(&self, instance: &str, links: &[Link]) -> bool {
+        links.iter().any(|l| {
+            self.veth_is_leftover(instance, l)
+                || (l.kind == LinkKind::Bridge
+                    && is_owned_bridge_name(&l.name)
+                    && !self.bridges.contains(&l.name)
+                    && l.owner.as_deref() == Some(instance)
+                    && !links.iter().any(|p| {
+                        p.controller.as_deref() == Some(l.name.as_str()) && !self.veth_is_leftover(instance, p)
+                    }))
+        })
+    }
 }
 
 pub async fn run_periodically(plugin: std::sync::Arc<Plugin>, log: Logger, every: Duration) {
@@ -282,6 +459,7 @@ pub async fn run_periodically(plugin: std::sync::Arc<Plugin>, log: Logger, every
         if let Err(e) = &result {
             warn!(log, "reconcile pass failed"; "error" => %e);
         }
+        crate::memory::give_back();
         metrics::global().record_check(result.map_err(|e| e.to_string()));
     }
 }

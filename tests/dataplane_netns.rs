@@ -147,18 +147,40 @@ fn a_veth_pair_hangs_on_its_bridge_and_goes_as_a_pair() {
         instance: "dataplane-test".to_string(),
     };
     let missing_bridge = VethSpec { bridge: "rb-missing".into(), ..veth.clone() };
-    let refused = in_netns(&ns, async |dp| {
+    let (refused, requests, exists, listed) = in_netns(&ns, async |dp| {
         dp.ensure_bridge(&bridge).await.unwrap();
         let refused = dp.create_veth(&missing_bridge).await.unwrap_err();
+        let before = dp.requests();
         dp.create_veth(&veth).await.unwrap();
-        refused
+        let requests = dp.requests() - before;
+        let exists = dp.create_veth(&veth).await.unwrap_err();
+        let before = dp.requests();
+        let listed = dp.list_links().await.unwrap();
+        assert_eq!(dp.requests() - before, 2, "a dump of the links and one of the addresses");
+        (refused, requests, exists, listed)
     });
     assert!(refused.to_string().contains("rb-missing"), "{refused}");
+    // The bridge's index; the pair with MTU, bridge and up; the mark and hairpin.
+    assert_eq!(requests, 3, "netlink requests to make a veth pair");
+    assert!(exists.is_exists(), "{exists:?}");
+    assert!(ns.has_link(&veth.host_name), "a refused second pair must not take the first away");
     let host = ns.link(&veth.host_name).expect("host end");
     assert_eq!(host["master"], bridge.name.as_str(), "{host}");
     assert_eq!(host["mtu"], 1400);
     assert!(flags(&host).contains(&"UP".to_string()), "{host}");
-    assert_eq!(ns.link(&veth.peer_name).expect("peer end")["mtu"], 1400);
+    assert_eq!(host["ifalias"], "rustbridge:dataplane-test", "{host}");
+    let port = ns.ip(&["-j", "-d", "link", "show", "dev", &veth.host_name]).expect_ok();
+    let port: Value = serde_json::from_str(&port.stdout).unwrap();
+    assert_eq!(port[0]["linkinfo"]["info_slave_data"]["hairpin"], true, "{port}");
+    let peer = ns.link(&veth.peer_name).expect("peer end");
+    assert_eq!(peer["mtu"], 1400);
+    assert!(!flags(&peer).contains(&"UP".to_string()), "the peer stays down until dockerd moves it: {peer}");
+    let shown = listed.iter().find(|l| l.name == bridge.name).expect("bridge listed");
+    // (Its MTU followed its one port's down to 1400: the kernel's bridge takes its ports' lowest.)
+    assert!(shown.up && shown.mtu == 1400 && shown.route_localnet == Some(true), "{shown:?}");
+    assert!(shown.addresses.contains(&net("10.83.0.1/24")), "{shown:?}");
+    let shown = listed.iter().find(|l| l.name == veth.host_name).expect("host end listed");
+    assert_eq!(shown.controller.as_deref(), Some(bridge.name.as_str()));
 
     ns.ip(&["link", "set", &veth.host_name, "nomaster"]).expect_ok();
     in_netns(&ns, async |dp| {
@@ -167,7 +189,26 @@ fn a_veth_pair_hangs_on_its_bridge_and_goes_as_a_pair() {
     });
     assert_eq!(ns.link(&veth.host_name).unwrap()["master"], bridge.name.as_str());
 
-    in_netns(&ns, async |dp| dp.delete_link(&veth.host_name).await.unwrap());
+    let requests = in_netns(&ns, async |dp| {
+        let before = dp.requests();
+        dp.delete_link(&veth.host_name).await.unwrap();
+        dp.delete_link(&veth.host_name).await.expect("a gone link is success");
+        dp.requests() - before
+    });
+    assert_eq!(requests, 2, "one request per delete");
+    assert!(!ns.has_link(&veth.host_name) && !ns.has_link(&veth.peer_name), "{:?}", ns.link_names());
+
+    // By index: a link made again under the same name is not the one deleted.
+    in_netns(&ns, async |dp| {
+        dp.create_veth(&veth).await.unwrap();
+        let old = dp.link_index(&veth.host_name).await.unwrap().expect("index");
+        dp.delete_link(&veth.host_name).await.unwrap();
+        dp.create_veth(&veth).await.unwrap();
+        dp.delete_link_index(old, &veth.host_name).await.expect("a gone index is success");
+        assert!(dp.link_index(&veth.host_name).await.unwrap().is_some(), "the new pair was deleted");
+        let new = dp.link_index(&veth.host_name).await.unwrap().unwrap();
+        dp.delete_link_index(new, &veth.host_name).await.unwrap();
+    });
     assert!(!ns.has_link(&veth.host_name) && !ns.has_link(&veth.peer_name), "{:?}", ns.link_names());
 }
 
@@ -265,4 +306,16 @@ fn reconcile_at_start_repairs_the_kernel() {
         assert!(ns.has_link(kept), "{kept} is not this state's: {:?}", ns.link_names());
     }
     assert!(ns.has_link("br-user"), "a user's bridge is not the plugin's");
+
+    // Restarted with nothing changed, the pass reads the kernel (a dump of
+    // the links and one of the addresses) and changes nothing: no request
+    // per bridge or endpoint.
+    let requests = in_netns(&ns, async |dp| {
+        let plugin = build(dp.clone());
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let before = dp.requests();
+        rustbridge::reconcile::at_start(&plugin, &log).await.expect("reconcile");
+        dp.requests() - before
+    });
+    assert_eq!(requests, 2, "requests of a start-up pass with nothing to repair");
 }

@@ -60,6 +60,9 @@ pub struct FakeDataPlane {
     calls: Mutex<Vec<String>>,
     /// Operations that take this long (each call) before doing their work.
     delays: Mutex<BTreeMap<&'static str, Duration>>,
+    /// Link indexes given out so far, by name; a link made again gets a new one.
+    indexes: Mutex<BTreeMap<String, u32>>,
+    last_index: Mutex<u32>,
 }
 
 impl FakeDataPlane {
@@ -100,6 +103,39 @@ impl FakeDataPlane {
     pub fn names(&self) -> Vec<String> {
         self.links.lock().unwrap().keys().cloned().collect()
     }
+
+    /// The calls made so far of one operation (its names).
+    pub fn calls_of(&self, op: &str) -> Vec<String> {
+        self.calls().iter().filter_map(|c| c.strip_prefix(op)?.strip_prefix(' ').map(str::to_string)).collect()
+    }
+
+    /// Forgets the calls recorded so far.
+    pub fn clear_calls(&self) {
+        self.calls.lock().unwrap().clear();
+    }
+
+    /// A link gone or made anew: its next index is a new one.
+    fn forget_index(&self, name: &str) {
+        self.indexes.lock().unwrap().remove(name);
+    }
+
+    fn index_of(&self, name: &str) -> u32 {
+        let mut indexes = self.indexes.lock().unwrap();
+        *indexes.entry(name.to_string()).or_insert_with(|| {
+            let mut last = self.last_index.lock().unwrap();
+            *last += 1;
+            *last
+        })
+    }
+
+    fn remove_link(&self, name: &str) {
+        let mut links = self.links.lock().unwrap();
+        if let Some(FakeLink { peer: Some(peer), .. }) = links.remove(name) {
+            links.remove(&peer);
+            self.forget_index(&peer);
+        }
+        self.forget_index(name);
+    }
 }
 
 #[async_trait]
@@ -114,6 +150,9 @@ impl DataPlane for FakeDataPlane {
         }
         if created || spec.owned || spec.mtu_explicit {
             link.mtu = spec.mtu;
+        }
+        if created {
+            self.forget_index(&spec.name);
         }
         if created || spec.owned {
             link.route_localnet = spec.route_localnet;
@@ -150,7 +189,8 @@ impl DataPlane for FakeDataPlane {
         }
         for name in [&spec.host_name, &spec.peer_name] {
             if links.contains_key(name) {
-                return Err(DataPlaneError::new("create veth", name, "File exists (os error 17)"));
+                return Err(DataPlaneError::new("create veth", name, "File exists (os error 17)")
+                    .with_errno(Some(super::EEXIST)));
             }
         }
         let veth = |controller: Option<String>, up, peer: &String, owner: Option<String>| FakeLink {
@@ -166,6 +206,8 @@ impl DataPlane for FakeDataPlane {
         let host = veth(Some(spec.bridge.clone()), true, &spec.peer_name, Some(spec.instance.clone()));
         links.insert(spec.host_name.clone(), host);
         links.insert(spec.peer_name.clone(), veth(None, false, &spec.host_name, None));
+        self.forget_index(&spec.host_name);
+        self.forget_index(&spec.peer_name);
         Ok(())
     }
 
@@ -184,9 +226,21 @@ impl DataPlane for FakeDataPlane {
 
     async fn delete_link(&self, name: &str) -> Result<()> {
         self.enter("delete_link", name).await?;
-        let mut links = self.links.lock().unwrap();
-        if let Some(FakeLink { peer: Some(peer), .. }) = links.remove(name) {
-            links.remove(&peer);
+        self.remove_link(name);
+        Ok(())
+    }
+
+    async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        self.enter("link_index", name).await?;
+        let exists = self.links.lock().unwrap().contains_key(name);
+        Ok(exists.then(|| self.index_of(name)))
+    }
+
+    async fn delete_link_index(&self, index: u32, name: &str) -> Result<()> {
+        self.enter("delete_link_index", name).await?;
+        let current = self.indexes.lock().unwrap().iter().find(|(_, i)| **i == index).map(|(n, _)| n.clone());
+        if let Some(current) = current {
+            self.remove_link(&current);
         }
         Ok(())
     }
@@ -252,5 +306,9 @@ fn describe(links: &BTreeMap<String, FakeLink>, name: &str, l: &FakeLink) -> Lin
         owner: l.owner.clone(),
         controller: l.controller.clone(),
         peer_elsewhere: l.peer.as_ref().is_some_and(|p| !links.contains_key(p)),
+        up: l.up,
+        mtu: l.mtu,
+        route_localnet: Some(l.route_localnet),
+        addresses: l.addresses.clone(),
     }
 }

@@ -78,6 +78,13 @@ pub struct Link {
     pub controller: Option<String>,
     /// A veth whose other end is in another network namespace (a container's).
     pub peer_elsewhere: bool,
+    /// Administratively up.
+    pub up: bool,
+    pub mtu: u32,
+    /// IPv4 route_localnet, when the kernel reports the link's IPv4 settings.
+    pub route_localnet: Option<bool>,
+    /// The addresses on the link, with their prefix lengths.
+    pub addresses: Vec<IpNet>,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -86,11 +93,26 @@ pub struct DataPlaneError {
     pub action: &'static str,
     pub name: String,
     pub message: String,
+    /// The kernel's errno, when the kernel refused the request.
+    pub errno: Option<i32>,
 }
+
+/// errno values the driver reacts to (from <asm-generic/errno-base.h>, stable kernel ABI).
+pub const EEXIST: i32 = 17;
 
 impl DataPlaneError {
     pub fn new(action: &'static str, name: &str, message: impl ToString) -> Self {
-        DataPlaneError { action, name: name.to_string(), message: message.to_string() }
+        DataPlaneError { action, name: name.to_string(), message: message.to_string(), errno: None }
+    }
+
+    pub fn with_errno(mut self, errno: Option<i32>) -> Self {
+        self.errno = errno;
+        self
+    }
+
+    /// The kernel said a link of that name exists already.
+    pub fn is_exists(&self) -> bool {
+        self.errno == Some(EEXIST)
     }
 }
 
@@ -103,16 +125,28 @@ pub trait DataPlane: Send + Sync {
     async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome>;
     /// Removes addresses from a bridge the plugin adopted but does not own.
     async fn remove_bridge_addresses(&self, name: &str, addresses: &[IpNet]) -> Result<()>;
-    /// Creates a veth pair in the host namespace, host end on the bridge, up and marked.
+    /// Creates a veth pair in the host namespace, host end on the bridge, up,
+    /// marked and in hairpin mode. Fails with [`DataPlaneError::is_exists`]
+    /// when either name is taken (and then changes nothing).
     async fn create_veth(&self, spec: &VethSpec) -> Result<()>;
     /// Puts an existing link (a veth's host end) on a bridge and brings it up;
     /// a link that is gone is success (its container went away).
     async fn attach_to_bridge(&self, link: &str, bridge: &str) -> Result<()>;
     /// Deletes a link; a link that is already gone is success.
     async fn delete_link(&self, name: &str) -> Result<()>;
+    /// The link's index (never given to another link while it exists, nor
+    /// soon after), None when there is no link of that name.
+    async fn link_index(&self, name: &str) -> Result<Option<u32>>;
+    /// Deletes the link with this index, whatever its name is by then; a
+    /// link that is gone is success. `name` is for messages. Used where the
+    /// deletion runs after the state lock is released: a new link of the
+    /// same name made meanwhile is not touched.
+    async fn delete_link_index(&self, index: u32, name: &str) -> Result<()>;
     async fn link_exists(&self, name: &str) -> Result<bool>;
-    /// One link, as `list_links` describes it; None when there is none of that name.
+    /// One link, as `list_links` describes it but without its addresses; None
+    /// when there is none of that name.
     async fn link(&self, name: &str) -> Result<Option<Link>>;
+    /// Every link with its addresses (one dump of each).
     async fn list_links(&self) -> Result<Vec<Link>>;
     /// Switches IPv6 forwarding on (as the built-in bridge does for IPv6
     /// networks); false when the knob is read-only and the host decides.

@@ -1,48 +1,42 @@
 //! The data plane over rtnetlink: no `ip` binary, one netlink socket.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
 use rtnetlink::packet_core::{DefaultNla, NLA_F_NESTED};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::{
     BridgeOutcome, BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, OWNER_MARK_PREFIX, Result, VethSpec,
     owner_mark,
 };
 
-const ENODEV: i32 = libc_errno::ENODEV;
-const EEXIST: i32 = libc_errno::EEXIST;
-const EADDRNOTAVAIL: i32 = libc_errno::EADDRNOTAVAIL;
-
+use super::EEXIST;
 /// errno values we react to (from <asm-generic/errno-base.h>, stable kernel ABI).
-mod libc_errno {
-    pub const EEXIST: i32 = 17;
-    pub const ENODEV: i32 = 19;
-    pub const EADDRNOTAVAIL: i32 = 99;
-}
+const ENODEV: i32 = 19;
+const EADDRNOTAVAIL: i32 = 99;
 
 /// Every netlink request (a dump included) gets this long. The kernel
 /// answers in microseconds; a request stuck behind a busy rtnl lock must not
 /// hold the plugin (and so dockerd) beyond the call's deadline.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Runs one netlink request under [`REQUEST_TIMEOUT`].
-async fn bounded<T>(action: &'static str, name: &str, request: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request).await.map_err(|_| {
-        DataPlaneError::new(action, name, format!("no answer from the kernel within {}s", REQUEST_TIMEOUT.as_secs()))
-    })?
-}
-
 pub struct NetlinkDataPlane {
     handle: Handle,
+    /// Requests sent (a dump counts as one), for tests and measurements.
+    requests: AtomicU64,
 }
 
 impl NetlinkDataPlane {
@@ -50,11 +44,33 @@ impl NetlinkDataPlane {
     pub fn connect() -> std::io::Result<Self> {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
-        Ok(NetlinkDataPlane { handle })
+        Ok(NetlinkDataPlane { handle, requests: AtomicU64::new(0) })
+    }
+
+    /// How many requests (dumps included) this data plane has sent to the kernel.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Runs one netlink request (or dump) under [`REQUEST_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        action: &'static str,
+        name: &str,
+        request: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        tokio::time::timeout(REQUEST_TIMEOUT, request).await.map_err(|_| {
+            DataPlaneError::new(
+                action,
+                name,
+                format!("no answer from the kernel within {}s", REQUEST_TIMEOUT.as_secs()),
+            )
+        })?
     }
 
     async fn find_link(&self, name: &str) -> Result<Option<LinkMessage>> {
-        bounded("look up link", name, async {
+        self.bounded("look up link", name, async {
             let mut links = self.handle.link().get().match_name(name).execute();
             match links.try_next().await {
                 Ok(link) => Ok(link),
@@ -65,7 +81,7 @@ impl NetlinkDataPlane {
         .await
     }
 
-    async fn link_index(&self, action: &'static str, name: &str) -> Result<u32> {
+    async fn require_index(&self, action: &'static str, name: &str) -> Result<u32> {
         match self.find_link(name).await? {
             Some(link) => Ok(link.header.index),
             None => Err(DataPlaneError::new(action, name, "No such device (os error 19)")),
@@ -73,7 +89,7 @@ impl NetlinkDataPlane {
     }
 
     async fn addresses_of(&self, index: u32) -> Result<Vec<(IpNet, AddressMessage)>> {
-        bounded("list addresses of link", &index.to_string(), self.addresses_of_unbounded(index)).await
+        self.bounded("list addresses of link", &index.to_string(), self.addresses_of_unbounded(index)).await
     }
 
     async fn addresses_of_unbounded(&self, index: u32) -> Result<Vec<(IpNet, AddressMessage)>> {
@@ -98,12 +114,12 @@ impl NetlinkDataPlane {
 
     async fn set_link(&self, action: &'static str, name: &str, message: LinkMessage) -> Result<()> {
         let request = self.handle.link().set(message).execute();
-        bounded(action, name, async { request.await.map_err(|e| DataPlaneError::new(action, name, describe(&e))) })
+        self.bounded(action, name, async { request.await.map_err(|e| DataPlaneError::new(action, name, describe(&e))) })
             .await
     }
 
     async fn route_prefixes(&self, builder: RouteMessage, out: &mut Vec<IpNet>) -> Result<()> {
-        bounded("list routes", "main", self.route_prefixes_unbounded(builder, out)).await
+        self.bounded("list routes", "main", self.route_prefixes_unbounded(builder, out)).await
     }
 
     async fn route_prefixes_unbounded(&self, builder: RouteMessage, out: &mut Vec<IpNet>) -> Result<()> {
@@ -141,11 +157,11 @@ impl DataPlane for NetlinkDataPlane {
             }
             None => {
                 let request = self.handle.link().add(LinkBridge::new(name).mtu(spec.mtu).build()).execute();
-                bounded("create bridge", name, async {
+                self.bounded("create bridge", name, async {
                     request.await.map_err(|e| DataPlaneError::new("create bridge", name, describe(&e)))
                 })
                 .await?;
-                (self.link_index("create bridge", name).await?, true)
+                (self.require_index("create bridge", name).await?, true)
             }
         };
         let mut added = Vec::new();
@@ -165,7 +181,7 @@ impl DataPlane for NetlinkDataPlane {
         for (net, msg) in self.addresses_of(link.header.index).await? {
             if addresses.contains(&net) {
                 let request = self.handle.address().del(msg).execute();
-                let answer = bounded("remove address from bridge", name, async { Ok(request.await) }).await?;
+                let answer = self.bounded("remove address from bridge", name, async { Ok(request.await) }).await?;
                 match answer {
                     Ok(()) => {}
                     Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
@@ -182,15 +198,29 @@ impl DataPlane for NetlinkDataPlane {
         Ok(())
     }
 
+    /// Three requests: the bridge's index; the pair made with its MTU, its
+    /// host end on the bridge and up (one RTM_NEWLINK; the kernel takes the
+    /// peer's settings from the nested message and undoes the whole pair if
+    /// the bridge refuses the port); then the owner mark and hairpin mode in
+    /// one change of the host end (the kernel ignores an alias at creation,
+    /// and bridge port settings need the port on its bridge first).
     async fn create_veth(&self, spec: &VethSpec) -> Result<()> {
-        let bridge_index = self.link_index("attach veth to bridge", &spec.bridge).await?;
-        let request =
-            self.handle.link().add(LinkVeth::new(&spec.host_name, &spec.peer_name).mtu(spec.mtu).build()).execute();
-        bounded("create veth", &spec.host_name, async {
-            request.await.map_err(|e| DataPlaneError::new("create veth", &spec.host_name, describe(&e)))
+        let bridge_index = self.require_index("attach veth to bridge", &spec.bridge).await?;
+        let peer = LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).build();
+        let message = LinkVeth::new(&spec.host_name, &spec.peer_name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .mtu(spec.mtu)
+            .controller(bridge_index)
+            .up()
+            .build();
+        let request = self.handle.link().add(message).execute();
+        self.bounded("create veth", &spec.host_name, async {
+            request
+                .await
+                .map_err(|e| DataPlaneError::new("create veth", &spec.host_name, describe(&e)).with_errno(errno(&e)))
         })
         .await?;
-        let result = self.configure_veth(spec, bridge_index).await;
+        let result = self.mark_port(spec).await;
         if result.is_err() {
             let _ = self.delete_link(&spec.host_name).await;
         }
@@ -199,19 +229,24 @@ impl DataPlane for NetlinkDataPlane {
 
     async fn attach_to_bridge(&self, link: &str, bridge: &str) -> Result<()> {
         let Some(found) = self.find_link(link).await? else { return Ok(()) };
-        let bridge_index = self.link_index("attach to bridge", bridge).await?;
+        let bridge_index = self.require_index("attach to bridge", bridge).await?;
         let message = LinkUnspec::new_with_index(found.header.index).controller(bridge_index).up().build();
         self.set_link("attach to bridge", link, message).await
     }
 
+    /// One request: RTM_DELLINK by name.
     async fn delete_link(&self, name: &str) -> Result<()> {
-        let Some(link) = self.find_link(name).await? else { return Ok(()) };
-        let request = self.handle.link().del(link.header.index).execute();
-        match bounded("delete link", name, async { Ok(request.await) }).await? {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
-            Err(e) => Err(DataPlaneError::new("delete link", name, describe(&e))),
-        }
+        let request = self.handle.link().del_with_message(LinkUnspec::new_with_name(name).build()).execute();
+        self.delete(request, name).await
+    }
+
+    async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.find_link(name).await?.map(|l| l.header.index))
+    }
+
+    async fn delete_link_index(&self, index: u32, name: &str) -> Result<()> {
+        let request = self.handle.link().del(index).execute();
+        self.delete(request, name).await
     }
 
     async fn link_exists(&self, name: &str) -> Result<bool> {
@@ -219,29 +254,36 @@ impl DataPlane for NetlinkDataPlane {
     }
 
     async fn list_links(&self) -> Result<Vec<Link>> {
-        bounded("list links", "all", async {
-            let mut stream = self.handle.link().get().execute();
-            let mut messages = Vec::new();
-            while let Some(link) =
-                stream.try_next().await.map_err(|e| DataPlaneError::new("list links", "all", describe(&e)))?
-            {
-                messages.push(link);
-            }
-            let names: std::collections::BTreeMap<u32, String> =
-                messages.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n))).collect();
-            Ok(messages
-                .iter()
-                .filter_map(|m| to_link(m, controller_index(m).and_then(|i| names.get(&i).cloned())))
-                .collect())
-        })
-        .await
+        let messages = self
+            .bounded("list links", "all", async {
+                let mut stream = self.handle.link().get().execute();
+                let mut messages = Vec::new();
+                while let Some(link) =
+                    stream.try_next().await.map_err(|e| DataPlaneError::new("list links", "all", describe(&e)))?
+                {
+                    messages.push(link);
+                }
+                Ok(messages)
+            })
+            .await?;
+        let mut addresses = self.all_addresses().await?;
+        let names: BTreeMap<u32, String> =
+            messages.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n))).collect();
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                let mut link = to_link(m, controller_index(m).and_then(|i| names.get(&i).cloned()))?;
+                link.addresses = addresses.remove(&m.header.index).unwrap_or_default();
+                Some(link)
+            })
+            .collect())
     }
 
     async fn link(&self, name: &str) -> Result<Option<Link>> {
         let Some(message) = self.find_link(name).await? else { return Ok(None) };
         let controller = match controller_index(&message) {
             Some(index) => {
-                bounded("look up bridge of link", name, async {
+                self.bounded("look up bridge of link", name, async {
                     let mut links = self.handle.link().get().match_index(index).execute();
                     match links.try_next().await {
                         Ok(found) => Ok(found.as_ref().and_then(link_name)),
@@ -277,20 +319,7 @@ impl DataPlane for NetlinkDataPlane {
         let mut out = Vec::new();
         self.route_prefixes(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), &mut out).await?;
         self.route_prefixes(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(), &mut out).await?;
-        bounded("list addresses", "all", async {
-            let mut stream = self.handle.address().get().execute();
-            while let Some(msg) =
-                stream.try_next().await.map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
-            {
-                if let Some(ip) = address_of(&msg)
-                    && let Ok(net) = IpNet::new(ip, msg.header.prefix_len)
-                {
-                    out.push(net.trunc());
-                }
-            }
-            Ok(())
-        })
-        .await?;
+        out.extend(self.all_addresses().await?.into_values().flatten().map(|net| net.trunc()));
         out.sort();
         out.dedup();
         Ok(out)
@@ -298,13 +327,45 @@ impl DataPlane for NetlinkDataPlane {
 }
 
 impl NetlinkDataPlane {
+    /// Every address on every link, by link index (one dump).
+    async fn all_addresses(&self) -> Result<BTreeMap<u32, Vec<IpNet>>> {
+        self.bounded("list addresses", "all", async {
+            let mut stream = self.handle.address().get().execute();
+            let mut out: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
+            while let Some(msg) =
+                stream.try_next().await.map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
+            {
+                if let Some(ip) = address_of(&msg)
+                    && let Ok(net) = IpNet::new(ip, msg.header.prefix_len)
+                {
+                    out.entry(msg.header.index).or_default().push(net);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Sends a delete; a link that is gone already is success.
+    async fn delete(
+        &self,
+        request: impl Future<Output = std::result::Result<(), rtnetlink::Error>>,
+        name: &str,
+    ) -> Result<()> {
+        match self.bounded("delete link", name, async { Ok(request.await) }).await? {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(DataPlaneError::new("delete link", name, describe(&e)).with_errno(errno(&e))),
+        }
+    }
+
     /// Addresses this call added go into `added`, so a failure can take them back.
     async fn configure_bridge(&self, index: u32, spec: &BridgeSpec, owned: bool, added: &mut Vec<IpNet>) -> Result<()> {
         let name = spec.name.as_str();
         let present: Vec<IpNet> = self.addresses_of(index).await?.into_iter().map(|(n, _)| n).collect();
         for addr in spec.addresses.iter().filter(|a| !present.contains(a)) {
             let request = self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute();
-            match bounded("add address to bridge", name, async { Ok(request.await) }).await? {
+            match self.bounded("add address to bridge", name, async { Ok(request.await) }).await? {
                 Ok(()) => added.push(*addr),
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => {
@@ -365,20 +426,23 @@ impl NetlinkDataPlane {
         self.set_link("mark link as rustbridge's", name, message).await
     }
 
-    async fn configure_veth(&self, spec: &VethSpec, bridge_index: u32) -> Result<()> {
-        let peer = LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).build();
-        self.set_link("set veth mtu", &spec.peer_name, peer).await?;
-        let host_index = self.link_index("attach veth to bridge", &spec.host_name).await?;
-        self.mark(host_index, &spec.host_name, &spec.instance).await?;
-        let host = LinkUnspec::new_with_index(host_index).controller(bridge_index).mtu(spec.mtu).up().build();
-        self.set_link("attach veth to bridge", &spec.host_name, host).await?;
-        // Hairpin: a container reaching its own published port through a host
-        // address gets the reply back through the port it came in on.
-        let request = self.handle.link().set_port(LinkBridgePort::new(host_index).hairpin(true).build()).execute();
-        bounded("set hairpin mode on bridge port", &spec.host_name, async {
+    /// The owner mark and hairpin mode on a new veth's host end, in one
+    /// RTM_NEWLINK changing the existing link (found by name): the alias goes
+    /// through the generic link settings, hairpin through the bridge port's
+    /// (IFLA_INFO_SLAVE_DATA). Hairpin: a container reaching its own published
+    /// port through a host address gets the reply back through the port it
+    /// came in on.
+    async fn mark_port(&self, spec: &VethSpec) -> Result<()> {
+        let message = LinkUnspec::new_with_name(&spec.host_name)
+            .alias(owner_mark(&spec.instance))
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)]))
+            .build();
+        let request = self.handle.link().change(message).execute();
+        self.bounded("mark veth and set hairpin mode", &spec.host_name, async {
             request
                 .await
-                .map_err(|e| DataPlaneError::new("set hairpin mode on bridge port", &spec.host_name, describe(&e)))
+                .map_err(|e| DataPlaneError::new("mark veth and set hairpin mode", &spec.host_name, describe(&e)))
         })
         .await
     }
@@ -434,7 +498,31 @@ fn to_link(message: &LinkMessage, controller: Option<String>) -> Option<Link> {
     });
     // The kernel names the peer's namespace only when it is not this one.
     let peer_elsewhere = message.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
-    Some(Link { name, kind: link_kind(message), owner, controller, peer_elsewhere })
+    let mtu = message.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    });
+    let route_localnet = message.attributes.iter().find_map(|a| match a {
+        LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
+            AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
+                AfSpecInet::DevConf(conf) => Some(conf.route_localnet != 0),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    });
+    Some(Link {
+        name,
+        kind: link_kind(message),
+        owner,
+        controller,
+        peer_elsewhere,
+        up: message.header.flags.contains(LinkFlags::Up),
+        mtu: mtu.unwrap_or(0),
+        route_localnet,
+        addresses: vec![],
+    })
 }
 
 fn link_kind(link: &LinkMessage) -> LinkKind {

@@ -63,7 +63,7 @@ pub struct State {
 /// everything else (reconciler, operator tools, tests) goes through the
 /// methods below.
 pub struct Plugin {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     dataplane: Arc<dyn DataPlane>,
     firewall: Arc<dyn Firewall>,
     store: Store,
@@ -74,6 +74,13 @@ impl Plugin {
     /// The state under the plugin's lock (readers take it too, for a consistent view).
     pub async fn lock_state(&self) -> tokio::sync::MutexGuard<'_, State> {
         self.state.lock().await
+    }
+
+    /// The state lock as a value that can be moved into a task (the
+    /// start-up repair takes it before the socket is bound, holds it while
+    /// the plugin starts serving, and releases it when done).
+    pub async fn lock_state_owned(&self) -> tokio::sync::OwnedMutexGuard<State> {
+        self.state.clone().lock_owned().await
     }
 
     /// The data plane, for the reconciler and the operator's tools.
@@ -109,6 +116,11 @@ impl Plugin {
         Ok(self.store.commit(changes)?)
     }
 
+    /// Puts commits that did not wait for the disk (Join's) on it.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.store.flush()?)
+    }
+
     /// Loads the persisted state; the plugin serves nothing before this returns.
     pub fn load(
         store: Store,
@@ -135,7 +147,13 @@ impl Plugin {
             endpoints: snapshot.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
             ipam,
         };
-        Ok(Plugin { state: Mutex::new(state), dataplane, firewall, store, unclaimed: Unclaimed::new(UNCLAIMED_GRACE) })
+        Ok(Plugin {
+            state: Arc::new(Mutex::new(state)),
+            dataplane,
+            firewall,
+            store,
+            unclaimed: Unclaimed::new(UNCLAIMED_GRACE),
+        })
     }
 }
 

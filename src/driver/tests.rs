@@ -24,6 +24,10 @@ impl Harness {
         self.plugin()
     }
 
+    fn p_arc(&self) -> Arc<Plugin> {
+        self.plugin().clone()
+    }
+
     fn link(&self, name: &str) -> Option<FakeLink> {
         self.fake.link(name)
     }
@@ -701,6 +705,82 @@ async fn join_makes_a_veth_pair_on_the_bridge_and_answers_with_the_gateway() {
     h.reload();
     assert!(h.endpoint_ids().await.is_empty());
     assert_eq!(h.fake.names(), vec![bridge]);
+}
+
+/// The kernel work of a first Join is one pair made on its bridge: the data
+/// plane is asked once (tests/dataplane_netns.rs counts its netlink requests).
+/// A pair a crash left under the endpoint's names is looked at, and replaced
+/// only when it is this state's.
+#[tokio::test]
+async fn a_first_join_asks_the_data_plane_once() {
+    let h = Harness::new("join-count");
+    let id = net_id(36);
+    h.create_network(v4_network(&id, "10.80.6.0/24", "10.80.6.1/24", json!({}))).await.unwrap();
+    let (ep, again) = (ep_id(36), ep_id(37));
+    for e in [&ep, &again] {
+        h.create_endpoint(endpoint(&id, e, "", "", "")).await.unwrap();
+    }
+    h.fake.clear_calls();
+    let commits = h.p().store.durable_commits();
+    h.join(&id, &ep).await.unwrap();
+    let (host, _) = expected_veths(&ep);
+    assert_eq!(h.fake.calls(), vec![format!("create_veth {host}")]);
+    // Its record does not wait for the disk (the start-up pass recovers it from the pair).
+    assert_eq!(h.p().store.durable_commits(), commits, "durable commits of a first Join");
+    assert_eq!(h.endpoint_joined(&ep).await, Some(true));
+    h.p().flush().unwrap();
+    assert_eq!(h.p().store.durable_commits(), commits + 1, "a flush puts it on disk");
+
+    // A leftover pair of this state under the names (a crash before the commit).
+    let (left_host, left_peer) = expected_veths(&again);
+    let instance = Some(h.p().instance_id().to_string());
+    {
+        let mut links = h.fake.links.lock().unwrap();
+        let veth = |peer: &str, owner| FakeLink {
+            kind: LinkKind::Veth,
+            peer: Some(peer.to_string()),
+            owner,
+            ..FakeLink::bridge()
+        };
+        links.insert(left_host.clone(), veth(&left_peer, instance.clone()));
+        links.insert(left_peer.clone(), veth(&left_host, None));
+    }
+    h.fake.clear_calls();
+    h.join(&id, &again).await.unwrap();
+    assert_eq!(h.fake.calls_of("create_veth"), vec![left_host.clone(), left_host.clone()], "{:?}", h.fake.calls());
+    assert_eq!(h.fake.calls_of("delete_link"), vec![left_host.clone()]);
+    assert_eq!(h.link(&left_host).unwrap().controller, Some(expected_bridge(&id)));
+}
+
+/// The ~20 ms a veth deletion takes in the kernel are spent outside the
+/// state lock: other calls go on meanwhile. The record is committed first.
+#[tokio::test]
+async fn leave_deletes_the_veth_after_releasing_the_state_lock() {
+    use futures::FutureExt;
+    let h = Harness::new("leave-unlocked");
+    let id = net_id(38);
+    h.create_network(v4_network(&id, "10.80.8.0/24", "10.80.8.1/24", json!({}))).await.unwrap();
+    let ep = ep_id(38);
+    h.create_endpoint(endpoint(&id, &ep, "", "", "")).await.unwrap();
+    h.join(&id, &ep).await.unwrap();
+    let (host, peer) = expected_veths(&ep);
+    h.fake.delay("delete_link_index", std::time::Duration::from_secs(3600));
+    let plugin = h.p_arc();
+    let body = json!({"NetworkID": id, "EndpointID": ep});
+    let leave = tokio::spawn(async move { plugin.leave(from_json(body)).await });
+    while h.fake.calls_of("delete_link_index").is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let state = h.p().lock_state().now_or_never().expect("the state lock is free while the veth is deleted");
+    assert!(!state.endpoints[&ep].joined, "committed before the deletion");
+    drop(state);
+    assert!(h.link(&host).is_some(), "still being deleted");
+    h.fake.delay("delete_link_index", std::time::Duration::ZERO);
+    leave.abort();
+    let _ = leave.await;
+    h.delete_endpoint(&id, &ep).await.unwrap();
+    assert!(h.link(&host).is_none() && h.link(&peer).is_none(), "{:?}", h.fake.names());
+    assert_eq!(h.fake.calls_of("delete_link_index"), vec![host.clone(), host.clone()]);
 }
 
 #[tokio::test]

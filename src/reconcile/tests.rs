@@ -223,3 +223,161 @@ async fn an_unclaimed_sighting_ends_when_the_peer_is_seen_elsewhere() {
 async fn endpoint_count(p: &FakePlugin) -> usize {
     p.plugin().lock_state().await.endpoints.len()
 }
+
+/// Twenty joined endpoints whose peers dockerd moved into their containers.
+async fn network_with_joined_endpoints(tag: &str, count: u64) -> (FakePlugin, Vec<String>) {
+    let p = network_with_joined_endpoint(tag).await;
+    let mut ids = vec![ENDPOINT.to_string()];
+    for n in 1..count {
+        let id = format!("{n:011x}{}", "5".repeat(53));
+        call(
+            &p,
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NETWORK, "EndpointID": id, "Interface": {"Address": format!("10.91.0.{}/24", n + 2)}}),
+        )
+        .await;
+        call(&p, "/NetworkDriver.Join", json!({"NetworkID": NETWORK, "EndpointID": id, "SandboxKey": "/x"})).await;
+        p.fake.links.lock().unwrap().remove(&veth_names(&id).1);
+        ids.push(id);
+    }
+    (p, ids)
+}
+
+/// Start-up in proportion to what changed: with nothing to repair, one dump
+/// of the links and no request per bridge or endpoint.
+#[tokio::test]
+async fn a_start_with_nothing_changed_reads_the_kernel_once_and_changes_nothing() {
+    let (mut p, _) = network_with_joined_endpoints("start-quiet", 20).await;
+    p.reload();
+    p.fake.clear_calls();
+    at_start(p.plugin(), &log()).await.unwrap();
+    assert_eq!(p.fake.calls(), vec!["list_links all".to_string()]);
+}
+
+#[tokio::test]
+async fn a_start_reattaches_only_the_endpoints_off_their_bridge() {
+    let (mut p, ids) = network_with_joined_endpoints("start-detached", 20).await;
+    let detached = veth_names(&ids[7]).0;
+    p.fake.links.lock().unwrap().get_mut(&detached).unwrap().controller = None;
+    p.reload();
+    p.fake.clear_calls();
+    at_start(p.plugin(), &log()).await.unwrap();
+    assert_eq!(p.fake.calls_of("attach_to_bridge"), vec![detached.clone()]);
+    assert!(p.fake.calls_of("ensure_bridge").is_empty(), "{:?}", p.fake.calls());
+    assert_eq!(p.fake.link(&detached).unwrap().controller, Some(bridge_name(NETWORK)));
+}
+
+#[tokio::test]
+async fn a_start_repairs_a_drifted_bridge() {
+    let (mut p, _) = network_with_joined_endpoints("start-drift", 3).await;
+    let bridge = bridge_name(NETWORK);
+    let drifts: [fn(&mut FakeLink); 5] = [
+        |l: &mut FakeLink| l.addresses.clear(),
+        |l: &mut FakeLink| l.up = false,
+        |l: &mut FakeLink| l.mtu = 9000,
+        |l: &mut FakeLink| l.owner = None,
+        |l: &mut FakeLink| l.route_localnet = false,
+    ];
+    for drift in drifts {
+        drift(p.fake.links.lock().unwrap().get_mut(&bridge).unwrap());
+        p.reload();
+        p.fake.clear_calls();
+        at_start(p.plugin(), &log()).await.unwrap();
+        assert_eq!(p.fake.calls_of("ensure_bridge"), vec![bridge.clone()]);
+        let link = p.fake.link(&bridge).unwrap();
+        assert!(link.up && link.mtu == 1500 && link.route_localnet && link.owner.is_some(), "{link:?}");
+        assert_eq!(link.addresses, vec!["10.91.0.1/24".parse().unwrap()]);
+    }
+}
+
+/// dockerd may call as soon as the socket exists: a call that needs the
+/// state waits for the start-up pass, which judges the kernel under the lock.
+#[tokio::test]
+async fn a_call_during_the_start_up_pass_waits_for_it() {
+    use futures::FutureExt;
+    let p = FakePlugin::new("start-call");
+    call(
+        &p,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NETWORK, "Options": {},
+               "IPv4Data": [{"AddressSpace": "", "Pool": "10.91.0.0/24", "Gateway": "10.91.0.1/24"}]}),
+    )
+    .await;
+    call(
+        &p,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "Interface": {"Address": "10.91.0.2/24"}}),
+    )
+    .await;
+    p.fake.links.lock().unwrap().remove(&bridge_name(NETWORK)); // the pass recreates it
+    p.fake.clear_calls();
+    let startup = StartUp::hold(p.plugin()).await;
+    let plugin = p.plugin().clone();
+    let join = tokio::spawn(async move {
+        let body = json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "SandboxKey": "/x"}).to_string();
+        crate::server::answer(&plugin, "/NetworkDriver.Join", body.as_bytes()).await
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(p.fake.calls().is_empty(), "the call went ahead of the pass: {:?}", p.fake.calls());
+    assert!(p.plugin().lock_state().now_or_never().is_none(), "the pass holds the state lock");
+    startup.run(p.plugin(), &log()).await.unwrap();
+    join.await.unwrap().expect("join after the pass");
+    let calls = p.fake.calls();
+    let position = |prefix: &str| calls.iter().position(|c| c.starts_with(prefix)).unwrap();
+    assert!(position("ensure_bridge") < position("create_veth"), "{calls:?}");
+}
+
+/// A link a call released after its commit but could not delete is a
+/// leftover: the periodic pass removes it (not only the next start).
+#[tokio::test]
+async fn a_pass_removes_own_leftover_veths() {
+    let p = network_with_joined_endpoint("pass-leftover").await;
+    let (stray_host, stray_peer) = veth_names("abcdefabcde00000000000000000000000000000000000000000000000000000");
+    {
+        let mut links = p.fake.links.lock().unwrap();
+        let mut veth = own_link(&p, LinkKind::Veth);
+        veth.peer = Some(stray_peer.clone());
+        links.insert(stray_host.clone(), veth.clone());
+        veth.peer = Some(stray_host.clone());
+        links.insert(stray_peer.clone(), veth);
+    }
+    pass(p.plugin(), &log()).await.unwrap();
+    assert!(p.fake.link(&stray_host).is_none() && p.fake.link(&stray_peer).is_none(), "{:?}", p.fake.names());
+    assert!(p.fake.link(&veth_names(ENDPOINT).0).is_some());
+}
+
+/// Join's record does not wait for the disk: a crash can lose it while the
+/// pair exists (here the peer is still in the host, as between Join's answer
+/// and dockerd's move). The start-up pass records the Join again from the
+/// pair and never takes the pair for a leftover.
+#[tokio::test]
+async fn a_join_whose_record_a_crash_lost_is_recorded_again() {
+    let mut p = network_with_endpoint_joined_in_host("lost-join").await;
+    let (host_end, peer) = veth_names(ENDPOINT);
+    // The crash: the record as CreateEndpoint left it.
+    let record = p.plugin().lock_state().await.endpoints[ENDPOINT].clone();
+    p.plugin().commit(vec![Change::PutEndpoint(EndpointRecord { joined: false, ..record })]).unwrap();
+    p.reload();
+    assert!(!p.plugin().lock_state().await.endpoints[ENDPOINT].joined);
+
+    at_start(p.plugin(), &log()).await.unwrap();
+
+    assert!(p.fake.link(&host_end).is_some() && p.fake.link(&peer).is_some(), "{:?}", p.fake.names());
+    assert!(p.plugin().lock_state().await.endpoints[ENDPOINT].joined);
+    p.reload();
+    assert!(p.plugin().lock_state().await.endpoints[ENDPOINT].joined, "recorded durably");
+}
+
+/// A pair some record names is never a leftover, joined or not.
+#[tokio::test]
+async fn a_pass_keeps_the_pair_of_an_endpoint_not_joined() {
+    let p = network_with_endpoint_joined_in_host("named-pair").await;
+    let (host_end, _) = veth_names(ENDPOINT);
+    let record = p.plugin().lock_state().await.endpoints[ENDPOINT].clone();
+    p.plugin().commit(vec![Change::PutEndpoint(EndpointRecord { joined: false, ..record.clone() })]).unwrap();
+    p.plugin().lock_state().await.endpoints.insert(ENDPOINT.into(), EndpointRecord { joined: false, ..record });
+    pass(p.plugin(), &log()).await.unwrap();
+    assert!(p.fake.link(&host_end).is_some(), "{:?}", p.fake.names());
+}

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 
 use crate::api::{PortBinding, TransportPort};
@@ -121,9 +121,25 @@ pub struct Store {
     db: Database,
     path: PathBuf,
     instance_id: String,
+    /// A non-durable commit is not on disk yet (see [`Store::commit_relaxed`]).
+    unflushed: std::sync::atomic::AtomicBool,
+    /// Durable commits (each one waits for the disk), for tests and measurements.
+    durable_commits: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Store {
+    /// A graceful stop persists what relaxed commits left in memory (a
+    /// crash loses it: see [`Store::commit_relaxed`]).
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
 }
 
 impl Store {
+    fn new(db: Database, path: PathBuf, instance_id: String) -> Store {
+        Store { db, path, instance_id, unflushed: Default::default(), durable_commits: Default::default() }
+    }
+
     fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Db { path: self.path.clone(), message: e.to_string() }
     }
@@ -141,12 +157,51 @@ impl Store {
         &self.path
     }
 
-    /// Applies all changes in one durable transaction, or none of them.
+    /// Applies all changes in one durable transaction, or none of them
+    /// (with any relaxed commit before it).
     pub fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
-        if changes.is_empty() {
+        self.write(changes, Durability::Immediate)
+    }
+
+    /// Applies all changes in one transaction, or none of them, without
+    /// waiting for the disk: visible at once, on disk with the next durable
+    /// commit or [`Store::flush`] (the periodic reconcile pass and a graceful
+    /// stop flush), lost in a crash before that. Only for changes whose loss
+    /// the start-up pass recovers from the kernel (Join's "joined": see
+    /// `reconcile.rs`).
+    pub fn commit_relaxed(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        self.write(changes, Durability::None)?;
+        self.unflushed.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many commits waited for the disk so far.
+    pub fn durable_commits(&self) -> u64 {
+        self.durable_commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Puts relaxed commits on disk (an empty durable commit); nothing when there are none.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        if !self.unflushed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        self.durable_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        txn.commit().map_err(|e| {
+            self.unflushed.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.db_error(e)
+        })
+    }
+
+    fn write(&self, changes: Vec<Change>, durability: Durability) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        txn.set_durability(durability).map_err(|e| self.db_error(e))?;
+        if matches!(durability, Durability::Immediate) {
+            self.durable_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         {
             let mut networks = txn.open_table(NETWORKS).map_err(|e| self.db_error(e))?;
             let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| self.db_error(e))?;

@@ -106,7 +106,7 @@ fn create_fresh(dir: &Path, path: &Path) -> Result<Store, StoreError> {
     txn.commit().map_err(|e| err("commit", &e))?;
     fs::rename(&new, path).map_err(|e| err(&format!("rename {}", new.display()), &e))?;
     sync_dir(dir).map_err(|e| err("sync directory", &e))?;
-    Ok(Store { db, path: path.to_path_buf(), instance_id })
+    Ok(Store::new(db, path.to_path_buf(), instance_id))
 }
 
 /// Why an existing file cannot be used (the caller names the file).
@@ -173,7 +173,7 @@ fn open_and_check(file: &Path) -> Result<Store, Problem> {
         return Err(Problem::Newer(version));
     }
     let instance_id = read_meta(&db, INSTANCE_ID_KEY).map_err(Problem::Unusable)?.unwrap_or_default();
-    let store = Store { db, path: file.to_path_buf(), instance_id };
+    let store = Store::new(db, file.to_path_buf(), instance_id);
     if version < SCHEMA_VERSION {
         store.migrate_from(version).map_err(|e| Problem::Unusable(format!("cannot be migrated: {e}")))?;
     }

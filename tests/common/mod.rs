@@ -427,7 +427,13 @@ impl Plugin {
                 self.child = None;
                 panic!("plugin exited during start-up ({status}); log:\n{}", self.log_text());
             }
+            // The handshake is answered before the start-up repair is done;
+            // a call that needs the state waits for it (EndpointOperInfo of
+            // no endpoint changes nothing), so tests see the repaired kernel.
             if let Ok((200, _)) = self.try_call_raw("/Plugin.Activate", b"") {
+                let none = format!(r#"{{"NetworkID":"{0}","EndpointID":"{0}"}}"#, "0".repeat(64));
+                let settled = self.try_call_raw("/NetworkDriver.EndpointOperInfo", none.as_bytes());
+                assert!(settled.is_ok(), "EndpointOperInfo after start: {settled:?}");
                 return;
             }
             if start.elapsed() > START_TIMEOUT {
