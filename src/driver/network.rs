@@ -22,6 +22,10 @@ use crate::request::{
 };
 use crate::state::{Change, EndpointRecord, NetworkRecord, SubnetRecord};
 
+/// A host end's name and index (None: no link of that name), as looked up
+/// before the state lock; None when the lookup could not be made.
+type HostEnd = Option<(String, Option<u32>)>;
+
 impl Plugin {
     pub fn capabilities() -> CapabilitiesResponse {
         CapabilitiesResponse { scope: "local", connectivity_scope: "local", gw_alloc_checker: true }
@@ -169,24 +173,45 @@ impl Plugin {
     }
 
     pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<()> {
+        let early = self.host_end_early(&req.endpoint_id).await;
         let mut txn = self.begin().await?;
-        let outcome = self.delete_endpoint_in(&mut txn, &req.endpoint_id).await;
+        let outcome = self.delete_endpoint_in(&mut txn, &req.endpoint_id, early).await;
         txn.finish(outcome).await
     }
 
-    async fn delete_endpoint_in(&self, txn: &mut Txn<'_>, endpoint_id: &str) -> Result<()> {
+    async fn delete_endpoint_in(&self, txn: &mut Txn<'_>, endpoint_id: &str, early: HostEnd) -> Result<()> {
         let Some(endpoint) = txn.state().endpoints.get(endpoint_id).cloned() else { return Ok(()) };
         txn.record(Change::DeleteEndpoint(endpoint.id.clone()));
         if !endpoint.published.is_empty() {
             txn.sync_firewall().await?;
         }
-        self.release_veth(txn, &endpoint).await
+        self.release_veth(txn, &endpoint, early).await
+    }
+
+    /// The endpoint's host end (name and index), looked up before the state
+    /// lock is taken: the lookup waits for the kernel's rtnl lock, which
+    /// concurrent veth deletions hold (a bulk `docker rm -f`), and under the
+    /// state lock every other call would wait with it. An index is never
+    /// another link's, so an early answer can only be stale by naming a pair
+    /// that is gone or none (a Join of the same endpoint meanwhile, which
+    /// dockerd does not send during its Leave or DeleteEndpoint): then a pair
+    /// stays, which DeleteEndpoint or the reconciler removes.
+    async fn host_end_early(&self, endpoint_id: &str) -> HostEnd {
+        validate_id("EndpointID", endpoint_id).ok()?;
+        let (name, _) = veth_names(endpoint_id);
+        let index = self.dataplane.link_index(&name).await.ok()?;
+        Some((name, index))
     }
 
     /// The endpoint's veth pair goes once the call committed, outside the
-    /// state lock (see `txn.rs`): one lookup under the lock, for its index.
-    async fn release_veth(&self, txn: &mut Txn<'_>, endpoint: &EndpointRecord) -> Result<()> {
-        if let Some(index) = txn.kernel("looking up the veth", self.dataplane.link_index(&endpoint.host_veth)).await? {
+    /// state lock (see `txn.rs`), by the index looked up before the lock (or
+    /// under it, when the record names another link).
+    async fn release_veth(&self, txn: &mut Txn<'_>, endpoint: &EndpointRecord, early: HostEnd) -> Result<()> {
+        let index = match early {
+            Some((name, index)) if name == endpoint.host_veth => index,
+            _ => txn.kernel("looking up the veth", self.dataplane.link_index(&endpoint.host_veth)).await?,
+        };
+        if let Some(index) = index {
             txn.delete_after_commit(index, endpoint.host_veth.clone());
         }
         Ok(())
@@ -276,12 +301,13 @@ impl Plugin {
     }
 
     pub async fn leave(&self, req: EndpointRequest) -> Result<()> {
+        let early = self.host_end_early(&req.endpoint_id).await;
         let mut txn = self.begin().await?;
-        let outcome = self.leave_in(&mut txn, &req.endpoint_id).await;
+        let outcome = self.leave_in(&mut txn, &req.endpoint_id, early).await;
         txn.finish(outcome).await
     }
 
-    async fn leave_in(&self, txn: &mut Txn<'_>, endpoint_id: &str) -> Result<()> {
+    async fn leave_in(&self, txn: &mut Txn<'_>, endpoint_id: &str, early: HostEnd) -> Result<()> {
         let Some(endpoint) = txn.state().endpoints.get(endpoint_id).cloned() else { return Ok(()) };
         let left = EndpointRecord { joined: false, published: vec![], port_bindings: vec![], ..endpoint.clone() };
         if left != endpoint {
@@ -290,7 +316,7 @@ impl Plugin {
         if !endpoint.published.is_empty() {
             txn.sync_firewall().await?;
         }
-        self.release_veth(txn, &endpoint).await
+        self.release_veth(txn, &endpoint, early).await
     }
 
     /// Port publishing is the driver's job: dockerd adds no rule and starts no
