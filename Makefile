@@ -11,7 +11,7 @@ PLUGIN_DIR  := plugin/build
 BINDIR      ?= /usr/local/bin
 UNITDIR     ?= /etc/systemd/system
 
-.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo test test-unit test-e2e test-engines bench bench-smoke bench-images bench-ipam clean lint fmt fuzz install-cli install-service uninstall-service
+.PHONY: all build static rootfs deps dockerd plugin install uninstall publish demo demo-swarm test test-unit test-e2e test-engines bench bench-smoke bench-images bench-ipam clean lint fmt fuzz install-cli install-service uninstall-service
 
 all: build
 
@@ -65,6 +65,11 @@ publish: rootfs
 demo: install
 	scripts/test-image.sh
 	PREFIX=demo tests/e2e/user_story.sh --demo
+
+# The multi-host story on a swarm lab of three daemons (scripts/swarm-lab.sh):
+# a rustbridge swarm network over VXLAN, shown step by step.
+demo-swarm: deps rootfs
+	DEMO=1 tests/e2e/swarm.sh
 
 test-unit: deps
 	cargo test -- --test-threads=2

@@ -6,7 +6,7 @@
 RB_SOCKET=${RB_SOCKET:-/run/docker/plugins/rustbridge.sock}
 
 # The e2e suites (tests/e2e/NAME.sh), run by tests/e2e/run.sh on the machine's dockerd.
-E2E_SUITES="user_story firewall options docker28 compose operator publish restart faults"
+E2E_SUITES="user_story firewall options docker28 compose operator publish restart faults swarm"
 # On the other engines (make test-engines, scripts/e2e-on-engine.sh) publish
 # is left out: it tests distribution (make publish to a local registry,
 # docker plugin install/upgrade, which no engine version changes) and takes
@@ -15,7 +15,9 @@ E2E_SUITES="user_story firewall options docker28 compose operator publish restar
 # and metrics) run there too, before publish.
 # The fault suite (faults, about 6 minutes) runs on the machine's dockerd
 # only: it has not been run on 26.1/28.5 yet.
-ENGINE_E2E_SUITES="user_story firewall options docker28 restart"
+# The swarm suite (tests/e2e/swarm.sh) runs on its own lab of three daemons of
+# the same engine (about 5 minutes), not on the machine's dockerd.
+ENGINE_E2E_SUITES="user_story firewall options docker28 restart swarm"
 
 # wait_for TRIES INTERVAL CMD...: runs CMD until it succeeds, at most TRIES
 # times, INTERVAL seconds apart; fails when it never did.
@@ -33,8 +35,13 @@ docker_ready() { timeout 5 docker info >/dev/null 2>&1; }
 plugin_socket_ready() { [ -S "$RB_SOCKET" ]; }
 process_gone() { ! kill -0 "$1" 2>/dev/null; }
 
-# The running dockerd's pid (the first one), empty when none runs.
-running_dockerd() { pidof dockerd 2>/dev/null | awk '{print $1}' || true; }
+# The machine's running dockerd's pid, from its pidfile (`pidof dockerd` would
+# also find the swarm lab's daemons, scripts/swarm-lab.sh); empty when none runs.
+running_dockerd() {
+  local p
+  p=$(cat /var/run/docker.pid 2>/dev/null || true)
+  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo "$p"; fi
+}
 
 # stop_pid PID: SIGTERM, up to 30 s to exit, then SIGKILL.
 stop_pid() {

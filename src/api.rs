@@ -27,19 +27,30 @@ pub trait Arguments {
     fn check(&self) -> Result<(), String>;
 }
 
-/// A network or endpoint ID as dockerd sends it: 12 to 64 hex characters
-/// (names such as `rb-<12 hex>` are derived from its first bytes).
+/// A network or endpoint ID as dockerd sends it: 12 to 64 hex characters, or
+/// for a network a swarm network's ID ([`is_swarm_id`]); names such as
+/// `rb-<12 characters>` are derived from its first bytes.
 pub fn check_docker_id(field: &str, id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err(format!("{field} is missing"));
+    }
+    if field == "NetworkID" && is_swarm_id(id) {
+        return Ok(());
     }
     let hex = id.chars().all(|c| c.is_ascii_hexdigit());
     if !hex || id.len() < 12 || id.len() > MAX_DOCKER_ID_CHARS {
         let shown: String = id.chars().take(80).collect();
         let cut = if shown.len() < id.len() { "…" } else { "" };
-        return Err(format!("{field} {shown:?}{cut} is not a Docker ID (12 to {MAX_DOCKER_ID_CHARS} hex characters)"));
+        return Err(format!(
+            "{field} {shown:?}{cut} is not a Docker ID (12 to {MAX_DOCKER_ID_CHARS} hex characters; a network's may be a swarm ID, 25 letters and digits)"
+        ));
     }
     Ok(())
+}
+
+/// swarmkit's object IDs (a swarm network's): 25 lowercase letters and digits.
+pub fn is_swarm_id(id: &str) -> bool {
+    id.len() == 25 && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 /// A pool ID as answered by RequestPool: printable ASCII, bounded.
@@ -75,6 +86,36 @@ pub struct ActivateResponse {
 }
 
 // ---------------------------------------------------------------- network driver
+
+/// What GetCapabilities answers on a socket: the legacy socket's driver is
+/// always `local` (a legacy plugin cannot carry a swarm network anyway); the
+/// managed socket's is the setting `RUSTBRIDGE_MANAGED_SCOPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    #[default]
+    Local,
+    Global,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Global => "global",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "local" => Ok(Scope::Local),
+            "global" => Ok(Scope::Global),
+            other => Err(format!("scope {other:?}: expected local or global")),
+        }
+    }
+}
 
 #[derive(Debug, Default, Serialize)]
 pub struct CapabilitiesResponse {

@@ -32,7 +32,7 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u
     parse_response(&raw).map_err(|e| format!("{}: {e}", socket.display()))
 }
 
-fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+pub(crate) fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response (no header end)")?;
     let code = head

@@ -101,6 +101,32 @@ pub struct ServeArgs {
     /// the endpoint is taken for one whose container is gone (tests shorten it).
     #[arg(long, env = "RUSTBRIDGE_UNCLAIMED_GRACE_SECONDS", default_value = "30", hide = true)]
     pub unclaimed_grace_seconds: u64,
+    /// The driver scope the main socket (the managed plugin's) answers:
+    /// `global` for swarm networks (VXLAN between the nodes), `local`
+    /// otherwise. The extra sockets (`--also-listen`, the legacy name) are always local.
+    #[arg(long, env = "RUSTBRIDGE_SCOPE", default_value = "local")]
+    pub scope: crate::api::Scope,
+    /// UDP port of swarm networks' VXLAN traffic between the nodes (the same on every node).
+    #[arg(long, env = "RUSTBRIDGE_VXLAN_PORT", default_value_t = crate::driver::swarm::DEFAULT_VXLAN_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub vxlan_port: u16,
+    /// dockerd's API socket, read in the background for swarm networks' members.
+    #[arg(long, env = "RUSTBRIDGE_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
+    /// Seconds between two reads of swarm networks' members.
+    #[arg(long, env = "RUSTBRIDGE_MEMBERSHIP_SECONDS", default_value = "2",
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub membership_seconds: u64,
+}
+
+impl ServeArgs {
+    pub fn swarm_settings(&self) -> crate::driver::swarm::SwarmSettings {
+        crate::driver::swarm::SwarmSettings {
+            vxlan_port: self.vxlan_port,
+            docker_socket: self.docker_socket.clone(),
+            poll: std::time::Duration::from_secs(self.membership_seconds),
+        }
+    }
 }
 
 /// The metrics listener's address; empty (the managed plugin's default) means off.

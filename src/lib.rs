@@ -13,6 +13,7 @@ pub mod gc;
 pub mod ipam;
 pub mod listener;
 pub mod log;
+pub mod membership;
 pub mod memory;
 pub mod metrics;
 pub mod names;

@@ -171,20 +171,21 @@ impl Connections {
 /// Accepts on `listener` until the task is aborted (or `tx` is closed),
 /// handing each connection with its slot to `tx`; the receiver serves it and
 /// registers its task with `Connections::set_abort`.
-pub async fn accept_loop(
+pub async fn accept_loop<Tag: Copy + Send + 'static>(
     path: PathBuf,
     listener: UnixListener,
+    tag: Tag,
     connections: Arc<Connections>,
     limits: Limits,
     log: Logger,
-    tx: mpsc::Sender<(UnixStream, Slot)>,
+    tx: mpsc::Sender<(UnixStream, Slot, Tag)>,
 ) {
     let mut shortage = Shortage::default();
     loop {
         connections.make_room(limits.max_connections).await;
         match listener.accept().await {
             Ok((stream, _)) => {
-                if tx.send((stream, connections.register())).await.is_err() {
+                if tx.send((stream, connections.register(), tag)).await.is_err() {
                     return;
                 }
             }

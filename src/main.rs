@@ -13,7 +13,7 @@ use rustbridge::firewall::iptables::IptablesFirewall;
 use rustbridge::firewall::nft::NftFirewall;
 use rustbridge::server::Serving;
 use rustbridge::state::Store;
-use rustbridge::{cli, log, metrics, reconcile, server};
+use rustbridge::{cli, log, membership, metrics, reconcile, server};
 
 /// SIGTERM must end the process within a second: in-flight calls get this long.
 const DRAIN: Duration = Duration::from_millis(600);
@@ -65,7 +65,11 @@ async fn start(args: &ServeArgs, log: &Logger) -> Result<(Serving, Option<reconc
     metrics::global().set_firewall(firewall.describe());
     let db = store.path().to_path_buf();
     let plugin = match Plugin::load(store, dataplane, Arc::new(firewall), args.default_pools.clone()) {
-        Ok(plugin) => Arc::new(plugin.with_unclaimed_grace(Duration::from_secs(args.unclaimed_grace_seconds))),
+        Ok(plugin) => Arc::new(
+            plugin
+                .with_unclaimed_grace(Duration::from_secs(args.unclaimed_grace_seconds))
+                .with_swarm_settings(args.swarm_settings()),
+        ),
         Err(e) => {
             return Ok((refusing(log, format!("state database {} cannot be loaded: {e}", db.display())), None));
         }
@@ -99,10 +103,12 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     let (serving, startup) = start(&args, &log).await?;
     let mut listeners = Vec::new();
     let paths: Vec<PathBuf> = std::iter::once(args.socket.clone()).chain(args.also_listen.iter().cloned()).collect();
-    for path in &paths {
+    for (i, path) in paths.iter().enumerate() {
         let listener = server::bind(path).map_err(|e| format!("listen on {}: {e}", path.display()))?;
-        info!(log, "listening"; "socket" => %path.display());
-        listeners.push((path.clone(), listener));
+        // The main socket (the managed plugin's) answers the configured scope; the legacy name is local.
+        let scope = if i == 0 { args.scope } else { rustbridge::api::Scope::Local };
+        info!(log, "listening"; "socket" => %path.display(), "scope" => scope.as_str());
+        listeners.push((path.clone(), listener, scope));
     }
     let startup = match (&serving, startup) {
         (Serving::Plugin(plugin), Some(startup)) => {
@@ -115,7 +121,7 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
         }
         _ => None,
     };
-    let (reconciler, metrics_task) = match &serving {
+    let (reconciler, metrics_task, membership) = match &serving {
         Serving::Plugin(plugin) => (
             Some(tokio::spawn(reconcile::run_periodically(
                 plugin.clone(),
@@ -123,8 +129,16 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
                 Duration::from_secs(args.reconcile_seconds),
             ))),
             start_metrics(args.metrics_addr(), plugin, &log).await,
+            Some(tokio::spawn(membership::run(plugin.clone(), log.clone()))),
         ),
-        Serving::Refusing(_) => (None, None),
+        Serving::Refusing(_) => (None, None, None),
+    };
+    // Swarm networks: this node's endpoints, served to the other members (only with the global scope).
+    let directory = match (&serving, args.scope) {
+        (Serving::Plugin(plugin), rustbridge::api::Scope::Global) => {
+            Some(tokio::spawn(membership::serve_directory(plugin.clone(), log.clone())))
+        }
+        _ => None,
     };
     let shutdown = async {
         tokio::select! {
@@ -134,8 +148,8 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     };
     let limits =
         server::Limits { call_deadline: Duration::from_secs(args.call_deadline_seconds), ..Default::default() };
-    server::serve_with(listeners, serving.clone(), log.clone(), shutdown, DRAIN, limits).await;
-    for task in reconciler.into_iter().chain(metrics_task).chain(startup) {
+    server::serve_scoped(listeners, serving.clone(), log.clone(), shutdown, DRAIN, limits).await;
+    for task in reconciler.into_iter().chain(metrics_task).chain(startup).chain(membership).chain(directory) {
         task.abort();
     }
     // A call whose answer was already given up on may still be running: let it

@@ -11,6 +11,10 @@ pub const BRIDGE_PREFIX: &str = "rb-";
 pub const HOST_VETH_PREFIX: &str = "rbh-";
 /// Peer end, moved into the container (and renamed) by dockerd.
 pub const PEER_VETH_PREFIX: &str = "rbc-";
+/// A swarm network's VXLAN device, a port of its bridge.
+pub const VXLAN_PREFIX: &str = "rbx-";
+/// How much of the network ID a VXLAN device name carries (IFNAMSIZ leaves 11 after `rbx-`).
+pub const ID_CHARS_IN_VXLAN: usize = 11;
 /// How much of the network ID a bridge name carries.
 pub const ID_CHARS_IN_BRIDGE: usize = 12;
 /// How much of the endpoint ID a veth name carries (IFNAMSIZ leaves 11 after `rbh-`).
@@ -29,6 +33,11 @@ pub const DOCKER_USER_BRIDGE_PREFIX: &str = "br-";
 /// The ID must have been validated (`driver::validate_id`).
 pub fn bridge_name(network_id: &str) -> String {
     format!("{BRIDGE_PREFIX}{}", &network_id[..ID_CHARS_IN_BRIDGE])
+}
+
+/// The VXLAN device of a swarm network: `rbx-<11 characters of the network ID>`.
+pub fn vxlan_name(network_id: &str) -> String {
+    format!("{VXLAN_PREFIX}{}", &network_id[..ID_CHARS_IN_VXLAN])
 }
 
 /// The endpoint's veth pair: (host end, peer end).
@@ -64,7 +73,7 @@ pub fn is_owned_veth_name(name: &str) -> bool {
 
 /// A device name with one of the plugin's prefixes (a test's check for leftovers).
 pub fn has_plugin_prefix(name: &str) -> bool {
-    [BRIDGE_PREFIX, HOST_VETH_PREFIX, PEER_VETH_PREFIX].iter().any(|p| name.starts_with(p))
+    [BRIDGE_PREFIX, HOST_VETH_PREFIX, PEER_VETH_PREFIX, VXLAN_PREFIX].iter().any(|p| name.starts_with(p))
 }
 
 /// Names of the built-in bridge driver's devices; adopting one would break Docker's own network.

@@ -20,6 +20,9 @@ pub const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
 pub const GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
 pub const GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
 pub const TRUSTED_HOST_INTERFACES: &str = "com.docker.network.bridge.trusted_host_interfaces";
+/// A swarm network's VXLAN network identifier: answered by AllocateNetwork
+/// at the manager (or given by the user there), carried to every node.
+pub const VXLAN_VNI: &str = "com.rustbridge.vxlan.vni";
 
 /// Short spellings accepted for the most used options (`-o bridge=br0 -o mtu=1400`).
 const ALIASES: &[(&str, &str)] = &[("bridge", BRIDGE_NAME), ("mtu", MTU)];
@@ -62,6 +65,8 @@ pub struct NetworkOptions {
     pub internal: bool,
     pub enable_ipv4: bool,
     pub enable_ipv6: bool,
+    /// A swarm network: its VXLAN VNI (None: a network of this host only).
+    pub vni: Option<u32>,
 }
 
 impl Default for NetworkOptions {
@@ -83,6 +88,7 @@ impl Default for NetworkOptions {
             internal: false,
             enable_ipv4: true,
             enable_ipv6: false,
+            vni: None,
         }
     }
 }
@@ -156,6 +162,7 @@ fn apply_user_option(opts: &mut NetworkOptions, key: &str, value: &Value) -> Res
         GATEWAY_MODE_IPV4 => opts.gateway_mode_ipv4 = parse_gateway_mode(key, value)?,
         GATEWAY_MODE_IPV6 => opts.gateway_mode_ipv6 = parse_gateway_mode(key, value)?,
         TRUSTED_HOST_INTERFACES => opts.trusted_host_interfaces = parse_interface_list(key, &as_string(key, value)?)?,
+        VXLAN_VNI => opts.vni = Some(parse_vni(key, &as_string(key, value)?)?),
         _ => {
             return Err(invalid(
                 key,
@@ -181,6 +188,15 @@ pub fn parse_bool(key: &str, value: &Value) -> Result<bool, OptionError> {
         "false" | "0" | "no" | "off" => Ok(false),
         other => Err(invalid(key, format!("{other:?} is not a boolean (use true or false)"))),
     }
+}
+
+/// A VXLAN network identifier: 1 to 2^24 - 1.
+pub fn parse_vni(key: &str, text: &str) -> Result<u32, OptionError> {
+    let vni: u32 = text.trim().parse().map_err(|_| invalid(key, format!("{text:?} is not a number")))?;
+    if !(1..=crate::driver::swarm::MAX_VNI).contains(&vni) {
+        return Err(invalid(key, format!("{vni} is outside 1..={}", crate::driver::swarm::MAX_VNI)));
+    }
+    Ok(vni)
 }
 
 fn parse_mtu(key: &str, value: &Value) -> Result<u32, OptionError> {

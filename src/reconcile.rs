@@ -111,6 +111,11 @@ async fn start_pass(plugin: &Plugin, state: &mut State, repairs: &mut Repairs, l
                 }
             }
         }
+        if let Some(vxlan) = plugin.vxlan_spec(network)
+            && let Err(e) = plugin.dataplane().ensure_vxlan(&vxlan).await
+        {
+            errors.push(e.to_string());
+        }
         match reattach_endpoints(plugin, state, network, links.as_deref()).await {
             Ok(count) => repairs.endpoints += count,
             Err(e) => errors.push(e.to_string()),
@@ -374,7 +379,12 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
     plugin.flush()?;
     let (bridges, networks, joined, known) = {
         let state = plugin.lock_state().await;
-        let bridges: Vec<String> = state.networks.values().map(|n| n.bridge.clone()).collect();
+        // A swarm network's VXLAN device is checked with its bridge.
+        let bridges: Vec<String> = state
+            .networks
+            .values()
+            .flat_map(|n| std::iter::once(n.bridge.clone()).chain(plugin.vxlan_spec(n).map(|v| v.name)))
+            .collect();
         (bridges, state.firewall_networks(), joined_endpoints(&state), Known::of(&state))
     };
     let links = plugin.dataplane().list_links().await?;
@@ -397,6 +407,13 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
             reattach_endpoints(plugin, &state, network, Some(&links)).await?;
             repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
             warn!(log, "bridge was missing; recreated it and put its endpoints back"; "bridge" => &network.bridge);
+        }
+        if let Some(vxlan) = plugin.vxlan_spec(network)
+            && !links.iter().any(|l| l.name == vxlan.name)
+        {
+            plugin.dataplane().ensure_vxlan(&vxlan).await?;
+            repaired("vxlan_recreated", format!("VXLAN device {} missing", vxlan.name));
+            warn!(log, "VXLAN device was missing; recreated it (the membership task refills its entries)"; "device" => &vxlan.name);
         }
     }
     if Known::of(&state).leftovers(plugin.instance_id(), &links) {

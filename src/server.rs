@@ -105,22 +105,37 @@ pub async fn serve_with(
     drain: Duration,
     limits: Limits,
 ) {
+    let listeners = listeners.into_iter().map(|(path, listener)| (path, listener, Scope::Local)).collect();
+    serve_scoped(listeners, serving, log, shutdown, drain, limits).await
+}
+
+/// `serve_with`, each socket answering GetCapabilities with its own scope
+/// (dockerd treats every socket as a driver of its own and asks each).
+pub async fn serve_scoped(
+    listeners: Vec<(PathBuf, UnixListener, Scope)>,
+    serving: impl Into<Serving>,
+    log: Logger,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    limits: Limits,
+) {
     let serving = serving.into();
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Connections::default());
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
     let mut accept_tasks = Vec::new();
-    for (path, listener) in listeners {
-        let accept = listener::accept_loop(path, listener, connections.clone(), limits, log.clone(), conn_tx.clone());
+    for (path, listener, scope) in listeners {
+        let accept =
+            listener::accept_loop(path, listener, scope, connections.clone(), limits, log.clone(), conn_tx.clone());
         accept_tasks.push(tokio::spawn(accept));
     }
     drop(conn_tx);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            Some((stream, slot)) = conn_rx.recv() => {
+            Some((stream, slot, scope)) = conn_rx.recv() => {
                 let id = slot.id();
-                let conn = serve_connection(stream, slot, serving.clone(), log.clone(), limits, &graceful);
+                let conn = serve_connection(stream, slot, scope, serving.clone(), log.clone(), limits, &graceful);
                 connections.set_abort(id, tokio::spawn(conn).abort_handle());
             }
             _ = &mut shutdown => break,
@@ -139,6 +154,7 @@ pub async fn serve_with(
 fn serve_connection(
     stream: UnixStream,
     slot: Slot,
+    scope: Scope,
     serving: Serving,
     log: Logger,
     limits: Limits,
@@ -148,7 +164,7 @@ fn serve_connection(
     let call_log = log.clone();
     let service = service_fn(move |req| {
         let busy = slot.busy();
-        let call = handle(serving.clone(), call_log.clone(), limits, req);
+        let call = handle(serving.clone(), call_log.clone(), limits, scope, req);
         async move {
             let reply = call.await;
             drop(busy);
@@ -192,6 +208,7 @@ async fn handle(
     serving: Serving,
     log: Logger,
     limits: Limits,
+    scope: Scope,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
@@ -211,7 +228,7 @@ async fn handle(
     let plugin = match serving {
         Serving::Plugin(plugin) => plugin,
         Serving::Refusing(reason) => {
-            let reply = handshake(&path)
+            let reply = handshake(&path, scope)
                 .unwrap_or_else(|| Reply::error(key, StatusCode::SERVICE_UNAVAILABLE, reason.to_string()));
             return Ok(finish(&log, &path, &body, reply, started));
         }
@@ -221,7 +238,7 @@ async fn handle(
     // and commits nothing (its transaction sees the verdict).
     let call = {
         let (plugin, path, body) = (plugin.clone(), path.clone(), body.clone());
-        tokio::spawn(deadline.clone().scope(async move { dispatch(&plugin, &path, &body, key).await }))
+        tokio::spawn(deadline.clone().scope(async move { dispatch(&plugin, &path, &body, key, scope).await }))
     };
     let reply = answer_in_time(&deadline, call, key, &path, &log).await;
     Ok(finish(&log, &path, &body, reply, started))
@@ -329,8 +346,8 @@ fn is_empty_body(body: &[u8]) -> bool {
     body.iter().all(u8::is_ascii_whitespace)
 }
 
-async fn dispatch(plugin: &Plugin, path: &str, body: &[u8], key: ErrorKey) -> Reply {
-    let result = route(plugin, path, body).await;
+async fn dispatch(plugin: &Plugin, path: &str, body: &[u8], key: ErrorKey, scope: Scope) -> Reply {
+    let result = route(plugin, path, body, scope).await;
     match result {
         Ok(reply) => reply,
         Err(RouteError::NotFound) => Reply::error(
@@ -348,7 +365,12 @@ async fn dispatch(plugin: &Plugin, path: &str, body: &[u8], key: ErrorKey) -> Re
 /// error text it would show. The in-process fixture replay drives the plugin
 /// through this, so it exercises the same routing and decoding as the socket.
 pub async fn answer(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Value, String> {
-    match route(plugin, path, body).await {
+    answer_on(plugin, path, body, Scope::Local).await
+}
+
+/// `answer` as the socket of that scope would.
+pub async fn answer_on(plugin: &Plugin, path: &str, body: &[u8], scope: Scope) -> Result<Value, String> {
+    match route(plugin, path, body, scope).await {
         Ok(reply) => reply.outcome.map(|()| reply.body),
         Err(RouteError::NotFound) => Err(format!("{path}: unknown method")),
         Err(RouteError::Plugin(e)) => Err(e.0),
@@ -370,17 +392,17 @@ impl From<PluginError> for RouteError {
 struct Empty {}
 
 /// The calls dockerd makes to register the plugin; they need no state.
-fn handshake(path: &str) -> Option<Reply> {
+fn handshake(path: &str, scope: Scope) -> Option<Reply> {
     Some(match path {
         "/Plugin.Activate" => Reply::ok(ActivateResponse { implements: vec!["NetworkDriver", "IpamDriver"] }),
-        "/NetworkDriver.GetCapabilities" => Reply::ok(Plugin::capabilities()),
+        "/NetworkDriver.GetCapabilities" => Reply::ok(Plugin::capabilities(scope)),
         "/IpamDriver.GetCapabilities" => Reply::ok(Plugin::ipam_capabilities()),
         "/IpamDriver.GetDefaultAddressSpaces" => Reply::ok(Plugin::default_address_spaces()),
         _ => return None,
     })
 }
 
-async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteError> {
+async fn route(plugin: &Plugin, path: &str, body: &[u8], scope: Scope) -> Result<Reply, RouteError> {
     macro_rules! call {
         ($method:ident) => {{
             let req = decode_args(path, body)?;
@@ -392,7 +414,7 @@ async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteE
             Reply::ok(Empty {})
         }};
     }
-    if let Some(reply) = handshake(path) {
+    if let Some(reply) = handshake(path, scope) {
         return Ok(reply);
     }
     let reply = match path {
@@ -407,15 +429,12 @@ async fn route(plugin: &Plugin, path: &str, body: &[u8]) -> Result<Reply, RouteE
         "/NetworkDriver.RevokeExternalConnectivity" => call!(revoke_external_connectivity, empty),
         "/NetworkDriver.GwAllocCheck" => Reply::ok(plugin.gw_alloc_check(decode(path, body)?)?),
         "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => {
-            decode::<DiscoveryRequest>(path, body)?;
+            plugin.discover(decode::<DiscoveryRequest>(path, body)?, path.ends_with("DiscoverNew"))?;
             Reply::ok(Empty {})
         }
-        "/NetworkDriver.AllocateNetwork" => {
-            decode::<AllocateNetworkRequest>(path, body)?;
-            Reply::ok(AllocateNetworkResponse::default())
-        }
+        "/NetworkDriver.AllocateNetwork" => Reply::ok(plugin.allocate_network(decode(path, body)?)?),
         "/NetworkDriver.FreeNetwork" => {
-            decode::<NetworkRequest>(path, body)?;
+            plugin.free_network(decode::<NetworkRequest>(path, body)?)?;
             Reply::ok(Empty {})
         }
         "/IpamDriver.RequestPool" => call!(request_pool),

@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 
 use common::{Netns, ready_or_skip};
 use rustbridge::dataplane::netlink::NetlinkDataPlane;
-use rustbridge::dataplane::{BridgeSpec, DataPlane, LinkKind, VethSpec};
+use rustbridge::dataplane::{
+    BridgeSpec, DataPlane, FLOOD_MAC, FdbEntry, LinkKind, NeighEntry, VethSpec, VxlanEntries, VxlanSpec,
+};
 use rustbridge::driver::Plugin;
 use rustbridge::ipam::default_pools;
 use rustbridge::names::{bridge_name, veth_names};
@@ -117,6 +119,65 @@ fn a_bridge_is_made_once_configured_and_deleted() {
     assert!(kinds.contains(&(spec.name.clone(), LinkKind::Bridge)), "{kinds:?}");
     assert!(kinds.contains(&("lo".to_string(), LinkKind::Other)), "{kinds:?}");
     assert!(!ns.has_link(&spec.name), "bridge deleted: {:?}", ns.link_names());
+}
+
+/// A swarm network's VXLAN device: made on its bridge as asked, its
+/// forwarding entries (two remotes under the flooding MAC, one per MAC) and
+/// neighbours written, read back, removed one by one, and gone with the device.
+#[test]
+fn a_vxlan_device_holds_exactly_the_entries_written_and_loses_them_with_it() {
+    require_root!();
+    let ns = Netns::container();
+    let bridge = bridge_spec("rb-vx0123456789", 1450, true, &["10.82.0.1/24"]);
+    let spec = VxlanSpec {
+        name: "rbx-vx012345678".into(),
+        vni: 4242,
+        port: 4799,
+        mtu: 1450,
+        bridge: bridge.name.clone(),
+        instance: "dataplane-test".into(),
+    };
+    let ip = |s: &str| s.parse().unwrap();
+    let flood = |dst: &str| FdbEntry { mac: FLOOD_MAC.into(), dst: ip(dst) };
+    let one = FdbEntry { mac: "02:42:0a:52:00:07".into(), dst: ip("192.0.2.13") };
+    let neigh = NeighEntry { ip: ip("10.82.0.7"), mac: "02:42:0a:52:00:07".into() };
+    let (written, after_removal) = in_netns(&ns, async |dp| {
+        dp.ensure_bridge(&bridge).await.unwrap();
+        dp.ensure_vxlan(&spec).await.unwrap();
+        dp.ensure_vxlan(&spec).await.expect("a second ensure finds it");
+        for e in [flood("192.0.2.12"), flood("192.0.2.13"), one.clone()] {
+            dp.add_fdb(&spec.name, &e).await.unwrap();
+        }
+        dp.add_fdb(&spec.name, &flood("192.0.2.12")).await.expect("appending an entry twice is success");
+        dp.add_neigh(&spec.name, &neigh).await.unwrap();
+        let written = dp.vxlan_entries(&spec.name).await.unwrap();
+        dp.del_fdb(&spec.name, &flood("192.0.2.12")).await.unwrap();
+        dp.del_neigh(&spec.name, &neigh).await.unwrap();
+        dp.del_neigh(&spec.name, &neigh).await.expect("removing a gone neighbour is success");
+        (written, dp.vxlan_entries(&spec.name).await.unwrap())
+    });
+    let mut fdb = vec![flood("192.0.2.12"), flood("192.0.2.13"), one.clone()];
+    fdb.sort();
+    assert_eq!(written, VxlanEntries { fdb, neigh: vec![neigh.clone()] });
+    let mut left = vec![flood("192.0.2.13"), one.clone()];
+    left.sort();
+    assert_eq!(after_removal, VxlanEntries { fdb: left, neigh: vec![] });
+    let link = ns.link(&spec.name).expect("vxlan device exists");
+    assert_eq!(link["linkinfo"]["info_kind"], "vxlan");
+    assert_eq!(link["linkinfo"]["info_data"]["id"], 4242);
+    assert_eq!(link["linkinfo"]["info_data"]["port"], 4799);
+    assert_eq!(link["linkinfo"]["info_data"]["learning"], false);
+    assert_eq!(link["linkinfo"]["info_data"]["proxy"], true);
+    assert_eq!(link["mtu"], 1450);
+    assert_eq!(link["master"], bridge.name.as_str());
+    let gone = in_netns(&ns, async |dp| {
+        dp.delete_link(&spec.name).await.unwrap();
+        let entries = dp.vxlan_entries(&spec.name).await.unwrap();
+        dp.delete_link(&bridge.name).await.unwrap();
+        entries
+    });
+    assert_eq!(gone, VxlanEntries::default(), "the entries go with the device");
+    assert!(!ns.has_link(&spec.name) && !ns.has_link(&bridge.name));
 }
 
 #[test]

@@ -10,7 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{BridgeOutcome, BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, Result, VethSpec};
+use super::{
+    BridgeOutcome, BridgeSpec, DataPlane, DataPlaneError, FLOOD_MAC, FdbEntry, Link, LinkKind, NeighEntry, Result,
+    VethSpec, VxlanEntries, VxlanSpec,
+};
 use crate::firewall::{FwPort, Proto};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +29,10 @@ pub struct FakeLink {
     /// The instance ID of the owner mark.
     pub owner: Option<String>,
     pub route_localnet: bool,
+    /// A VXLAN device's VNI and port.
+    pub vxlan: Option<(u32, u16)>,
+    /// A VXLAN device's forwarding entries and neighbours (gone with the device).
+    pub entries: VxlanEntries,
 }
 
 impl FakeLink {
@@ -39,6 +46,8 @@ impl FakeLink {
             peer: None,
             owner: None,
             route_localnet: false,
+            vxlan: None,
+            entries: VxlanEntries::default(),
         }
     }
 }
@@ -54,6 +63,8 @@ pub struct FakeDataPlane {
     pub ephemeral_ports: Mutex<Option<RangeInclusive<u16>>>,
     /// Host ports a "host service" listens on: (protocol, port).
     pub busy_ports: Mutex<BTreeSet<(Proto, u16)>>,
+    /// What `underlay_mtu` answers (1500 when None).
+    pub underlay_mtu: Mutex<Option<u32>>,
     /// The state of the deterministic random generator (MAC addresses).
     pub random_state: Mutex<u64>,
     /// Every call, in order, as "operation name" (see [`FakeDataPlane::calls`]).
@@ -202,6 +213,8 @@ impl DataPlane for FakeDataPlane {
             peer: Some(peer.clone()),
             owner,
             route_localnet: false,
+            vxlan: None,
+            entries: VxlanEntries::default(),
         };
         let host = veth(Some(spec.bridge.clone()), true, &spec.peer_name, Some(spec.instance.clone()));
         links.insert(spec.host_name.clone(), host);
@@ -280,6 +293,89 @@ impl DataPlane for FakeDataPlane {
     fn host_port_free(&self, port: &FwPort) -> std::io::Result<()> {
         if self.busy_ports.lock().unwrap().contains(&(port.proto, port.host_port)) {
             return Err(std::io::Error::from(std::io::ErrorKind::AddrInUse));
+        }
+        Ok(())
+    }
+
+    async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
+        self.enter("ensure_vxlan", &spec.name).await?;
+        let mut links = self.links.lock().unwrap();
+        if !links.contains_key(&spec.bridge) {
+            return Err(DataPlaneError::new(
+                "attach VXLAN device",
+                &spec.name,
+                format!("bridge {} not found", spec.bridge),
+            ));
+        }
+        let link = links.entry(spec.name.clone()).or_insert_with(|| FakeLink {
+            kind: LinkKind::Vxlan,
+            vxlan: Some((spec.vni, spec.port)),
+            ..FakeLink::bridge()
+        });
+        if link.kind != LinkKind::Vxlan {
+            return Err(DataPlaneError::new(
+                "create VXLAN device",
+                &spec.name,
+                "a link of that name exists and is not VXLAN",
+            ));
+        }
+        link.mtu = spec.mtu;
+        link.controller = Some(spec.bridge.clone());
+        link.owner = Some(spec.instance.clone());
+        link.up = true;
+        Ok(())
+    }
+
+    async fn underlay_mtu(&self, _local: Option<std::net::IpAddr>) -> Result<u32> {
+        self.enter("underlay_mtu", "all").await?;
+        Ok(self.underlay_mtu.lock().unwrap().unwrap_or(1500))
+    }
+
+    async fn vxlan_entries(&self, device: &str) -> Result<VxlanEntries> {
+        self.enter("vxlan_entries", device).await?;
+        Ok(self.links.lock().unwrap().get(device).map(|l| l.entries.clone()).unwrap_or_default())
+    }
+
+    async fn add_fdb(&self, device: &str, entry: &FdbEntry) -> Result<()> {
+        self.enter("add_fdb", device).await?;
+        let mut links = self.links.lock().unwrap();
+        let link = links
+            .get_mut(device)
+            .ok_or_else(|| DataPlaneError::new("add forwarding entry", device, "No such device (os error 19)"))?;
+        if entry.mac != FLOOD_MAC {
+            link.entries.fdb.retain(|e| e.mac != entry.mac);
+        }
+        if !link.entries.fdb.contains(entry) {
+            link.entries.fdb.push(entry.clone());
+            link.entries.fdb.sort();
+        }
+        Ok(())
+    }
+
+    async fn del_fdb(&self, device: &str, entry: &FdbEntry) -> Result<()> {
+        self.enter("del_fdb", device).await?;
+        if let Some(link) = self.links.lock().unwrap().get_mut(device) {
+            link.entries.fdb.retain(|e| e != entry);
+        }
+        Ok(())
+    }
+
+    async fn add_neigh(&self, device: &str, entry: &NeighEntry) -> Result<()> {
+        self.enter("add_neigh", device).await?;
+        let mut links = self.links.lock().unwrap();
+        let link = links
+            .get_mut(device)
+            .ok_or_else(|| DataPlaneError::new("add neighbour", device, "No such device (os error 19)"))?;
+        link.entries.neigh.retain(|e| e.ip != entry.ip);
+        link.entries.neigh.push(entry.clone());
+        link.entries.neigh.sort();
+        Ok(())
+    }
+
+    async fn del_neigh(&self, device: &str, entry: &NeighEntry) -> Result<()> {
+        self.enter("del_neigh", device).await?;
+        if let Some(link) = self.links.lock().unwrap().get_mut(device) {
+            link.entries.neigh.retain(|e| e.ip != entry.ip);
         }
         Ok(())
     }

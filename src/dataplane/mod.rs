@@ -7,6 +7,7 @@ pub mod fake;
 pub mod host;
 pub mod netlink;
 
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use async_trait::async_trait;
@@ -61,10 +62,51 @@ pub struct VethSpec {
     pub instance: String,
 }
 
+/// A network's VXLAN device (swarm networks): a port of the network's
+/// bridge, learning off, ARP/ND answered from the static neighbours the
+/// membership task writes (proxy), so nothing is learned from the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    /// UDP destination port (the plugin setting `RUSTBRIDGE_VXLAN_PORT`).
+    pub port: u16,
+    pub mtu: u32,
+    pub bridge: String,
+    /// The instance ID of the state database: the device is marked with it.
+    pub instance: String,
+}
+
+/// The MAC of the flooding entries: broadcast, multicast and unknown unicast
+/// go to every peer listed under it (head-end replication).
+pub const FLOOD_MAC: &str = "00:00:00:00:00:00";
+
+/// A forwarding entry of a VXLAN device: frames for `mac` go to the host `dst`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FdbEntry {
+    pub mac: String,
+    pub dst: IpAddr,
+}
+
+/// A static neighbour on a VXLAN device: `ip` lives behind `mac` (answered locally).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NeighEntry {
+    pub ip: IpAddr,
+    pub mac: String,
+}
+
+/// What a VXLAN device holds that the plugin wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanEntries {
+    pub fdb: Vec<FdbEntry>,
+    pub neigh: Vec<NeighEntry>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkKind {
     Bridge,
     Veth,
+    Vxlan,
     Other,
 }
 
@@ -161,4 +203,22 @@ pub trait DataPlane: Send + Sync {
     fn host_port_free(&self, port: &FwPort) -> std::io::Result<()>;
     /// Random bytes (MAC addresses).
     fn random_bytes(&self, buf: &mut [u8]) -> Result<()>;
+
+    /// Creates the VXLAN device if missing (learning off, proxy on, the port
+    /// given), marks it, sets its MTU and puts it up on its bridge.
+    async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<()>;
+    /// The MTU of the interface holding `local` (the node's data-path
+    /// address); without it, of the interface of the default route; 1500 when neither is known.
+    async fn underlay_mtu(&self, local: Option<IpAddr>) -> Result<u32>;
+    /// The forwarding entries with a remote and the permanent neighbours of a
+    /// VXLAN device (empty when it is gone).
+    async fn vxlan_entries(&self, device: &str) -> Result<VxlanEntries>;
+    /// Adds a forwarding entry (appended for [`FLOOD_MAC`], replacing any other).
+    async fn add_fdb(&self, device: &str, entry: &FdbEntry) -> Result<()>;
+    /// Removes a forwarding entry; one that is gone (or a device that is gone) is success.
+    async fn del_fdb(&self, device: &str, entry: &FdbEntry) -> Result<()>;
+    /// Adds or replaces a permanent neighbour.
+    async fn add_neigh(&self, device: &str, entry: &NeighEntry) -> Result<()>;
+    /// Removes a neighbour; one that is gone (or a device that is gone) is success.
+    async fn del_neigh(&self, device: &str, entry: &NeighEntry) -> Result<()>;
 }

@@ -7,26 +7,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecUnspec, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
 use rtnetlink::packet_core::{DefaultNla, NLA_F_NESTED};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use super::{
-    BridgeOutcome, BridgeSpec, DataPlane, DataPlaneError, Link, LinkKind, OWNER_MARK_PREFIX, Result, VethSpec,
-    owner_mark,
+    BridgeOutcome, BridgeSpec, DataPlane, DataPlaneError, FLOOD_MAC, FdbEntry, Link, LinkKind, NeighEntry,
+    OWNER_MARK_PREFIX, Result, VethSpec, VxlanEntries, VxlanSpec, owner_mark,
 };
 
 use super::EEXIST;
 /// errno values we react to (from <asm-generic/errno-base.h>, stable kernel ABI).
 const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
+const ENOENT: i32 = 2;
 
 /// Every netlink request (a dump included) gets this long. The kernel
 /// answers in microseconds; a request stuck behind a busy rtnl lock must not
@@ -346,9 +356,219 @@ impl DataPlane for NetlinkDataPlane {
         out.dedup();
         Ok(out)
     }
+    async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
+        let name = spec.name.as_str();
+        let bridge_index = self.require_index("attach VXLAN device to bridge", &spec.bridge).await?;
+        let index = match self.find_link(name).await? {
+            Some(link) if link_kind(&link) == LinkKind::Vxlan => link.header.index,
+            Some(_) => {
+                return Err(DataPlaneError::new(
+                    "create VXLAN device",
+                    name,
+                    "a link of that name exists and is not VXLAN",
+                ));
+            }
+            None => {
+                let message = LinkVxlan::new(name, spec.vni).port(spec.port).learning(false).proxy(true).build();
+                let request = self.handle.link().add(message).execute();
+                self.bounded("create VXLAN device", name, async {
+                    request.await.map_err(|e| DataPlaneError::new("create VXLAN device", name, describe(&e)))
+                })
+                .await?;
+                self.require_index("create VXLAN device", name).await?
+            }
+        };
+        self.mark(index, name, &spec.instance).await?;
+        let message = LinkUnspec::new_with_index(index).mtu(spec.mtu).controller(bridge_index).up().build();
+        self.set_link("put VXLAN device on its bridge", name, message).await
+    }
+
+    async fn underlay_mtu(&self, local: Option<IpAddr>) -> Result<u32> {
+        let index = match local {
+            Some(ip) => {
+                let mut found = None;
+                self.bounded("list addresses", "all", async {
+                    let mut stream = self.handle.address().get().execute();
+                    while let Some(msg) = stream
+                        .try_next()
+                        .await
+                        .map_err(|e| DataPlaneError::new("list addresses", "all", describe(&e)))?
+                    {
+                        if address_of(&msg) == Some(ip) {
+                            found = Some(msg.header.index);
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+                found
+            }
+            None => self.default_route_index().await?,
+        };
+        let Some(index) = index else { return Ok(crate::options::DEFAULT_MTU) };
+        let mtu = self
+            .bounded("look up underlay MTU", &index.to_string(), async {
+                let mut links = self.handle.link().get().match_index(index).execute();
+                let link = links
+                    .try_next()
+                    .await
+                    .map_err(|e| DataPlaneError::new("look up link", &index.to_string(), describe(&e)))?;
+                Ok(link.and_then(|l| {
+                    l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Mtu(mtu) => Some(*mtu),
+                        _ => None,
+                    })
+                }))
+            })
+            .await?;
+        Ok(mtu.unwrap_or(crate::options::DEFAULT_MTU))
+    }
+
+    async fn vxlan_entries(&self, device: &str) -> Result<VxlanEntries> {
+        let Some(link) = self.find_link(device).await? else { return Ok(VxlanEntries::default()) };
+        let index = link.header.index;
+        let mut entries = VxlanEntries::default();
+        for family in [AddressFamily::Bridge, AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut request = self.handle.neighbours().get();
+            request.message_mut().header.family = family;
+            let mut stream = request.execute();
+            let dump = async {
+                while let Some(msg) =
+                    stream.try_next().await.map_err(|e| DataPlaneError::new("list neighbours", device, describe(&e)))?
+                {
+                    if msg.header.ifindex != index {
+                        continue;
+                    }
+                    let lladdr = msg.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(mac) => Some(format_mac(mac)),
+                        _ => None,
+                    });
+                    let dst = msg.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(address) => ip_of(address),
+                        _ => None,
+                    });
+                    match (family, lladdr, dst) {
+                        (AddressFamily::Bridge, Some(mac), Some(dst))
+                            if msg.header.flags.contains(NeighbourFlags::Own) =>
+                        {
+                            entries.fdb.push(FdbEntry { mac, dst })
+                        }
+                        (AddressFamily::Inet | AddressFamily::Inet6, Some(mac), Some(ip))
+                            if msg.header.state == NeighbourState::Permanent =>
+                        {
+                            entries.neigh.push(NeighEntry { ip, mac })
+                        }
+                        _ => {}
+                    }
+                }
+                Ok::<(), DataPlaneError>(())
+            };
+            self.bounded("list neighbours", device, dump).await?;
+        }
+        entries.fdb.sort();
+        entries.neigh.sort();
+        Ok(entries)
+    }
+
+    async fn add_fdb(&self, device: &str, entry: &FdbEntry) -> Result<()> {
+        let index = self.require_index("add forwarding entry", device).await?;
+        let message = fdb_message(index, entry)?;
+        let append = entry.mac == FLOOD_MAC;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(message));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | if append { NLM_F_APPEND } else { NLM_F_REPLACE };
+        match self.send("add forwarding entry", device, req).await {
+            Err(e) if append && e.message.contains("os error 17") => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn del_fdb(&self, device: &str, entry: &FdbEntry) -> Result<()> {
+        let Some(link) = self.find_link(device).await? else { return Ok(()) };
+        let message = fdb_message(link.header.index, entry)?;
+        let request = self.handle.neighbours().del(message).execute();
+        match self.bounded("remove forwarding entry", device, async { Ok(request.await) }).await? {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ENOENT | ENODEV)) => Ok(()),
+            Err(e) => Err(DataPlaneError::new(
+                "remove forwarding entry",
+                device,
+                format!("{} -> {}: {}", entry.mac, entry.dst, describe(&e)),
+            )),
+        }
+    }
+
+    async fn add_neigh(&self, device: &str, entry: &NeighEntry) -> Result<()> {
+        let index = self.require_index("add neighbour", device).await?;
+        let mac = parse_mac(device, &entry.mac)?;
+        let request = self.handle.neighbours().add(index, entry.ip).link_layer_address(&mac).replace().execute();
+        self.bounded("add neighbour", device, async {
+            request.await.map_err(|e| {
+                DataPlaneError::new("add neighbour", device, format!("{} {}: {}", entry.ip, entry.mac, describe(&e)))
+            })
+        })
+        .await
+    }
+
+    async fn del_neigh(&self, device: &str, entry: &NeighEntry) -> Result<()> {
+        let Some(link) = self.find_link(device).await? else { return Ok(()) };
+        let mut message = NeighbourMessage::default();
+        message.header.family = match entry.ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        message.header.ifindex = link.header.index;
+        message.attributes.push(NeighbourAttribute::Destination(match entry.ip {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        }));
+        let request = self.handle.neighbours().del(message).execute();
+        match self.bounded("remove neighbour", device, async { Ok(request.await) }).await? {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ENOENT | ENODEV)) => Ok(()),
+            Err(e) => Err(DataPlaneError::new("remove neighbour", device, format!("{}: {}", entry.ip, describe(&e)))),
+        }
+    }
 }
 
 impl NetlinkDataPlane {
+    /// Sends one request and reads its acknowledgement.
+    async fn send(&self, action: &'static str, name: &str, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<()> {
+        let mut handle = self.handle.clone();
+        self.bounded(action, name, async {
+            let mut response = handle.request(req).map_err(|e| DataPlaneError::new(action, name, describe(&e)))?;
+            while let Some(message) = response.next().await {
+                if let NetlinkPayload::Error(err) = message.payload {
+                    return Err(DataPlaneError::new(action, name, describe(&rtnetlink::Error::NetlinkError(err))));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The interface of the main table's IPv4 default route, if any.
+    async fn default_route_index(&self) -> Result<Option<u32>> {
+        self.bounded("list routes", "main", async {
+            let mut routes =
+                self.handle.route().get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()).execute();
+            while let Some(route) =
+                routes.try_next().await.map_err(|e| DataPlaneError::new("list routes", "main", describe(&e)))?
+            {
+                if route.header.table == RouteHeader::RT_TABLE_MAIN && route.header.destination_prefix_length == 0 {
+                    let oif = route.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Oif(index) => Some(*index),
+                        _ => None,
+                    });
+                    if oif.is_some() {
+                        return Ok(oif);
+                    }
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
     /// Every address on every link, by link index (one dump).
     async fn all_addresses(&self) -> Result<BTreeMap<u32, Vec<IpNet>>> {
         self.bounded("list addresses", "all", async {
@@ -483,6 +703,53 @@ fn route_localnet(on: bool) -> AfSpecInet {
     AfSpecInet::Other(DefaultNla::new(IFLA_INET_CONF | NLA_F_NESTED, value))
 }
 
+/// A bridge-family neighbour message for a VXLAN forwarding entry (NTF_SELF: the device's own table).
+fn fdb_message(index: u32, entry: &FdbEntry) -> Result<NeighbourMessage> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Bridge;
+    message.header.ifindex = index;
+    message.header.state = NeighbourState::Permanent;
+    message.header.flags = NeighbourFlags::Own;
+    message.attributes.push(NeighbourAttribute::LinkLayerAddress(parse_mac(&index.to_string(), &entry.mac)?.to_vec()));
+    message.attributes.push(NeighbourAttribute::Destination(match entry.dst {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }));
+    Ok(message)
+}
+
+fn parse_mac(device: &str, text: &str) -> Result<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(DataPlaneError::new("parse MAC address", device, format!("{text:?} is not a MAC address")));
+    }
+    for (byte, part) in out.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16)
+            .map_err(|_| DataPlaneError::new("parse MAC address", device, format!("{text:?} is not a MAC address")))?;
+    }
+    Ok(out)
+}
+
+/// A neighbour's address; in a bridge-family (FDB) message the crate leaves
+/// the remote's bytes raw.
+fn ip_of(address: &NeighbourAddress) -> Option<IpAddr> {
+    match address {
+        NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn format_mac(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
@@ -558,6 +825,7 @@ fn link_kind(link: &LinkMessage) -> LinkKind {
     match kind {
         Some(InfoKind::Bridge) => LinkKind::Bridge,
         Some(InfoKind::Veth) => LinkKind::Veth,
+        Some(InfoKind::Vxlan) => LinkKind::Vxlan,
         _ => LinkKind::Other,
     }
 }

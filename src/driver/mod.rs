@@ -8,6 +8,7 @@
 pub mod ipam;
 pub mod network;
 pub mod ports;
+pub mod swarm;
 pub mod txn;
 
 use std::collections::BTreeMap;
@@ -68,6 +69,8 @@ pub struct Plugin {
     firewall: Arc<dyn Firewall>,
     store: Store,
     unclaimed: Unclaimed,
+    swarm_settings: swarm::SwarmSettings,
+    swarm_view: std::sync::Mutex<swarm::SwarmView>,
 }
 
 impl Plugin {
@@ -153,7 +156,15 @@ impl Plugin {
             firewall,
             store,
             unclaimed: Unclaimed::new(UNCLAIMED_GRACE),
+            swarm_settings: swarm::SwarmSettings::default(),
+            swarm_view: Default::default(),
         })
+    }
+
+    /// The swarm network settings (VXLAN port, dockerd's socket, polling).
+    pub fn with_swarm_settings(mut self, settings: swarm::SwarmSettings) -> Plugin {
+        self.swarm_settings = settings;
+        self
     }
 }
 

@@ -27,15 +27,20 @@ use crate::state::{Change, EndpointRecord, NetworkRecord, SubnetRecord};
 type HostEnd = Option<(String, Option<u32>)>;
 
 impl Plugin {
-    pub fn capabilities() -> CapabilitiesResponse {
-        CapabilitiesResponse { scope: "local", connectivity_scope: "local", gw_alloc_checker: true }
+    /// The legacy socket's driver is local; the managed socket's may be global (swarm).
+    pub fn capabilities(scope: Scope) -> CapabilitiesResponse {
+        CapabilitiesResponse { scope: scope.as_str(), connectivity_scope: scope.as_str(), gw_alloc_checker: true }
     }
 
     pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<()> {
         validate_id("NetworkID", &req.network_id)?;
-        let options = parse_network_options(req.options.as_ref())?;
+        let mut options = parse_network_options(req.options.as_ref())?;
         let ipv4 = parse_ipam_data("IPv4Data", req.ipv4_data.as_deref(), Family::V4, &options)?;
         let ipv6 = parse_ipam_data("IPv6Data", req.ipv6_data.as_deref(), Family::V6, &options)?;
+        if options.vni.is_some() {
+            // A swarm network: the MTU leaves room for the encapsulation.
+            options.mtu = self.swarm_mtu(options.mtu_explicit.then_some(options.mtu)).await?;
+        }
         let mut txn = self.begin().await?;
         let outcome = self.create_network_in(&mut txn, &req.network_id, options, ipv4, ipv6).await;
         txn.finish(outcome).await
@@ -50,7 +55,11 @@ impl Plugin {
         ipv6: Vec<SubnetRecord>,
     ) -> Result<()> {
         if let Some(existing) = txn.state().networks.get(network_id) {
-            if existing.options != options || existing.ipv4 != ipv4 || existing.ipv6 != ipv6 {
+            // A swarm network's derived MTU may differ between two calls (the underlay was learned meanwhile).
+            let derived_mtu = existing.options.vni.is_some() && !options.mtu_explicit;
+            let same_options = existing.options == NetworkOptions { mtu: existing.options.mtu, ..options.clone() }
+                && (derived_mtu || existing.options.mtu == options.mtu);
+            if !same_options || existing.ipv4 != ipv4 || existing.ipv6 != ipv6 {
                 return Err(PluginError::new(format!(
                     "network {} already exists with other settings",
                     short(network_id)
@@ -59,6 +68,9 @@ impl Plugin {
             // dockerd retried after losing our answer: make sure the bridge is there.
             let spec = self.bridge_spec(existing);
             txn.kernel("checking the bridge", self.dataplane.ensure_bridge(&spec)).await?;
+            if let Some(vxlan) = self.vxlan_spec(existing) {
+                txn.kernel("checking the VXLAN device", self.dataplane.ensure_vxlan(&vxlan)).await?;
+            }
             return Ok(());
         }
         let bridge = options.bridge_name.clone().unwrap_or_else(|| bridge_name(network_id));
@@ -90,6 +102,10 @@ impl Plugin {
         // On an adopted bridge, only these go when the network goes.
         record.added_addresses = outcome.added;
         txn.on_undo(undo_bridge(&record));
+        if let Some(vxlan) = self.vxlan_spec(&record) {
+            txn.kernel("creating the VXLAN device", self.dataplane.ensure_vxlan(&vxlan)).await?;
+            txn.on_undo(Undo::DeleteLink(vxlan.name));
+        }
         txn.record(Change::PutNetwork(record));
         txn.sync_firewall().await
     }
@@ -135,6 +151,11 @@ impl Plugin {
             txn.record(Change::DeleteEndpoint(endpoint.id.clone()));
         }
         txn.sync_firewall().await?;
+        // Its forwarding entries and neighbours go with the device.
+        if let Some(vxlan) = self.vxlan_spec(&record) {
+            txn.kernel("removing the VXLAN device", self.dataplane.delete_link(&vxlan.name)).await?;
+            txn.on_undo(Undo::EnsureVxlan(vxlan));
+        }
         txn.kernel("removing the bridge", self.remove_bridge(&record)).await?;
         txn.on_undo(Undo::EnsureBridge(self.bridge_spec(&record)));
         Ok(())
@@ -366,6 +387,7 @@ fn create_endpoint_in(
         return Ok(endpoint_response(existing, &interface.mac_address));
     }
     let mac = match interface.mac_address.as_str() {
+        _ if network.options.vni.is_some() => swarm_endpoint_mac(&interface.mac_address, address, address_v6)?,
         "" => endpoint_mac(host, state, address, address_v6)?,
         given => parse_mac("Interface.MacAddress", given)?,
     };
@@ -512,7 +534,24 @@ fn endpoint_mac(
     }
 }
 
-fn mac_from_ip(ip: IpAddr) -> String {
+/// On a swarm network every endpoint's MAC follows its address: the other
+/// hosts learn an endpoint's address from dockerd and derive the MAC the same
+/// way (`membership.rs`), so a MAC chosen otherwise would be unreachable.
+fn swarm_endpoint_mac(given: &str, address: Option<IpNet>, address_v6: Option<IpNet>) -> Result<String> {
+    let Some(derived) = address.or(address_v6).map(|net| mac_from_ip(net.addr())) else {
+        return Err(PluginError::new(
+            "Interface.Address: an endpoint of a swarm network needs an address (its MAC is derived from it)",
+        ));
+    };
+    if !given.is_empty() && parse_mac("Interface.MacAddress", given)? != derived {
+        return Err(PluginError::new(format!(
+            "Interface.MacAddress {given}: on a swarm network the MAC follows the address ({derived}); other hosts could not reach another one"
+        )));
+    }
+    Ok(derived)
+}
+
+pub fn mac_from_ip(ip: IpAddr) -> String {
     let tail: [u8; 4] = match ip {
         IpAddr::V4(v4) => v4.octets(),
         IpAddr::V6(v6) => {

@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use tokio::sync::MutexGuard;
 
 use super::{Plugin, PluginError, Result, State, firewall_network};
-use crate::dataplane::{BridgeSpec, DataPlane};
+use crate::dataplane::{BridgeSpec, DataPlane, VxlanSpec};
 use crate::deadline::CallDeadline;
 use crate::firewall::{FirewallError, FwChange, FwNetwork};
 use crate::state::{Change, EndpointRecord, NetworkRecord};
@@ -51,6 +51,8 @@ pub enum Undo {
     RemoveBridgeAddresses { bridge: String, addresses: Vec<IpNet> },
     /// A bridge the call removed (or took its addresses from).
     EnsureBridge(BridgeSpec),
+    /// A VXLAN device the call removed (the membership task refills its entries).
+    EnsureVxlan(VxlanSpec),
     /// A kernel step that cannot be taken back (a veth pair deleted): the
     /// record must say so even though the call fails. Committed by the undo.
     Record(Box<Change>),
@@ -368,6 +370,7 @@ impl Txn<'_> {
                 plugin.dataplane.remove_bridge_addresses(&bridge, &addresses).await?
             }
             Undo::EnsureBridge(spec) => drop(plugin.dataplane.ensure_bridge(&spec).await?),
+            Undo::EnsureVxlan(spec) => plugin.dataplane.ensure_vxlan(&spec).await?,
             Undo::Record(_) => {} // committed together after the kernel steps
             Undo::Firewall(back) => {
                 if !plugin.firewall.apply(&back).await? {

@@ -17,6 +17,8 @@ pub struct FakeFirewall {
     /// The bridges of each `apply` call, in order (a call hands only what it changed).
     pub changes: Mutex<Vec<Vec<String>>>,
     pub fail_next: Mutex<bool>,
+    /// The swarm rule group's last (port, members); None: absent.
+    pub swarm: Mutex<Option<(u16, Vec<std::net::IpAddr>)>>,
     /// Each write takes this long before it applies (a wedged xtables lock).
     pub delay: Mutex<std::time::Duration>,
 }
@@ -69,5 +71,10 @@ impl Firewall for FakeFirewall {
 
     async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError> {
         Ok(sorted(&self.applied.lock().unwrap()) == sorted(networks))
+    }
+
+    async fn sync_swarm_members(&self, port: u16, members: Option<&[std::net::IpAddr]>) -> Result<(), FirewallError> {
+        *self.swarm.lock().unwrap() = members.map(|m| (port, m.to_vec()));
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! gains its first network or loses its last, at start-up and by the repair;
 //! never per call. Rules are passed on stdin, never through a shell.
 
+use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -100,6 +101,19 @@ impl IptablesFirewall {
         }
         let batch: String = plans.iter().map(|p| rules::render(p, &current)).collect();
         restore(&self.tools(family).restore, &batch).await
+    }
+
+    /// Swarm networks' rule group in filter INPUT ([`super::swarm`]): the VXLAN
+    /// and directory port admit only `members`, or the group goes (`None`).
+    pub async fn sync_swarm_members(&self, port: u16, members: Option<&[IpAddr]>) -> Result<(), FirewallError> {
+        use super::swarm::{SWARM_CHAIN, render};
+        let Some(current) = self.current(Family::V4, members.is_some()).await? else { return Ok(()) };
+        let exists = rules::Current::chain_exists(&current, "filter", SWARM_CHAIN);
+        let jumps = current.rules_of("filter", "INPUT").filter(|r| r.ends_with(&format!("-j {SWARM_CHAIN}"))).count();
+        if members.is_none() && !exists && jumps == 0 {
+            return Ok(());
+        }
+        restore(&self.tools(Family::V4).restore, &render(port, members, exists, jumps)).await
     }
 
     pub async fn family_intact(&self, active: bool, family: Family) -> Result<bool, FirewallError> {

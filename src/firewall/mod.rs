@@ -13,6 +13,7 @@ pub mod fake;
 pub mod iptables;
 pub mod nft;
 pub mod rules;
+pub mod swarm;
 
 #[cfg(any(test, feature = "test-support"))]
 pub use fake::FakeFirewall;
@@ -111,4 +112,7 @@ pub trait Firewall: Send + Sync {
     /// True when the rules in the kernel still match what `sync` last wrote
     /// (someone may have flushed them, or dockerd restarted and reordered FORWARD).
     async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError>;
+    /// Swarm networks' rule group ([`swarm`]): the VXLAN and directory port
+    /// admit only `members` (`Some`), or the group is removed (`None`). Idempotent.
+    async fn sync_swarm_members(&self, port: u16, members: Option<&[IpAddr]>) -> Result<(), FirewallError>;
 }

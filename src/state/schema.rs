@@ -87,6 +87,9 @@ record! {
         internal: bool,
         enable_ipv4: bool,
         enable_ipv6: bool,
+        /// Absent in records of networks of one host (and of releases before swarm networks).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
     }
 }
 

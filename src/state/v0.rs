@@ -128,11 +128,48 @@ convert_fields!(Network => schema::Network {
 
 convert_fields!(Subnet => schema::Subnet { pool, gateway });
 
-convert_fields!(Options => schema::Options {
-    bridge_name, mtu, mtu_explicit, iface_prefix, enable_icc, enable_ip_masquerade,
-    host_binding_ipv4, host_ipv4, host_ipv6, inhibit_ipv4, gateway_mode_ipv4, gateway_mode_ipv6,
-    trusted_host_interfaces, internal, enable_ipv4, enable_ipv6,
-});
+// Written out: schema 0 had no swarm networks (no VNI).
+impl From<Options> for schema::Options {
+    fn from(o: Options) -> Self {
+        let Options {
+            bridge_name,
+            mtu,
+            mtu_explicit,
+            iface_prefix,
+            enable_icc,
+            enable_ip_masquerade,
+            host_binding_ipv4,
+            host_ipv4,
+            host_ipv6,
+            inhibit_ipv4,
+            gateway_mode_ipv4,
+            gateway_mode_ipv6,
+            trusted_host_interfaces,
+            internal,
+            enable_ipv4,
+            enable_ipv6,
+        } = o;
+        schema::Options {
+            bridge_name,
+            mtu,
+            mtu_explicit,
+            iface_prefix,
+            enable_icc,
+            enable_ip_masquerade,
+            host_binding_ipv4,
+            host_ipv4,
+            host_ipv6,
+            inhibit_ipv4,
+            gateway_mode_ipv4,
+            gateway_mode_ipv6,
+            trusted_host_interfaces,
+            internal,
+            enable_ipv4,
+            enable_ipv6,
+            vni: None,
+        }
+    }
+}
 
 convert_fields!(Endpoint => schema::Endpoint {
     id, network_id, address, address_v6, mac, host_veth, container_veth, joined,

@@ -117,7 +117,7 @@ network_id() { docker network inspect -f '{{.Id}}' "$1"; }
 # plugin_mounts REF: the plugin's host mounts, "source:destination" sorted, one line.
 plugin_mounts() { docker plugin inspect -f '{{range .Config.Mounts}}{{.Source}}:{{.Destination}}{{println}}{{end}}' "$1" | sed '/^$/d' | sort | tr '\n' ' '; }
 # The mounts plugin/config.json must ask for: only what the plugin needs (README, Privileges and mounts).
-RB_EXPECTED_MOUNTS="/proc/sys/net/ipv6/conf/all/forwarding:/host/proc-sys-net-ipv6-conf-all/forwarding /run/docker/plugins:/run/host-plugins /var/lib/rustbridge:/host/var/lib/rustbridge "
+RB_EXPECTED_MOUNTS="/proc/sys/net/ipv6/conf/all/forwarding:/host/proc-sys-net-ipv6-conf-all/forwarding /run/docker/plugins:/run/host-plugins /var/lib/rustbridge:/host/var/lib/rustbridge /var/run/docker.sock:/host/run/docker.sock "
 # The plugin's device names (src/names.rs; its unit test checks these lines).
 RB_BRIDGE_PREFIX=rb-
 RB_HOST_VETH_PREFIX=rbh-

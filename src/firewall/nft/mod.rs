@@ -287,6 +287,12 @@ impl Firewall for NftFirewall {
     /// committed (the next write is a full rewrite) only when `networks` is
     /// what was committed and no commit overlapped the read: the periodic
     /// check runs on a snapshot that a call may have superseded meanwhile.
+    /// The swarm rule group lives in dockerd's iptables filter INPUT, with
+    /// the static part ([`crate::firewall::swarm`]).
+    async fn sync_swarm_members(&self, port: u16, members: Option<&[std::net::IpAddr]>) -> Result<(), FirewallError> {
+        self.statics.sync_swarm_members(port, members).await
+    }
+
     async fn is_intact(&self, networks: &[FwNetwork]) -> Result<bool, FirewallError> {
         let desired = ruleset::build(networks);
         let families = families_in_use(networks.iter());

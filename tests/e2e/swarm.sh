@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Multi-host: a rustbridge swarm network over kernel VXLAN, in the three-node
+# swarm lab (scripts/swarm-lab.sh: three dockerd in namespaces, node 1 the
+# manager). Nothing of the machine's own dockerd is used. The engine is the
+# one first in PATH (make test-engines puts 26.1/28.5 there), or LAB_ENGINE_ROOT.
+# Needs plugin/build (make rootfs). Takes the lab lock (/tmp/rb-lab.lock).
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+LABSH="$ROOT/scripts/swarm-lab.sh"
+export LAB_DIR=${LAB_DIR:-/tmp/rb-swarm-lab}
+export LAB_IMAGE=lab/busybox:1
+PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/plugin/build}
+NET=rbswarm
+SUBNET=10.231.0
+VXLAN_PORT=4799
+
+# The engine: an extracted one when its dockerd comes first in PATH.
+if [ -z "${LAB_ENGINE_ROOT:-}" ]; then
+  d=$(readlink -f "$(command -v dockerd)" 2>/dev/null || true)
+  case "$d" in */usr/sbin/dockerd) [ "$d" != /usr/sbin/dockerd ] && export LAB_ENGINE_ROOT=${d%/usr/sbin/dockerd} ;; esac
+fi
+
+# One lab at a time on this machine (its namespace names are fixed); the lab's
+# daemons must not inherit the lock's descriptor.
+exec 9>/tmp/rb-lab.lock
+flock -w 900 9 || { echo "swarm: the lab lock is held by someone else"; exit 1; }
+lab() { "$LABSH" "$@" 9>&-; }
+dk() { lab exec "$@"; }
+nsx() { lab nsexec "$@"; }
+# The daemons' logs stay in $LAB_LOGS after the lab goes.
+LAB_LOGS=${LAB_LOGS:-/tmp/rb-swarm-lab-logs}
+rm -rf "$LAB_LOGS"
+cleanup "LAB_SAVE_LOGS=$LAB_LOGS lab down"
+
+measured() { echo "  measured: $*"; }
+ping_on() { dk "$1" exec "$2" ping -c 1 -W 2 "$3"; }
+cid_of_task() { dk "$1" ps -q --filter "label=com.docker.swarm.service.name=$2" | head -n 1; }
+tasks_running() { [ "$(dk 1 service ps "$1" --filter desired-state=running --format '{{.CurrentState}}' | grep -c '^Running')" -eq "$2" ]; }
+addr_on() { dk "$1" inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$2"; }
+vxlan_dev() { nsx "$1" ip -o link show type vxlan | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^rbx-' | head -n 1; }
+fdb_to() { nsx "$1" bridge fdb show dev "$(vxlan_dev "$1")" | grep -c "dst $2" || true; }
+no_fdb_to() { [ "$(fdb_to "$1" "$2")" -eq 0 ]; }
+has_fdb_to() { [ "$(fdb_to "$1" "$2")" -gt 0 ]; }
+resolves_to() { # NODE CONTAINER NAME COUNT
+  local got; got=$(dk "$1" exec "$2" nslookup "$3" 127.0.0.11 2>/dev/null | awk '/^Address/ && !/127.0.0.11/ {print $NF}' | sort -u | wc -l)
+  [ "$got" -eq "$4" ]
+}
+leftovers_on() { # NODE: rustbridge devices or rules left in the node's namespace
+  nsx "$1" sh -c "ip -o link | grep -E ': rb[xhc]?-' ; iptables-save | grep RUSTBRIDGE" 2>/dev/null
+}
+plugin_pid_on() { # NODE: the plugin process of that node (by its cgroup)
+  local p
+  for p in $(pgrep -f '^/usr/bin/rustbridge serve'); do
+    grep -q "/swarm-lab/n$1/" "/proc/$p/cgroup" 2>/dev/null && { echo "$p"; return; }
+  done
+}
+
+step "A swarm lab of three dockerd ($(basename "${LAB_ENGINE_ROOT:-/usr}")); node 3 joins later"
+lab down >/dev/null 2>&1
+lab_up() { LAB_SWARM_NODES=2 "$LABSH" up 9>&-; }
+expect "the lab is up (nodes 1, 2 in the swarm, 3 standalone)" lab_up
+expect "plugin/build exists" test -f "$PLUGIN_DIR/config.json"
+install_plugin() { LAB_PLUGIN_SETTINGS="RUSTBRIDGE_SCOPE=global RUSTBRIDGE_LOG_LEVEL=debug" "$LABSH" plugin-install "$PLUGIN_DIR" 9>&-; }
+expect "the managed plugin is enabled on every node, RUSTBRIDGE_SCOPE=global (node 3 before it joins)" install_plugin
+
+step "docker network create -d $PLUGIN --attachable on the manager"
+expect "create $NET" dk 1 network create -d "$PLUGIN" --attachable --subnet "$SUBNET.0/24" "$NET"
+equal "its scope is swarm" swarm "$(dk 1 network inspect -f '{{.Scope}}' "$NET" 2>&1)"
+expect "-d rustbridge (legacy name) still makes local networks" dk 1 network create -d rustbridge rbswarm-local
+equal "…of scope local" local "$(dk 1 network inspect -f '{{.Scope}}' rbswarm-local 2>&1)"
+expect "…and is removed" dk 1 network rm rbswarm-local
+
+step "Attachable containers on two hosts ping each other by name"
+expect "run c1 on node 1" dk 1 run -d --name c1 --network "$NET" "$LAB_IMAGE" sleep 3600
+expect "run c2 on node 2" dk 2 run -d --name c2 --network "$NET" "$LAB_IMAGE" sleep 3600
+dev1=$(vxlan_dev 1); dev2=$(vxlan_dev 2)
+expect "node 1 has a VXLAN device ($dev1)" test -n "$dev1"
+vni1=$(nsx 1 ip -d link show "$dev1" | grep -o 'vxlan id [0-9]*' | awk '{print $3}')
+vni2=$(nsx 2 ip -d link show "$dev2" | grep -o 'vxlan id [0-9]*' | awk '{print $3}')
+equal "the same VNI on both nodes ($vni1)" "$vni1" "$vni2"
+expect "UDP port $VXLAN_PORT, learning off, proxy on" sh -c "'$LABSH' nsexec 1 ip -d link show $dev1 | grep -q 'dstport $VXLAN_PORT.*nolearning.*proxy'" 9>&-
+equal "MTU = underlay 1500 - 50" 1450 "$(nsx 2 cat "/sys/class/net/$dev2/mtu")"
+equal "…announced to the container" 1450 "$(dk 2 exec c2 cat /sys/class/net/eth0/mtu 2>&1)"
+eventually "node 1 floods to node 2 (FDB 00:00:00:00:00:00 dst 10.99.0.12)" 30 has_fdb_to 1 10.99.0.12
+eventually "c1 pings c2 by name across hosts" 30 ping_on 1 c1 c2
+expect "c2 pings c1 by name" ping_on 2 c2 c1
+c2ip=$(addr_on 2 c2)
+expect "node 1 has a static neighbour for c2 ($c2ip)" sh -c "'$LABSH' nsexec 1 ip neigh show dev $dev1 | grep -q '^$c2ip .*PERMANENT'" 9>&-
+
+step "NAT out through each host's own address (fake outside host 10.99.0.100)"
+ip netns exec lab-x python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.99.0.100", 7000)); s.listen(16)
+while True:
+    c, a = s.accept(); c.sendall(a[0].encode() + b"\n"); c.close()' >/dev/null 2>&1 9>&- &
+cleanup "kill $!"
+sleep 0.5
+equal "c1 reaches it as node 1 (10.99.0.11)" 10.99.0.11 "$(dk 1 exec c1 nc -w 3 10.99.0.100 7000 2>&1 | tr -d '\r')"
+equal "c2 reaches it as node 2 (10.99.0.12)" 10.99.0.12 "$(dk 2 exec c2 nc -w 3 10.99.0.100 7000 2>&1 | tr -d '\r')"
+
+step "The VXLAN and directory port admit swarm members only"
+eventually "node 2 admits node 1 on UDP and TCP $VXLAN_PORT" 30 sh -c "'$LABSH' nsexec 2 iptables -S RUSTBRIDGE-SWARM | grep -q -- '-s 10.99.0.11/32 -p udp -m udp --dport $VXLAN_PORT -j ACCEPT'" 9>&-
+expect "node 1 reads node 2's endpoints (c2's address)" sh -c "'$LABSH' nsexec 1 timeout 4 bash -c 'cat </dev/tcp/10.99.0.12/$VXLAN_PORT' | grep -q '\"$c2ip\"'" 9>&-
+refuse "the outside host cannot read them" lab outside timeout 4 bash -c "cat </dev/tcp/10.99.0.12/$VXLAN_PORT"
+udp_drops() { nsx 2 iptables -L RUSTBRIDGE-SWARM -v -n -x | awk '/DROP/ && /udp/ {print $1}'; }
+drops0=$(udp_drops)
+lab outside bash -c "echo vxlan > /dev/udp/10.99.0.12/$VXLAN_PORT"
+expect "VXLAN packets from the outside host are dropped (counter $drops0 -> $(udp_drops))" test "$(udp_drops)" -gt "$drops0"
+
+step "Isolation"
+expect "run iso on node 2's default bridge" dk 2 run -d --name iso "$LAB_IMAGE" sleep 3600
+refuse "iso cannot reach c2 ($c2ip)" dk 2 exec iso ping -c 1 -W 1 "$c2ip"
+
+step "A global service (dnsrr), then node 3 joins the swarm"
+expect "service create gs --mode global --endpoint-mode dnsrr" dk 1 service create --detach --no-resolve-image \
+  --name gs --mode global --network "$NET" --endpoint-mode dnsrr "$LAB_IMAGE" sleep 3600
+eventually "gs runs on nodes 1 and 2" 60 tasks_running gs 2
+wtok=$(dk 1 swarm join-token -q worker)
+expect "node 3 joins (its plugin was enabled before)" dk 3 swarm join --token "$wtok" \
+  --advertise-addr 10.99.0.13 --listen-addr 10.99.0.13:2377 10.99.0.11:2377
+eventually "gs runs on all three nodes" 90 tasks_running gs 3
+t1=$(cid_of_task 1 gs)
+eventually "tasks.gs resolves to 3 addresses (from node 1's task)" 60 resolves_to 1 "$t1" tasks.gs 3
+for n in 2 3; do
+  tn=$(cid_of_task "$n" gs); ipn=$(addr_on "$n" "$tn")
+  eventually "node 1's task pings node $n's task ($ipn)" 30 dk 1 exec "$t1" ping -c 1 -W 2 "$ipn"
+done
+t3=$(cid_of_task 3 gs)
+eventually "node 3's task pings every task by name (tasks.gs, 3 answers)" 30 resolves_to 3 "$t3" tasks.gs 3
+expect "c2 (node 2) pings node 3's task" ping_on 2 c2 "$(addr_on 3 "$t3")"
+
+step "Host-mode published port on the node running the task"
+expect "service create web --publish mode=host,published=18080,target=8080" dk 1 service create --detach --no-resolve-image \
+  --name web --mode global --network "$NET" --endpoint-mode dnsrr --publish mode=host,published=18080,target=8080 \
+  "$LAB_IMAGE" sh -c 'mkdir -p /w && echo "hello from $(hostname)" > /w/index.html && httpd -f -p 8080 -h /w'
+eventually "web runs on all three nodes" 90 tasks_running web 3
+eventually "the outside host reaches node 2's task at 10.99.0.12:18080" 30 lab outside wget -q -T 2 -O /dev/null http://10.99.0.12:18080/
+
+step "Restarts: plugin (SIGKILL) on node 3, dockerd on node 2"
+p3=$(plugin_pid_on 3)
+expect "node 3's plugin is killed ($p3)" kill -KILL "$p3"
+eventually "…and restarted by its dockerd" 30 sh -c "[ -n \"\$(pgrep -f '^/usr/bin/rustbridge serve' | while read p; do grep -q /swarm-lab/n3/ /proc/\$p/cgroup && echo \$p; done)\" ]"
+expect "node 1's task still pings node 3's task" dk 1 exec "$t1" ping -c 1 -W 2 "$(addr_on 3 "$t3")"
+expect "dockerd of node 2 restarts" lab restart-dockerd 2
+eventually "gs runs on all three nodes again" 120 tasks_running gs 3
+t2=$(cid_of_task 2 gs)
+eventually "node 1's task pings node 2's new task" 60 dk 1 exec "$t1" ping -c 1 -W 2 "$(addr_on 2 "$t2")"
+eventually "node 2's new task pings node 3's task" 30 dk 2 exec "$t2" ping -c 1 -W 2 "$(addr_on 3 "$t3")"
+
+step "A host that dies, then comes back, then leaves"
+t0=$SECONDS
+expect "node 3 is cut off (its underlay link down)" nsx 3 ip link set eth0 down
+eventually "node 1 holds no entry pointing at node 3 (bound: README)" 90 no_fdb_to 1 10.99.0.13
+measured "node 3's entries gone from node 1 after $((SECONDS - t0)) s"
+expect "node 3 is back" nsx 3 ip link set eth0 up
+eventually "node 1 floods to node 3 again" 120 has_fdb_to 1 10.99.0.13
+expect "node 3 leaves the swarm" dk 3 swarm leave --force
+eventually "node 1 and node 2 hold no entry pointing at node 3" 90 sh -c "! '$LABSH' nsexec 1 bridge fdb show | grep -q 'dst 10.99.0.13' && ! '$LABSH' nsexec 2 bridge fdb show | grep -q 'dst 10.99.0.13'"
+eventually "node 3 removed the network's devices" 60 sh -c "! '$LABSH' nsexec 3 ip -o link | grep -qE ': rbx?-'"
+
+step "docker service rm / network rm leave nothing on any node"
+expect "remove services and containers" sh -c "'$LABSH' exec 1 service rm gs web >/dev/null && '$LABSH' exec 1 rm -f c1 >/dev/null && '$LABSH' exec 2 rm -f c2 iso >/dev/null" 9>&-
+eventually "docker network rm $NET (once the tasks are gone)" 60 dk 1 network rm "$NET"
+for n in 1 2 3; do
+  eventually "node $n: no bridge, VXLAN device, veth or rule left" 60 sh -c "[ -z \"\$('$LABSH' nsexec $n sh -c 'ip -o link | grep -E \": rb[xhc]?-\"; iptables-save | grep RUSTBRIDGE')\" ]" 9>&-
+done
+
+summary
