@@ -55,7 +55,7 @@ plugin_pid_on() { # NODE: the plugin process of that node (by its cgroup)
   done
 }
 
-step "A swarm lab of three dockerd ($(basename "${LAB_ENGINE_ROOT:-/usr}")); node 3 joins later"
+step "A swarm lab of three dockerd ($("${LAB_ENGINE_ROOT:-}/usr/sbin/dockerd" --version 2>/dev/null | cut -d, -f1)); node 3 joins later"
 lab down >/dev/null 2>&1
 lab_up() { LAB_SWARM_NODES=2 "$LABSH" up 9>&-; }
 expect "the lab is up (nodes 1, 2 in the swarm, 3 standalone)" lab_up
@@ -144,6 +144,9 @@ eventually "…and restarted by its dockerd" 30 sh -c "[ -n \"\$(pgrep -f '^/usr
 expect "node 1's task still pings node 3's task" dk 1 exec "$t1" ping -c 1 -W 2 "$(addr_on 3 "$t3")"
 expect "dockerd of node 2 restarts" lab restart-dockerd 2
 eventually "gs runs on all three nodes again" 120 tasks_running gs 3
+# The manager may still count node 2's old task: wait for node 2's own container.
+has_task() { [ -n "$(cid_of_task "$1" "$2")" ] && [ -n "$(addr_on "$1" "$(cid_of_task "$1" "$2")")" ]; }
+eventually "node 2 runs a gs task again" 180 has_task 2 gs
 t2=$(cid_of_task 2 gs)
 eventually "node 1's task pings node 2's new task" 60 dk 1 exec "$t1" ping -c 1 -W 2 "$(addr_on 2 "$t2")"
 eventually "node 2's new task pings node 3's task" 30 dk 2 exec "$t2" ping -c 1 -W 2 "$(addr_on 3 "$t3")"
