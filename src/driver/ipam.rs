@@ -30,6 +30,10 @@ impl Plugin {
             Some(_) => vec![],
         };
         let mut txn = self.begin().await?;
+        if let Some(held) = txn.state_mut().ipam.replayed_pool(&req.address_space, pool, sub_pool, req.v6) {
+            let answer = RequestPoolResponse { pool_id: held.id, pool: held.pool.to_string(), data: BTreeMap::new() };
+            return txn.finish(Ok(answer)).await;
+        }
         let outcome = txn.state_mut().ipam.request_pool(&req.address_space, pool, sub_pool, req.v6, &host_prefixes);
         let outcome = outcome.map_err(PluginError::from).map(|record| {
             txn.on_undo(Undo::ReleasePool(record.id.clone()));
@@ -79,6 +83,9 @@ fn request_address_in(
     wanted: Option<IpAddr>,
     gateway: bool,
 ) -> Result<RequestAddressResponse> {
+    if let (Some(prefix_len), Some(addr)) = (txn.state_mut().ipam.replayed_address(pool_id, wanted), wanted) {
+        return Ok(RequestAddressResponse { address: format!("{addr}/{prefix_len}"), data: BTreeMap::new() });
+    }
     let ipam = &mut txn.state_mut().ipam;
     let cursor_before = ipam.cursor(pool_id);
     let (addr, prefix_len) = ipam.request_address(pool_id, wanted, gateway)?;

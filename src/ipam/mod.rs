@@ -9,7 +9,7 @@ mod pools;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -44,6 +44,10 @@ pub struct PoolRecord {
 struct HeldPool {
     record: PoolRecord,
     addresses: AddressAllocator,
+    /// Global space only: restored from the store at start and not yet asked
+    /// for again, so dockerd's replay may be answered once with what it has
+    /// (the pool itself: `None`; an address: `Some`).
+    replayable: BTreeSet<Option<IpAddr>>,
 }
 
 #[derive(Debug)]
@@ -74,7 +78,9 @@ impl Ipam {
         record.address_space = normalize_address_space(&record.address_space)?.to_string();
         require_family("Pool", record.pool, Family::from_v6(record.v6))?;
         let addresses = AddressAllocator::new(record.pool, record.sub_pool)?;
-        self.pools.insert(record.id.clone(), HeldPool { record, addresses });
+        let replayable =
+            if record.address_space == GLOBAL_ADDRESS_SPACE { BTreeSet::from([None]) } else { BTreeSet::new() };
+        self.pools.insert(record.id.clone(), HeldPool { record, addresses, replayable });
         Ok(())
     }
 
@@ -82,7 +88,12 @@ impl Ipam {
     /// separately (`restore_cursor`), so a restart does not hand out an address released
     /// just before it (nor, of course, one still allocated).
     pub fn restore_address(&mut self, pool_id: &str, addr: IpAddr) -> Result<(), IpamError> {
-        self.held_mut(pool_id)?.addresses.restore(addr)
+        let held = self.held_mut(pool_id)?;
+        held.addresses.restore(addr)?;
+        if held.record.address_space == GLOBAL_ADDRESS_SPACE {
+            held.replayable.insert(Some(addr));
+        }
+        Ok(())
     }
 
     /// The pool's next-fit cursor, to persist with each automatic allocation.
@@ -93,6 +104,33 @@ impl Ipam {
     /// Restores a persisted cursor; call after the pool's addresses were restored.
     pub fn restore_cursor(&mut self, pool_id: &str, addr: IpAddr) -> Result<(), IpamError> {
         self.held_mut(pool_id)?.addresses.restore_cursor(addr)
+    }
+
+    /// A swarm manager's replay: at every manager start (which restarts the
+    /// plugin too) dockerd asks the global space again, explicitly, for each
+    /// network's pool. The pool held there since before this start is
+    /// answered once; any other explicit request for a held pool stays refused
+    /// (so is any in the local space), so nothing is ever given twice.
+    pub fn replayed_pool(
+        &mut self,
+        address_space: &str,
+        pool: Option<IpNet>,
+        sub_pool: Option<IpNet>,
+        v6: bool,
+    ) -> Option<PoolRecord> {
+        if normalize_address_space(address_space).ok()? != GLOBAL_ADDRESS_SPACE {
+            return None;
+        }
+        let held = self.pools.get_mut(&pool_id(GLOBAL_ADDRESS_SPACE, pool?, sub_pool))?;
+        (held.record.v6 == v6 && held.replayable.remove(&None)).then(|| held.record.clone())
+    }
+
+    /// The replay of an address the global space gave before this start
+    /// (the manager's allocator asks for each again): answered once, with
+    /// its prefix length.
+    pub fn replayed_address(&mut self, pool_id: &str, addr: Option<IpAddr>) -> Option<u8> {
+        let held = self.pools.get_mut(pool_id)?;
+        held.replayable.remove(&Some(addr?)).then(|| held.record.pool.prefix_len())
     }
 
     /// RequestPool. Without `pool`, picks the next free candidate of the default pools of
@@ -130,7 +168,8 @@ impl Ipam {
             auto,
         };
         let addresses = AddressAllocator::new(pool, sub_pool)?;
-        self.pools.insert(record.id.clone(), HeldPool { record: record.clone(), addresses });
+        self.pools
+            .insert(record.id.clone(), HeldPool { record: record.clone(), addresses, replayable: BTreeSet::new() });
         Ok(record)
     }
 

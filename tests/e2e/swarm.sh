@@ -151,6 +151,24 @@ t2=$(cid_of_task 2 gs)
 eventually "node 1's task pings node 2's new task" 60 dk 1 exec "$t1" ping -c 1 -W 2 "$(addr_on 2 "$t2")"
 eventually "node 2's new task pings node 3's task" 30 dk 2 exec "$t2" ping -c 1 -W 2 "$(addr_on 3 "$t3")"
 
+step "--ipam-driver $PLUGIN: the manager allocates (global space), nodes ask again (local space)"
+INET=rbswarm-ipam
+ip_in() { dk "$1" inspect -f "{{(index .NetworkSettings.Networks \"$INET\").IPAddress}}" "$2"; }
+expect "create $INET with rustbridge's IPAM" dk 1 network create -d "$PLUGIN" --ipam-driver "$PLUGIN" --attachable "$INET"
+expect "run i1 on node 1 (--restart always)" dk 1 run -d --restart always --name i1 --network "$INET" "$LAB_IMAGE" sleep 3600
+expect "run i2 on node 2" dk 2 run -d --name i2 --network "$INET" "$LAB_IMAGE" sleep 3600
+i1=$(ip_in 1 i1); i2=$(ip_in 2 i2)
+expect "two addresses, no duplicate ($i1, $i2)" sh -c "[ -n '$i1' ] && [ -n '$i2' ] && [ '$i1' != '$i2' ]"
+eventually "i1 pings i2 by name" 30 ping_on 1 i1 i2
+expect "the manager's dockerd restarts (AllocateNetwork and the global IPAM side are replayed)" lab restart-dockerd 1
+eventually "i1 is back" 60 sh -c "[ -n \"\$('$LABSH' exec 1 ps -q --filter name=^i1\$ --filter status=running)\" ]" 9>&-
+expect "run i3 on node 2 after the replay" dk 2 run -d --name i3 --network "$INET" "$LAB_IMAGE" sleep 3600
+i1b=$(ip_in 1 i1); i3=$(ip_in 2 i3)
+expect "i3 has an address of its own ($i3; i1 $i1b, i2 $i2)" sh -c "[ -n '$i3' ] && [ '$i3' != '$i1b' ] && [ '$i3' != '$i2' ]"
+eventually "i3 pings i1 by name across hosts" 60 ping_on 2 i3 i1
+expect "remove i1 i2 i3" sh -c "'$LABSH' exec 1 rm -f i1 >/dev/null && '$LABSH' exec 2 rm -f i2 i3 >/dev/null" 9>&-
+eventually "docker network rm $INET" 60 dk 1 network rm "$INET"
+
 step "A host that dies, then comes back, then leaves"
 t0=$SECONDS
 expect "node 3 is cut off (its underlay link down)" nsx 3 ip link set eth0 down

@@ -180,3 +180,58 @@ async fn the_reconciler_puts_back_a_vxlan_device_someone_deleted() {
     let back = h.fake.link("rbx-lt58xre1i7z").expect("device recreated");
     assert_eq!(back.controller.as_deref(), Some("rb-lt58xre1i7zb"));
 }
+
+async fn pool(h: &FakePlugin, space: &str, pool: &str) -> Result<crate::api::RequestPoolResponse> {
+    let req = from_json(json!({"AddressSpace": space, "Pool": pool, "SubPool": "", "V6": false,
+        "Options": {"com.docker.network.ipam.serial": "true"}}));
+    h.plugin().request_pool(req).await
+}
+
+async fn address(h: &FakePlugin, pool_id: &str, addr: &str) -> Result<String> {
+    let req =
+        from_json(json!({"PoolID": pool_id, "Address": addr, "Options": {"com.docker.network.ipam.serial": "true"}}));
+    h.plugin().request_address(req).await.map(|r| r.address)
+}
+
+/// The two address spaces of a swarm network on `--ipam-driver rustbridge`:
+/// the manager allocates in the global space, every node asks for the same
+/// pool and addresses again in its local space; a manager restart replays the
+/// global side explicitly; a local release never frees the global allocation.
+#[tokio::test]
+async fn ipam_global_allocation_local_re_requests_and_the_managers_replay() {
+    use crate::ipam::{GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE};
+    let mut h = FakePlugin::new("swarm-ipam");
+    // The manager: global space, automatic pool, then the gateway and two tasks.
+    let global = pool(&h, GLOBAL_ADDRESS_SPACE, "").await.unwrap();
+    let subnet = global.pool.clone();
+    let gw = address(&h, &global.pool_id, "").await.unwrap();
+    let a = address(&h, &global.pool_id, "").await.unwrap();
+    let b = address(&h, &global.pool_id, "").await.unwrap();
+    assert!(gw != a && a != b && gw != b);
+    // The manager's node (and every other) asks again in its local space, explicitly.
+    let local = pool(&h, LOCAL_ADDRESS_SPACE, &subnet).await.unwrap();
+    assert_ne!(local.pool_id, global.pool_id, "pool IDs tell the spaces apart");
+    for addr in [&gw, &a, &b] {
+        let plain = addr.split('/').next().unwrap();
+        assert_eq!(&address(&h, &local.pool_id, plain).await.unwrap(), addr);
+    }
+    // A local release (dockerd shutting down on that node) frees nothing global.
+    h.plugin().release_pool(from_json(json!({"PoolID": local.pool_id}))).await.unwrap();
+    let c = address(&h, &global.pool_id, "").await.unwrap();
+    assert!(![&gw, &a, &b].contains(&&c), "{c} given twice");
+    // Before a restart, an explicit request for a held global pool or address is a duplicate: refused.
+    assert!(pool(&h, GLOBAL_ADDRESS_SPACE, &subnet).await.is_err());
+    assert!(address(&h, &global.pool_id, a.split('/').next().unwrap()).await.is_err());
+    // The manager restarts (its plugin with it): dockerd replays the global side explicitly.
+    h.reload();
+    let replayed = pool(&h, GLOBAL_ADDRESS_SPACE, &subnet).await.unwrap();
+    assert_eq!((replayed.pool_id.as_str(), replayed.pool.as_str()), (global.pool_id.as_str(), subnet.as_str()));
+    for addr in [&gw, &a, &b, &c] {
+        assert_eq!(&address(&h, &global.pool_id, addr.split('/').next().unwrap()).await.unwrap(), addr);
+    }
+    // Each is answered once: asked again, it is a duplicate; the next automatic one is new.
+    assert!(address(&h, &global.pool_id, a.split('/').next().unwrap()).await.is_err());
+    assert!(pool(&h, GLOBAL_ADDRESS_SPACE, &subnet).await.is_err());
+    let d = address(&h, &global.pool_id, "").await.unwrap();
+    assert!(![&gw, &a, &b, &c].contains(&&d), "{d} given twice");
+}
