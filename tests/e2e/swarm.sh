@@ -184,7 +184,7 @@ step "docker service rm / network rm leave nothing on any node"
 expect "remove services and containers" sh -c "'$LABSH' exec 1 service rm gs web >/dev/null && '$LABSH' exec 1 rm -f c1 >/dev/null && '$LABSH' exec 2 rm -f c2 iso >/dev/null" 9>&-
 eventually "docker network rm $NET (once the tasks are gone)" 60 dk 1 network rm "$NET"
 for n in 1 2 3; do
-  eventually "node $n: no bridge, VXLAN device, veth or rule left" 60 sh -c "[ -z \"\$('$LABSH' nsexec $n sh -c 'ip -o link | grep -E \": rb[xhc]?-\"; iptables-save | grep RUSTBRIDGE')\" ]" 9>&-
+  eventually "node $n: no bridge, VXLAN device, veth, rule or nftables table left" 60 sh -c "[ -z \"\$('$LABSH' nsexec $n sh -c 'ip -o link | grep -E \": rb[xhc]?-\"; iptables-save | grep RUSTBRIDGE; nft list table inet rustbridge 2>/dev/null')\" ]" 9>&-
 done
 
 summary
