@@ -76,7 +76,7 @@ class Plugin:
         self.path, self.timeout, self.conn = path, timeout, None
 
     def call(self, method, body=None):
-        # Compact, as Go encodes it: the plugin limits a body to 1 MiB.
+        # Compact, as Go encodes it: the plugin limits a body to 2 MiB.
         data = json.dumps(body if body is not None else {}, separators=(",", ":"))
         for attempt in (0, 1):
             if self.conn is None:

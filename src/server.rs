@@ -27,8 +27,10 @@ use crate::deadline::CallDeadline;
 use crate::driver::{Plugin, PluginError};
 use crate::listener::{self, Connections, Slot};
 
-/// Far above any real request (the largest fixture is a few KiB).
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Far above any real request but the largest published ranges: a port
+/// binding is about 107 bytes as dockerd encodes it, so 10,000 ports in one
+/// ProgramExternalConnectivity take 1.07 MB; 2 MiB holds about 19,000.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
 const CONTENT_TYPE_V1: &str = "application/vnd.docker.plugins.v1+json";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -504,9 +504,9 @@ fn bad_input_changes_nothing() {
     assert_eq!(status, 404, "{reply}");
     assert!(reply["Error"].is_string(), "{reply}");
 
-    // Over 1 MiB: refused before it is parsed; a valid request otherwise.
+    // Over the limit: refused before it is parsed; a valid request otherwise.
     let mut huge = network_request(&random_id(), "10.83.0.0/24", "10.83.0.1/24", json!({}), json!({}));
-    huge["Padding"] = Value::String("x".repeat((1 << 20) + 1024));
+    huge["Padding"] = Value::String("x".repeat(rustbridge::server::MAX_BODY_BYTES + 1024));
     let (status, reply) = p.call("/NetworkDriver.CreateNetwork", huge);
     assert_eq!(status, 413, "{reply}");
     assert!(reply["Err"].as_str().is_some_and(|e| e.contains("refused")), "{reply}");
