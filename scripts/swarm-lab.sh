@@ -292,7 +292,8 @@ up() {
   load_env
   [ -x "$DOCKERD" ] || die "no dockerd at $DOCKERD"
   [ -x "$CONTAINERD" ] || die "no containerd at $CONTAINERD"
-  file -L /bin/busybox 2>/dev/null | grep -q statically || die "/bin/busybox is not static (apt-get install busybox-static)"
+  # ldd fails on a static binary (and needs no package of its own, unlike `file`).
+  [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || die "/bin/busybox is not static (apt-get install busybox-static)"
   local t0 t; t0=$(now)
   mkdir -p "$LAB/cli"
   { echo "ENGINE_ROOT='${ENGINE_ROOT}'"; echo "DOCKERD='$DOCKERD'"; echo "CONTAINERD='$CONTAINERD'"
