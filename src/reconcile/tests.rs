@@ -36,8 +36,8 @@ async fn network_with_joined_endpoint(tag: &str) -> FakePlugin {
     p
 }
 
-/// The same, with the veth pair still whole in the host, as Join leaves it.
-async fn network_with_endpoint_joined_in_host(tag: &str) -> FakePlugin {
+/// One network (10.91.0.0/24, gateway .1) with one endpoint (.2), not joined.
+async fn network_with_endpoint(tag: &str) -> FakePlugin {
     let p = FakePlugin::new(tag);
     call(
         &p,
@@ -52,6 +52,12 @@ async fn network_with_endpoint_joined_in_host(tag: &str) -> FakePlugin {
         json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "Interface": {"Address": "10.91.0.2/24"}}),
     )
     .await;
+    p
+}
+
+/// The same, with the veth pair still whole in the host, as Join leaves it.
+async fn network_with_endpoint_joined_in_host(tag: &str) -> FakePlugin {
+    let p = network_with_endpoint(tag).await;
     call(
         &p,
         "/NetworkDriver.Join",
@@ -295,20 +301,7 @@ async fn a_start_repairs_a_drifted_bridge() {
 #[tokio::test]
 async fn a_call_during_the_start_up_pass_waits_for_it() {
     use futures::FutureExt;
-    let p = FakePlugin::new("start-call");
-    call(
-        &p,
-        "/NetworkDriver.CreateNetwork",
-        json!({"NetworkID": NETWORK, "Options": {},
-               "IPv4Data": [{"AddressSpace": "", "Pool": "10.91.0.0/24", "Gateway": "10.91.0.1/24"}]}),
-    )
-    .await;
-    call(
-        &p,
-        "/NetworkDriver.CreateEndpoint",
-        json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "Interface": {"Address": "10.91.0.2/24"}}),
-    )
-    .await;
+    let p = network_with_endpoint("start-call").await;
     p.fake.links.lock().unwrap().remove(&bridge_name(NETWORK)); // the pass recreates it
     p.fake.clear_calls();
     let startup = StartUp::hold(p.plugin()).await;
