@@ -10,14 +10,12 @@
 
 mod common;
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use common::{Netns, ready_or_skip};
+use common::{Netns, block_on_in_netns, ready_or_skip};
 use rustbridge::dataplane::netlink::NetlinkDataPlane;
 use rustbridge::dataplane::{
     BridgeSpec, DataPlane, FLOOD_MAC, FdbEntry, LinkKind, NeighEntry, VethSpec, VxlanEntries, VxlanSpec,
@@ -39,21 +37,7 @@ macro_rules! require_root {
 /// Runs `body` on a thread inside `ns`, with a current-thread runtime (the
 /// netlink socket is opened there, so it belongs to the namespace).
 fn in_netns<T: Send>(ns: &Netns, body: impl AsyncFnOnce(Arc<NetlinkDataPlane>) -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(format!("/var/run/netns/{}", ns.name)).expect("open the namespace");
-            // SAFETY: setns on a valid descriptor; it changes only this thread's namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                let dataplane = Arc::new(NetlinkDataPlane::connect().expect("netlink socket"));
-                body(dataplane).await
-            })
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
+    block_on_in_netns(ns, async || body(Arc::new(NetlinkDataPlane::connect().expect("netlink socket"))).await)
 }
 
 fn net(s: &str) -> IpNet {

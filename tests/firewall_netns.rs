@@ -9,10 +9,7 @@
 
 mod common;
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-
-use common::{Netns, ready_or_skip};
+use common::{Netns, block_on_in_netns, ready_or_skip};
 use rustbridge::firewall::iptables::{Backend, IptablesFirewall};
 use rustbridge::firewall::nft::NftFirewall;
 use rustbridge::firewall::{Firewall, FwChange, FwNetwork, FwPort, Proto};
@@ -33,22 +30,9 @@ fn in_netns<T: Send>(ns: &Netns, body: impl AsyncFnOnce(&NftFirewall) -> T + Sen
 }
 
 fn in_netns_with<T: Send>(ns: &Netns, backend: Backend, body: impl AsyncFnOnce(&NftFirewall) -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(format!("/var/run/netns/{}", ns.name)).expect("open the namespace");
-            // SAFETY: setns on a valid descriptor; it changes only this thread's namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            // Current-thread runtime: spawn_blocking threads are spawned from
-            // this thread and inherit its namespace.
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                let fw = NftFirewall::new(IptablesFirewall::detect(backend).await);
-                body(&fw).await
-            })
-        })
-        .join()
-        .expect("netns thread panicked")
+    block_on_in_netns(ns, async || {
+        let fw = NftFirewall::new(IptablesFirewall::detect(backend).await);
+        body(&fw).await
     })
 }
 

@@ -593,3 +593,23 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Value), String> {
     };
     Ok((status, value))
 }
+
+/// Runs `body` on a thread inside `ns` with a current-thread runtime: sockets
+/// it opens (netlink) and processes it starts belong to the namespace, and so
+/// do spawn_blocking threads, which are spawned from that thread.
+#[allow(dead_code)] // not every test crate runs code inside a namespace
+pub fn block_on_in_netns<T: Send>(ns: &Netns, body: impl AsyncFnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/var/run/netns/{}", ns.name)).expect("open the namespace");
+            // SAFETY: setns on a valid descriptor; it changes only this thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(body())
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
