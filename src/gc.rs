@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane::{Link, LinkKind};
 use crate::driver::Plugin;
-use crate::names::{is_owned_bridge_name, is_owned_veth_name};
+use crate::names::{is_hex_derived_bridge_name, is_owned_bridge_name, is_owned_veth_name, is_owned_vxlan_name};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -24,7 +24,8 @@ pub struct GcRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Leftover {
-    /// `bridge`, `veth` or `firewall`.
+    /// `bridge`, `veth`, `vxlan` (a swarm network's device, with its
+    /// forwarding and neighbour entries) or `firewall`.
     pub kind: String,
     pub name: String,
     /// Why it is kept even with `--yes` (e.g. its peer is in a container).
@@ -44,28 +45,20 @@ pub struct GcReport {
 pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
     let state = plugin.lock_state().await;
     let mut report = GcReport { removed: req.remove, ..GcReport::default() };
-    let known_bridges: BTreeSet<&str> = state.networks.values().map(|n| n.bridge.as_str()).collect();
-    let known_veths: BTreeSet<&str> =
-        state.endpoints.values().flat_map(|e| [e.host_veth.as_str(), e.container_veth.as_str()]).collect();
+    let known: BTreeSet<String> = state
+        .networks
+        .values()
+        .flat_map(|n| std::iter::once(n.bridge.clone()).chain(plugin.vxlan_spec(n).map(|v| v.name)))
+        .chain(state.endpoints.values().flat_map(|e| [e.host_veth.clone(), e.container_veth.clone()]))
+        .collect();
     match plugin.dataplane().list_links().await {
-        Ok(links) => {
-            for link in &links {
-                let kind = match link.kind {
-                    LinkKind::Bridge if is_owned_bridge_name(&link.name) => "bridge",
-                    LinkKind::Veth if is_owned_veth_name(&link.name) => "veth",
-                    _ => continue,
-                };
-                if !known_bridges.contains(link.name.as_str()) && !known_veths.contains(link.name.as_str()) {
-                    let in_use = use_of(link, &links);
-                    report.leftovers.push(Leftover { kind: kind.into(), name: link.name.clone(), in_use });
-                }
-            }
-        }
+        Ok(links) => report.leftovers = leftover_links(&links, &known),
         Err(e) => report.errors.push(format!("list links: {e}")),
     }
     // With networks, the plugin's table and chains are its own and the
     // reconciler keeps them exact; with none, its nftables table or any
-    // RUSTBRIDGE chain or jump is a leftover.
+    // RUSTBRIDGE chain or jump is a leftover. (The swarm networks' rule
+    // group goes with the last swarm network, by the membership task.)
     if state.networks.is_empty() {
         match plugin.firewall().is_intact(&[]).await {
             Ok(true) => {}
@@ -79,7 +72,11 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
     }
     report.leftovers.sort();
     if req.remove {
-        for leftover in report.leftovers.iter().filter(|l| l.in_use.is_none()) {
+        // A bridge's leftover ports first: the bridge is then empty.
+        let order = |l: &&Leftover| (l.kind == "bridge", l.kind == "firewall");
+        let mut removable: Vec<&Leftover> = report.leftovers.iter().filter(|l| l.in_use.is_none()).collect();
+        removable.sort_by_key(order);
+        for leftover in removable {
             let result = match leftover.kind.as_str() {
                 "firewall" => plugin.firewall().sync(&[]).await.map_err(|e| e.to_string()),
                 _ => plugin.dataplane().delete_link(&leftover.name).await.map_err(|e| e.to_string()),
@@ -92,12 +89,52 @@ pub async fn run(plugin: &Plugin, req: GcRequest) -> GcReport {
     report
 }
 
-/// What keeps a link that no state knows from being removed, if anything.
-fn use_of(link: &Link, links: &[Link]) -> Option<String> {
+/// What kind of rustbridge object the link is, if it is one: named as the
+/// plugin names them and, where a user could have chosen that name (a bridge
+/// named like a swarm network's, any VXLAN device), carrying an owner mark.
+fn kind_of(link: &Link) -> Option<&'static str> {
+    let marked = link.owner.is_some();
+    match link.kind {
+        LinkKind::Bridge if is_owned_bridge_name(&link.name) && (marked || is_hex_derived_bridge_name(&link.name)) => {
+            Some("bridge")
+        }
+        LinkKind::Veth if is_owned_veth_name(&link.name) => Some("veth"),
+        LinkKind::Vxlan if is_owned_vxlan_name(&link.name) && marked => Some("vxlan"),
+        _ => None,
+    }
+}
+
+/// The rustbridge links no state record accounts for, each with what keeps it
+/// if anything. A swarm network's leftover VXLAN device does not keep its
+/// bridge (it is always there, and goes first); any other port does.
+fn leftover_links(links: &[Link], known: &BTreeSet<String>) -> Vec<Leftover> {
+    let unknown: Vec<(&'static str, &Link)> = links
+        .iter()
+        .filter_map(|l| kind_of(l).map(|kind| (kind, l)))
+        .filter(|(_, l)| !known.contains(&l.name))
+        .collect();
+    let going: BTreeSet<&str> =
+        unknown.iter().filter(|(kind, _)| *kind == "vxlan").map(|(_, l)| l.name.as_str()).collect();
+    unknown
+        .into_iter()
+        .map(|(kind, link)| Leftover {
+            kind: kind.into(),
+            name: link.name.clone(),
+            in_use: use_of(link, links, &going),
+        })
+        .collect()
+}
+
+/// What keeps a link that no state knows from being removed, if anything
+/// (ports named in `going` are removed first and do not count).
+fn use_of(link: &Link, links: &[Link], going: &BTreeSet<&str>) -> Option<String> {
     match link.kind {
         LinkKind::Veth if link.peer_elsewhere => Some("its peer is in another network namespace (a container)".into()),
         LinkKind::Bridge => {
-            let ports = links.iter().filter(|l| l.controller.as_deref() == Some(link.name.as_str())).count();
+            let ports = links
+                .iter()
+                .filter(|l| l.controller.as_deref() == Some(link.name.as_str()) && !going.contains(l.name.as_str()))
+                .count();
             (ports > 0).then(|| format!("{ports} port(s) attached"))
         }
         _ => None,
@@ -127,3 +164,6 @@ pub fn render_text(report: &GcReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

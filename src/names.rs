@@ -29,8 +29,9 @@ pub const DOCKER_GWBRIDGE: &str = "docker_gwbridge";
 /// Bridges of user-defined networks of the built-in driver: `br-<12 hex>`.
 pub const DOCKER_USER_BRIDGE_PREFIX: &str = "br-";
 
-/// The bridge of a network that names none: `rb-<12 hex of the network ID>`.
-/// The ID must have been validated (`driver::validate_id`).
+/// The bridge of a network that names none: `rb-<12 characters of the network
+/// ID>` (hex, or a swarm network's base 36). The ID must have been validated
+/// (`driver::validate_id`).
 pub fn bridge_name(network_id: &str) -> String {
     format!("{BRIDGE_PREFIX}{}", &network_id[..ID_CHARS_IN_BRIDGE])
 }
@@ -59,9 +60,29 @@ fn is_hex_of_len(text: &str, len: usize) -> bool {
     text.len() == len && text.chars().all(|c| c.is_ascii_hexdigit())
 }
 
-/// A bridge name the plugin would have derived itself (so it may delete it when no state knows it).
+/// The start of an ID a name is derived from: dockerd's hex, or swarmkit's
+/// base 36 (lowercase letters and digits; `api::is_swarm_id`).
+fn is_id_start_of_len(text: &str, len: usize) -> bool {
+    is_hex_of_len(text, len)
+        || (text.len() == len && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+}
+
+/// A bridge name the plugin would have derived itself, from a local network's
+/// ID or a swarm network's (so it may delete it when no state knows it).
 pub fn is_owned_bridge_name(name: &str) -> bool {
+    name.strip_prefix(BRIDGE_PREFIX).is_some_and(|rest| is_id_start_of_len(rest, ID_CHARS_IN_BRIDGE))
+}
+
+/// A bridge name derived from a local network's (hex) ID: recognised by its
+/// name alone, as before swarm networks. One derived from a swarm ID could be
+/// a name a user chose (`rb-mybridge001`), so `gc` also wants the owner mark.
+pub fn is_hex_derived_bridge_name(name: &str) -> bool {
     name.strip_prefix(BRIDGE_PREFIX).is_some_and(|rest| is_hex_of_len(rest, ID_CHARS_IN_BRIDGE))
+}
+
+/// A VXLAN device name the plugin would have derived itself (swarm networks).
+pub fn is_owned_vxlan_name(name: &str) -> bool {
+    name.strip_prefix(VXLAN_PREFIX).is_some_and(|rest| is_id_start_of_len(rest, ID_CHARS_IN_VXLAN))
 }
 
 /// A veth name (either end) the plugin would have derived itself.
@@ -114,8 +135,35 @@ mod tests {
 
     #[test]
     fn names_the_user_chose_are_not_owned() {
-        for name in ["rb-0123456789a", "rb-0123456789abc", "rb-0123456789ag", "br0", "rbh-0123", "xrb-0123456789ab"] {
+        for name in [
+            "rb-0123456789a",
+            "rb-0123456789abc",
+            "rb-0123456789aG",
+            "rb-0123-56789a",
+            "br0",
+            "rbh-0123",
+            "xrb-0123456789ab",
+        ] {
             assert!(!is_owned_bridge_name(name) && !is_owned_veth_name(name), "{name}");
+        }
+        for name in ["rbx-0123456789", "rbx-0123456789ab", "rbx-012345678_a", "rb-0123456789ab"] {
+            assert!(!is_owned_vxlan_name(name), "{name}");
+        }
+    }
+
+    /// Swarm network IDs are base 36, not hex: their bridge and VXLAN device
+    /// were once not recognised, so their leftovers survived `gc` and the reconciler.
+    #[test]
+    fn names_derived_from_a_swarm_network_id_are_owned() {
+        let swarm = "lt58xre1i7zb1r4vvuwia72mv";
+        assert!(crate::api::is_swarm_id(swarm));
+        let (bridge, vxlan) = (bridge_name(swarm), vxlan_name(swarm));
+        assert_eq!((bridge.as_str(), vxlan.as_str()), ("rb-lt58xre1i7zb", "rbx-lt58xre1i7z"));
+        assert!(is_owned_bridge_name(&bridge) && !is_hex_derived_bridge_name(&bridge));
+        assert!(is_owned_vxlan_name(&vxlan) && !is_owned_bridge_name(&vxlan));
+        assert!(is_owned_vxlan_name(&vxlan_name(NETWORK)) && is_hex_derived_bridge_name(&bridge_name(NETWORK)));
+        for name in [&bridge, &vxlan] {
+            assert!(name.len() <= crate::options::MAX_IFNAME_LEN && has_plugin_prefix(name), "{name}");
         }
     }
 

@@ -23,7 +23,9 @@ use tokio::sync::OwnedMutexGuard;
 use crate::dataplane::{BridgeSpec, Link, LinkKind};
 use crate::driver::{Plugin, Result, State};
 use crate::metrics;
-use crate::names::{HOST_VETH_PREFIX, PEER_VETH_PREFIX, is_owned_bridge_name, is_owned_veth_name, short_id};
+use crate::names::{
+    HOST_VETH_PREFIX, PEER_VETH_PREFIX, is_owned_bridge_name, is_owned_veth_name, is_owned_vxlan_name, short_id,
+};
 use crate::state::{Change, EndpointRecord, NetworkRecord};
 
 /// Start-up: note endpoints whose container may be gone, recreate missing
@@ -291,8 +293,9 @@ fn held_addresses(state: &State, endpoint: &EndpointRecord) -> Vec<(String, IpAd
     out
 }
 
-/// Removes `rb-` bridges and `rbh-` veths no record knows, but only those
-/// this state database made (their owner mark says so) and nothing uses: a
+/// Removes `rb-` bridges, `rbx-` VXLAN devices (swarm networks') and `rbh-`
+/// veths no record knows, but only those this state database made (their
+/// owner mark says so) and nothing uses: a
 /// veth whose peer is in a container, or a bridge with other ports, stays. So
 /// a missing, replaced or empty database (or a second `rustbridge serve` with
 /// another state directory) never takes away live containers' networking.
@@ -316,6 +319,21 @@ async fn remove_leftovers(plugin: &Plugin, state: &State, links: &[Link], log: &
         } else {
             info!(log, "left alone a veth no record knows (another state's, or in use)"; "link" => &link.name,
                 "in_use" => link.peer_elsewhere);
+        }
+    }
+    let known_vxlans = Known::of(plugin, state).vxlans;
+    for link in links.iter().filter(|l| l.kind == LinkKind::Vxlan && is_owned_vxlan_name(&l.name)) {
+        if known_vxlans.contains(&link.name) {
+            continue;
+        }
+        if link.owner.as_deref() == Some(instance) {
+            // Its forwarding and neighbour entries go with it.
+            plugin.dataplane().delete_link(&link.name).await?;
+            repaired("leftover_link_removed", format!("leftover link {}", link.name));
+            info!(log, "removed leftover VXLAN device"; "link" => &link.name);
+            deleted.insert(link.name.clone());
+        } else {
+            info!(log, "left alone a VXLAN device no record knows (another state's)"; "link" => &link.name);
         }
     }
     for link in links.iter().filter(|l| l.kind == LinkKind::Bridge && is_owned_bridge_name(&l.name)) {
@@ -385,7 +403,7 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
             .values()
             .flat_map(|n| std::iter::once(n.bridge.clone()).chain(plugin.vxlan_spec(n).map(|v| v.name)))
             .collect();
-        (bridges, state.firewall_networks(), joined_endpoints(&state), Known::of(&state))
+        (bridges, state.firewall_networks(), joined_endpoints(&state), Known::of(plugin, &state))
     };
     let links = plugin.dataplane().list_links().await?;
     let forget_due = !plugin.unclaimed().observe(unclaimed_among(&joined, &links), now).is_empty();
@@ -416,7 +434,7 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
             warn!(log, "VXLAN device was missing; recreated it (the membership task refills its entries)"; "device" => &vxlan.name);
         }
     }
-    if Known::of(&state).leftovers(plugin.instance_id(), &links) {
+    if Known::of(plugin, &state).leftovers(plugin.instance_id(), &links) {
         remove_leftovers(plugin, &state, &links, log).await?;
     }
     let networks = state.firewall_networks();
@@ -428,19 +446,29 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
     Ok(())
 }
 
-/// The link names the state accounts for: its bridges and its endpoints'
-/// veth pairs (joined or not, as in `remove_leftovers`).
+/// The link names the state accounts for: its bridges, its swarm networks'
+/// VXLAN devices and its endpoints' veth pairs (joined or not, as in
+/// `remove_leftovers`).
 struct Known {
     bridges: BTreeSet<String>,
+    vxlans: BTreeSet<String>,
     veths: BTreeSet<String>,
 }
 
 impl Known {
-    fn of(state: &State) -> Known {
+    fn of(plugin: &Plugin, state: &State) -> Known {
         Known {
             bridges: state.networks.values().map(|n| n.bridge.clone()).collect(),
+            vxlans: state.networks.values().filter_map(|n| plugin.vxlan_spec(n).map(|v| v.name)).collect(),
             veths: state.endpoints.values().flat_map(|e| [e.host_veth.clone(), e.container_veth.clone()]).collect(),
         }
+    }
+
+    fn vxlan_is_leftover(&self, instance: &str, link: &Link) -> bool {
+        link.kind == LinkKind::Vxlan
+            && is_owned_vxlan_name(&link.name)
+            && !self.vxlans.contains(&link.name)
+            && link.owner.as_deref() == Some(instance)
     }
 
     fn veth_is_leftover(&self, instance: &str, link: &Link) -> bool {
@@ -452,17 +480,16 @@ impl Known {
     }
 
     /// Whether the dump shows a link `remove_leftovers` would remove (a
-    /// bridge with ports counts: its ports may be leftovers too).
+    /// bridge whose ports are all leftovers too counts).
     fn leftovers(&self, instance: &str, links: &[Link]) -> bool {
+        let port_is_leftover = |p: &Link| self.veth_is_leftover(instance, p) || self.vxlan_is_leftover(instance, p);
         links.iter().any(|l| {
-            self.veth_is_leftover(instance, l)
+            port_is_leftover(l)
                 || (l.kind == LinkKind::Bridge
                     && is_owned_bridge_name(&l.name)
                     && !self.bridges.contains(&l.name)
                     && l.owner.as_deref() == Some(instance)
-                    && !links.iter().any(|p| {
-                        p.controller.as_deref() == Some(l.name.as_str()) && !self.veth_is_leftover(instance, p)
-                    }))
+                    && !links.iter().any(|p| p.controller.as_deref() == Some(l.name.as_str()) && !port_is_leftover(p)))
         })
     }
 }

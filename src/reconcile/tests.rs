@@ -374,3 +374,110 @@ async fn a_pass_keeps_the_pair_of_an_endpoint_not_joined() {
     pass(p.plugin(), &log()).await.unwrap();
     assert!(p.fake.link(&host_end).is_some(), "{:?}", p.fake.names());
 }
+
+/// A swarm network's ID (base 36, not hex), in the state.
+const SWARM_NETWORK: &str = "lt58xre1i7zb1r4vvuwia72mv";
+/// Another swarm network's, whose devices a crash left behind.
+const SWARM_GONE: &str = "qk3b0d9x2m1c7v5n8z4w6y0aa";
+
+/// A plugin holding one swarm network (its bridge and VXLAN device).
+async fn swarm_network(tag: &str) -> FakePlugin {
+    let p = FakePlugin::new(tag);
+    call(
+        &p,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": SWARM_NETWORK, "Options": {"com.docker.network.generic": {crate::options::VXLAN_VNI: "4242"}},
+               "IPv4Data": [{"AddressSpace": "", "Pool": "10.92.0.0/24", "Gateway": "10.92.0.1/24"}]}),
+    )
+    .await;
+    p
+}
+
+/// What a crash (or a missed DeleteNetwork with the state lost) leaves of a
+/// swarm network: its bridge and, as its port, its VXLAN device with a
+/// flooding entry, a forwarding entry and a neighbour. Returns their names.
+fn leave_swarm_devices(p: &FakePlugin, id: &str, owner: Option<&str>) -> (String, String) {
+    use crate::dataplane::{FLOOD_MAC, FdbEntry, NeighEntry, VxlanEntries};
+    let (bridge, vxlan) = (bridge_name(id), crate::names::vxlan_name(id));
+    let dst = "10.99.0.12".parse().unwrap();
+    let entries = VxlanEntries {
+        fdb: vec![FdbEntry { mac: FLOOD_MAC.into(), dst }, FdbEntry { mac: "02:42:0a:5c:00:09".into(), dst }],
+        neigh: vec![NeighEntry { ip: "10.92.0.9".parse().unwrap(), mac: "02:42:0a:5c:00:09".into() }],
+    };
+    let owner = owner.map(str::to_string);
+    let mut links = p.fake.links.lock().unwrap();
+    links.insert(bridge.clone(), FakeLink { owner: owner.clone(), ..foreign_link(LinkKind::Bridge) });
+    let device = FakeLink {
+        controller: Some(bridge.clone()),
+        vxlan: Some((4343, 4799)),
+        entries,
+        owner,
+        ..foreign_link(LinkKind::Vxlan)
+    };
+    links.insert(vxlan.clone(), device);
+    (bridge, vxlan)
+}
+
+/// Swarm networks' IDs are not hex: their leftover bridge and VXLAN device
+/// (with its entries) were once neither removed by the reconciler nor listed
+/// by `gc`. Now both go, and only those: the state's swarm network, devices
+/// with another state's mark or none, and a bridge with a container's veth stay.
+#[tokio::test]
+async fn at_start_removes_a_swarm_networks_leftover_devices_and_keeps_everything_else() {
+    let p = swarm_network("swarm-leftovers").await;
+    let instance = p.plugin().instance_id().to_string();
+    let (stray_bridge, stray_vxlan) = leave_swarm_devices(&p, SWARM_GONE, Some(&instance));
+    let (other_bridge, other_vxlan) = leave_swarm_devices(&p, "zz3b0d9x2m1c7v5n8z4w6y0aa", Some("0123456789abcdef"));
+    let (bare_bridge, bare_vxlan) = leave_swarm_devices(&p, "yy3b0d9x2m1c7v5n8z4w6y0aa", None);
+    // A leftover bridge whose port is a container's interface is in use.
+    let used_bridge = bridge_name("xx3b0d9x2m1c7v5n8z4w6y0aa");
+    {
+        let mut links = p.fake.links.lock().unwrap();
+        links.insert(used_bridge.clone(), own_link(&p, LinkKind::Bridge));
+        let veth = FakeLink {
+            controller: Some(used_bridge.clone()),
+            peer: Some("in-a-container".into()),
+            ..own_link(&p, LinkKind::Veth)
+        };
+        links.insert(veth_names("abcdefabcde00000000000000000000000000000000000000000000000000000").0, veth);
+    }
+    let listed = |report: crate::gc::GcReport| -> Vec<String> {
+        report.leftovers.into_iter().filter(|l| l.in_use.is_none()).map(|l| l.name).collect()
+    };
+    let gc = crate::gc::GcRequest { remove: false };
+    let mut before = listed(crate::gc::run(p.plugin(), gc.clone()).await);
+    before.retain(|n| n != &other_bridge && n != &other_vxlan); // another state's: gc lists them, the reconciler keeps them
+    assert_eq!(before, vec![stray_bridge.clone(), stray_vxlan.clone()], "gc lists the swarm leftovers");
+
+    at_start(p.plugin(), &log()).await.unwrap();
+
+    for stray in [&stray_bridge, &stray_vxlan] {
+        assert!(p.fake.link(stray).is_none(), "{stray} not removed: {:?}", p.fake.names());
+    }
+    let kept = [bridge_name(SWARM_NETWORK), crate::names::vxlan_name(SWARM_NETWORK), other_bridge, other_vxlan];
+    for name in kept.iter().chain([&bare_bridge, &bare_vxlan, &used_bridge]) {
+        assert!(p.fake.link(name).is_some(), "{name} removed");
+    }
+    let after = listed(crate::gc::run(p.plugin(), gc).await);
+    assert!(!after.iter().any(|n| n == &stray_bridge || n == &stray_vxlan), "{after:?}");
+}
+
+/// The periodic pass sees a swarm network's leftovers too (a bridge whose
+/// only port is a leftover VXLAN device counts), and removes them.
+#[tokio::test]
+async fn a_pass_removes_a_swarm_networks_leftover_devices() {
+    let p = swarm_network("swarm-leftovers-pass").await;
+    let instance = p.plugin().instance_id().to_string();
+    pass(p.plugin(), &log()).await.unwrap();
+    let (stray_bridge, stray_vxlan) = leave_swarm_devices(&p, SWARM_GONE, Some(&instance));
+
+    pass(p.plugin(), &log()).await.unwrap();
+
+    assert!(p.fake.link(&stray_bridge).is_none() && p.fake.link(&stray_vxlan).is_none(), "{:?}", p.fake.names());
+    assert!(p.fake.link(&crate::names::vxlan_name(SWARM_NETWORK)).is_some());
+    // A device alone (its bridge gone already) is a leftover too.
+    let (bridge, vxlan) = leave_swarm_devices(&p, SWARM_GONE, Some(&instance));
+    p.fake.links.lock().unwrap().remove(&bridge);
+    pass(p.plugin(), &log()).await.unwrap();
+    assert!(p.fake.link(&vxlan).is_none(), "{:?}", p.fake.names());
+}
