@@ -417,6 +417,9 @@ async fn route(plugin: &Plugin, path: &str, body: &[u8], scope: Scope) -> Result
         }};
     }
     if let Some(reply) = handshake(path, scope) {
+        if path == "/IpamDriver.GetCapabilities" {
+            plugin.note_ipam_registration();
+        }
         return Ok(reply);
     }
     let reply = match path {

@@ -30,6 +30,7 @@ impl Plugin {
             Some(_) => vec![],
         };
         let mut txn = self.begin().await?;
+        self.arm_local_replay_if_due(txn.state_mut());
         if let Some(held) = txn.state_mut().ipam.replayed_pool(&req.address_space, pool, sub_pool, req.v6) {
             let answer = RequestPoolResponse { pool_id: held.id, pool: held.pool.to_string(), data: BTreeMap::new() };
             return txn.finish(Ok(answer)).await;
@@ -60,6 +61,7 @@ impl Plugin {
         let gateway =
             req.options.as_ref().and_then(|o| o.get(REQUEST_ADDRESS_TYPE)).is_some_and(|t| t == GATEWAY_ADDRESS_TYPE);
         let mut txn = self.begin().await?;
+        self.arm_local_replay_if_due(txn.state_mut());
         let outcome = request_address_in(&mut txn, &req.pool_id, wanted, gateway);
         txn.finish(outcome).await
     }

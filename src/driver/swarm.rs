@@ -62,6 +62,10 @@ pub struct SwarmView {
     pub missed_reads: BTreeMap<IpAddr, u32>,
     /// The members last written to the firewall's swarm rule group (`Some(None)`: removed).
     pub firewall_members: Option<Option<Vec<IpAddr>>>,
+    /// dockerd registered the IPAM driver (`/IpamDriver.GetCapabilities`, at
+    /// every dockerd start) since the swarm networks' local pools were last
+    /// armed for a replay ([`Plugin::arm_local_replay_if_due`]).
+    pub ipam_registered: bool,
 }
 
 impl Plugin {
@@ -130,6 +134,31 @@ impl Plugin {
             self.swarm_view().self_address = Some(address);
         }
         Ok(())
+    }
+
+    /// dockerd registers the IPAM driver: it (re)started. Noted without the
+    /// state lock (the handshake is answered at once, even during the
+    /// start-up repair); the next IPAM call arms the replay.
+    pub fn note_ipam_registration(&self) {
+        self.swarm_view().ipam_registered = true;
+    }
+
+    /// Once after each dockerd start, before the IPAM call that follows it:
+    /// a node re-creating a swarm network asks for its pool and addresses
+    /// again in the local space, and after an unclean stop (dockerd killed,
+    /// or stopped with live-restore: measured, README) they are still held.
+    /// Those of this node's swarm networks are answered again, once each.
+    pub(super) fn arm_local_replay_if_due(&self, state: &mut super::State) {
+        if !std::mem::take(&mut self.swarm_view().ipam_registered) {
+            return;
+        }
+        let swarm_pools: Vec<ipnet::IpNet> = state
+            .networks
+            .values()
+            .filter(|n| n.options.vni.is_some())
+            .flat_map(|n| n.ipv4.iter().chain(&n.ipv6).map(|s| s.pool))
+            .collect();
+        state.ipam.arm_local_replay(&swarm_pools);
     }
 
     /// The VXLAN device of a swarm network (None for a local network).

@@ -48,6 +48,20 @@ struct HeldPool {
     /// for again, so dockerd's replay may be answered once with what it has
     /// (the pool itself: `None`; an address: `Some`).
     replayable: BTreeSet<Option<IpAddr>>,
+    /// Local space, a swarm network's pool: armed by [`Ipam::arm_local_replay`].
+    local_replay: Option<LocalReplay>,
+}
+
+/// A node re-creating a swarm network after its dockerd started again asks
+/// for the pool and its addresses explicitly in the local space; after an
+/// unclean stop (dockerd killed, or stopped with live-restore) it never
+/// released them. Since the arming, the pool is answered once and each
+/// address held once; `answered` notes every address handed out since
+/// (replayed or new), so none is ever given twice.
+#[derive(Debug, Default)]
+struct LocalReplay {
+    pool_answered: bool,
+    answered: BTreeSet<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -80,7 +94,7 @@ impl Ipam {
         let addresses = AddressAllocator::new(record.pool, record.sub_pool)?;
         let replayable =
             if record.address_space == GLOBAL_ADDRESS_SPACE { BTreeSet::from([None]) } else { BTreeSet::new() };
-        self.pools.insert(record.id.clone(), HeldPool { record, addresses, replayable });
+        self.pools.insert(record.id.clone(), HeldPool { record, addresses, replayable, local_replay: None });
         Ok(())
     }
 
@@ -109,8 +123,9 @@ impl Ipam {
     /// A swarm manager's replay: at every manager start (which restarts the
     /// plugin too) dockerd asks the global space again, explicitly, for each
     /// network's pool. The pool held there since before this start is
-    /// answered once; any other explicit request for a held pool stays refused
-    /// (so is any in the local space), so nothing is ever given twice.
+    /// answered once; any other explicit request for a held pool stays refused,
+    /// so nothing is ever given twice. In the local space, only a pool armed
+    /// by [`Ipam::arm_local_replay`] is answered again (once).
     pub fn replayed_pool(
         &mut self,
         address_space: &str,
@@ -118,19 +133,42 @@ impl Ipam {
         sub_pool: Option<IpNet>,
         v6: bool,
     ) -> Option<PoolRecord> {
-        if normalize_address_space(address_space).ok()? != GLOBAL_ADDRESS_SPACE {
+        let space = normalize_address_space(address_space).ok()?;
+        let held = self.pools.get_mut(&pool_id(space, pool?, sub_pool))?;
+        if held.record.v6 != v6 {
             return None;
         }
-        let held = self.pools.get_mut(&pool_id(GLOBAL_ADDRESS_SPACE, pool?, sub_pool))?;
-        (held.record.v6 == v6 && held.replayable.remove(&None)).then(|| held.record.clone())
+        let replayed = match held.local_replay.as_mut() {
+            Some(local) => !std::mem::replace(&mut local.pool_answered, true),
+            None => held.replayable.remove(&None),
+        };
+        replayed.then(|| held.record.clone())
     }
 
     /// The replay of an address the global space gave before this start
-    /// (the manager's allocator asks for each again): answered once, with
-    /// its prefix length.
+    /// (the manager's allocator asks for each again), or that an armed local
+    /// pool holds: answered once, with its prefix length.
     pub fn replayed_address(&mut self, pool_id: &str, addr: Option<IpAddr>) -> Option<u8> {
         let held = self.pools.get_mut(pool_id)?;
-        held.replayable.remove(&Some(addr?)).then(|| held.record.pool.prefix_len())
+        let addr = addr?;
+        let replayed = match held.local_replay.as_mut() {
+            Some(local) => held.addresses.is_allocated(addr) && local.answered.insert(addr),
+            None => held.replayable.remove(&Some(addr)),
+        };
+        replayed.then(|| held.record.pool.prefix_len())
+    }
+
+    /// dockerd started again (it registers the IPAM driver at every start):
+    /// the local-space pools among `swarm_pools` (the swarm networks this
+    /// node holds) may each be asked for again once, with the addresses they
+    /// hold now ([`LocalReplay`]). Other local pools (local networks, which
+    /// dockerd keeps across its restarts and never asks for again) are not armed.
+    pub fn arm_local_replay(&mut self, swarm_pools: &[IpNet]) {
+        for held in self.pools.values_mut() {
+            if held.record.address_space == LOCAL_ADDRESS_SPACE && swarm_pools.contains(&held.record.pool) {
+                held.local_replay = Some(LocalReplay::default());
+            }
+        }
     }
 
     /// RequestPool. Without `pool`, picks the next free candidate of the default pools of
@@ -168,8 +206,10 @@ impl Ipam {
             auto,
         };
         let addresses = AddressAllocator::new(pool, sub_pool)?;
-        self.pools
-            .insert(record.id.clone(), HeldPool { record: record.clone(), addresses, replayable: BTreeSet::new() });
+        self.pools.insert(
+            record.id.clone(),
+            HeldPool { record: record.clone(), addresses, replayable: BTreeSet::new(), local_replay: None },
+        );
         Ok(record)
     }
 
@@ -197,6 +237,9 @@ impl Ipam {
             (None, true) => allocate_default_gateway(addresses)?,
             (None, false) => addresses.allocate_next()?,
         };
+        if let Some(local) = held.local_replay.as_mut() {
+            local.answered.insert(addr);
+        }
         Ok((addr, prefix_len))
     }
 

@@ -180,6 +180,74 @@ expect "node 3 leaves the swarm" dk 3 swarm leave --force
 eventually "node 1 and node 2 hold no entry pointing at node 3" 90 sh -c "! '$LABSH' nsexec 1 bridge fdb show | grep -q 'dst 10.99.0.13' && ! '$LABSH' nsexec 2 bridge fdb show | grep -q 'dst 10.99.0.13'"
 eventually "node 3 removed the network's devices" 60 sh -c "! '$LABSH' nsexec 3 ip -o link | grep -qE ': rbx?-'"
 
+# Swarm networks' leftovers, and dockerd stopped uncleanly on a node of a
+# network with rustbridge's IPAM (issue 14's follow-up). Nodes 1 and 2.
+leftovers_and_unclean_stops() {
+  step "A swarm network's leftover devices (named after a base-36 swarm ID) are collected"
+  local mark; mark=$(nsx 2 cat "/sys/class/net/$(vxlan_dev 2)/ifalias")
+  expect "node 2's devices carry its plugin's owner mark ($mark)" sh -c "echo '$mark' | grep -q '^rustbridge:'"
+  # What a crash leaves: the bridge rb-<12> with its VXLAN device rbx-<11> and an entry, marked as the plugin marks them.
+  leave() {
+    nsx 2 ip link add rb-zz0leftover0 type bridge && nsx 2 ip link set rb-zz0leftover0 alias "$mark" &&
+    nsx 2 ip link add rbx-zz0leftover type vxlan id 16777001 dstport "$VXLAN_PORT" nolearning &&
+    nsx 2 ip link set rbx-zz0leftover alias "$mark" master rb-zz0leftover0 up &&
+    nsx 2 bridge fdb append 00:00:00:00:00:00 dev rbx-zz0leftover dst 10.99.0.13 &&
+    nsx 2 ip link add rb-zz1userbridg type bridge # a user's look-alike: no mark
+  }
+  expect "leave rb-zz0leftover0 + rbx-zz0leftover (with an FDB entry) and an unmarked rb-zz1userbridg on node 2" leave
+  gone() { ! nsx 2 ip link show rb-zz0leftover0 && ! nsx 2 ip link show rbx-zz0leftover; }
+  eventually "node 2's reconciler removes the leftover bridge and VXLAN device" 30 gone
+  expect "the unmarked look-alike stays" nsx 2 ip link show rb-zz1userbridg
+  expect "…(removed by the test)" nsx 2 ip link del rb-zz1userbridg
+  expect "the network's own devices stay" nsx 2 ip link show "$(vxlan_dev 2)"
+
+  step "--live-restore on a manager, rustbridge IPAM: the plugin is restarted, the node's pool answered again"
+  local LNET=rbswarm-lr d1="$LAB_DIR/n1" p1
+  ip_of() { dk "$1" inspect -f "{{(index .NetworkSettings.Networks \"$LNET\").IPAddress}}" "$2" 2>/dev/null; }
+  has_ip() { [ -n "$(ip_of "$1" "$2")" ]; }
+  expect "create $LNET with rustbridge's IPAM" dk 1 network create -d "$PLUGIN" --ipam-driver "$PLUGIN" --attachable "$LNET"
+  expect "run l1 on node 1 (--restart always)" dk 1 run -d --restart always --name l1 --network "$LNET" "$LAB_IMAGE" sleep 3600
+  expect "run l2 on node 2" dk 2 run -d --name l2 --network "$LNET" "$LAB_IMAGE" sleep 3600
+  echo '{"live-restore": true}' >"$d1/daemon.json"
+  expect "live-restore turned on in node 1's running dockerd (SIGHUP): accepted in swarm mode" kill -HUP "$(cat "$d1/dockerd.pid")"
+  lr_on() { [ "$(dk 1 info -f '{{.LiveRestoreEnabled}}')" = true ]; }
+  eventually "…dockerd reports it" 10 lr_on
+  p1=$(plugin_pid_on 1)
+  # A start with live-restore fails ("incompatible with swarm mode", measured): start without it.
+  echo '{}' >"$d1/daemon.json"
+  expect "node 1's dockerd stops with live-restore (the plugin and l1 keep running) and starts without" lab restart-dockerd 1
+  new_plugin() { local p; p=$(plugin_pid_on 1); [ -n "$p" ] && [ "$p" != "$p1" ]; }
+  eventually "dockerd restarted the plugin it had left running (was $p1)" 30 new_plugin
+  eventually "l1 is back with an address (node 1's local pool, still held, answered again)" 90 has_ip 1 l1
+  expect "run l3 on node 2" dk 2 run -d --name l3 --network "$LNET" "$LAB_IMAGE" sleep 3600
+  local a1 a2 a3; a1=$(ip_of 1 l1); a2=$(ip_of 2 l2); a3=$(ip_of 2 l3)
+  expect "three addresses, no duplicate ($a1, $a2, $a3)" sh -c "[ -n '$a1$a2$a3' ] && [ \$(printf '%s\n' '$a1' '$a2' '$a3' | sort -u | grep -c .) -eq 3 ]"
+  eventually "l3 pings l1 by name across hosts" 60 ping_on 2 l3 l1
+
+  local d3="$LAB_DIR/n3" wtok
+  echo '{"live-restore": true}' >"$d3/daemon.json"
+  expect "live-restore on in node 3's dockerd (out of the swarm since it left)" kill -HUP "$(cat "$d3/dockerd.pid")"
+  lr3_on() { [ "$(dk 3 info -f '{{.LiveRestoreEnabled}}')" = true ]; }
+  eventually "…dockerd reports it" 10 lr3_on
+  wtok=$(dk 1 swarm join-token -q worker)
+  expect "docker swarm join with live-restore is refused (Docker's own rule)" sh -c "'$LABSH' exec 3 swarm join --token $wtok \
+    --advertise-addr 10.99.0.13 --listen-addr 10.99.0.13:2377 10.99.0.11:2377 2>&1 | grep -q 'live-restore daemon configuration is incompatible with swarm mode'" 9>&-
+  echo '{}' >"$d3/daemon.json"
+  expect "…and off again" kill -HUP "$(cat "$d3/dockerd.pid")"
+
+  step "dockerd of a worker killed (SIGKILL) and started again, rustbridge IPAM"
+  expect "run l4 on node 2 (--restart always)" dk 2 run -d --restart always --name l4 --network "$LNET" "$LAB_IMAGE" sleep 3600
+  expect "node 2's dockerd is killed" kill -KILL "$(cat "$LAB_DIR/n2/dockerd.pid")"
+  expect "…and started again" lab restart-dockerd 2
+  eventually "l4 is back with an address (node 2's local pool, never released, answered again)" 90 has_ip 2 l4
+  eventually "l4 pings l1 by name" 60 ping_on 2 l4 l1
+  local a4; a4=$(ip_of 2 l4)
+  expect "l4's address ($a4) is neither l1's nor l3's" sh -c "[ -n '$a4' ] && [ '$a4' != '$a1' ] && [ '$a4' != '$a3' ]"
+  expect "remove l1..l4" sh -c "'$LABSH' exec 1 rm -f l1 >/dev/null && '$LABSH' exec 2 rm -f l2 l3 l4 >/dev/null" 9>&-
+  eventually "docker network rm $LNET" 60 dk 1 network rm "$LNET"
+}
+leftovers_and_unclean_stops
+
 step "docker service rm / network rm leave nothing on any node"
 expect "remove services and containers" sh -c "'$LABSH' exec 1 service rm gs web >/dev/null && '$LABSH' exec 1 rm -f c1 >/dev/null && '$LABSH' exec 2 rm -f c2 iso >/dev/null" 9>&-
 eventually "docker network rm $NET (once the tasks are gone)" 60 dk 1 network rm "$NET"

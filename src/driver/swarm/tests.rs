@@ -235,3 +235,42 @@ async fn ipam_global_allocation_local_re_requests_and_the_managers_replay() {
     let d = address(&h, &global.pool_id, "").await.unwrap();
     assert!(![&gw, &a, &b, &c].contains(&&d), "{d} given twice");
 }
+
+/// A node whose dockerd stopped uncleanly (killed, or stopped with
+/// live-restore: measured in the lab) still holds its swarm network's local
+/// pool and addresses; when dockerd starts again it registers the IPAM driver
+/// (GetCapabilities) and re-creates the network, asking for them explicitly.
+/// Each is answered once more; a local network's pool never is.
+#[tokio::test]
+async fn after_dockerd_starts_again_a_swarm_networks_local_pool_and_addresses_are_answered_once_more() {
+    use crate::ipam::LOCAL_ADDRESS_SPACE as LOCAL;
+    let h = FakePlugin::new("swarm-ipam-local-replay");
+    let register = || crate::server::answer(h.plugin(), "/IpamDriver.GetCapabilities", b"{}");
+    let local = pool(&h, LOCAL, "10.0.1.0/24").await.unwrap();
+    let gw = address(&h, &local.pool_id, "10.0.1.1").await.unwrap();
+    let task = address(&h, &local.pool_id, "10.0.1.7").await.unwrap();
+    let generic = allocate(&h, NET, json!({})).unwrap();
+    create(&h, NET, &generic).await.unwrap();
+    let local_network = pool(&h, LOCAL, "10.0.9.0/24").await.unwrap();
+    // While dockerd runs, an explicit request for a held one is a duplicate.
+    assert!(pool(&h, LOCAL, "10.0.1.0/24").await.is_err());
+    assert!(address(&h, &local.pool_id, "10.0.1.7").await.is_err());
+
+    register().await.unwrap();
+
+    let again = pool(&h, LOCAL, "10.0.1.0/24").await.unwrap();
+    assert_eq!((again.pool_id.as_str(), again.pool.as_str()), (local.pool_id.as_str(), "10.0.1.0/24"));
+    assert_eq!(address(&h, &local.pool_id, "10.0.1.1").await.unwrap(), gw);
+    assert_eq!(address(&h, &local.pool_id, "10.0.1.7").await.unwrap(), task);
+    // Once each, and an address handed out since the start is not given twice either.
+    assert!(pool(&h, LOCAL, "10.0.1.0/24").await.is_err());
+    assert!(address(&h, &local.pool_id, "10.0.1.7").await.is_err());
+    address(&h, &local.pool_id, "10.0.1.9").await.unwrap();
+    assert!(address(&h, &local.pool_id, "10.0.1.9").await.is_err());
+    // A local network's pool (dockerd keeps those across restarts) is not armed.
+    assert!(pool(&h, LOCAL, "10.0.9.0/24").await.is_err());
+    assert!(h.plugin().lock_state().await.ipam.pool(&local_network.pool_id).is_some());
+    // The next dockerd start arms it again.
+    register().await.unwrap();
+    assert_eq!(pool(&h, LOCAL, "10.0.1.0/24").await.unwrap().pool_id, local.pool_id);
+}
