@@ -98,15 +98,19 @@ fn one_more_port_or_network_is_one_small_transaction() {
     let counts = in_netns(&host, async |fw| {
         fw.sync(&nets).await.expect("1,000 networks, 1,000 ports");
         let full = fw.last_transaction();
-        nets[0].ports.push(port(31000, "10.100.0.2", 31000));
-        let changed = |n: &FwNetwork| [FwChange { bridge: n.bridge.clone(), after: Some(n.clone()) }];
-        assert!(fw.apply(&changed(&nets[0])).await.expect("port 1,001"));
+        let more = port(31000, "10.100.0.2", 31000);
+        nets[0].ports.push(more.clone());
+        let ports = FwChange::Ports { bridge: nets[0].bridge.clone(), added: vec![more], removed: vec![] };
+        assert!(fw.apply(&[ports]).await.expect("port 1,001"));
         let port = fw.last_transaction();
         nets.push(network(1000));
-        assert!(fw.apply(&changed(&nets[1000])).await.expect("network 1,001"));
+        let made = FwChange::Network { bridge: nets[1000].bridge.clone(), after: Some(nets[1000].clone()) };
+        assert!(fw.apply(&[made]).await.expect("network 1,001"));
         let network = fw.last_transaction();
         let gone = nets.pop().unwrap();
-        assert!(fw.apply(&[FwChange { bridge: gone.bridge, after: None }]).await.expect("network 1,001 removed"));
+        assert!(
+            fw.apply(&[FwChange::Network { bridge: gone.bridge, after: None }]).await.expect("network 1,001 removed")
+        );
         let removed = fw.last_transaction();
         assert!(fw.is_intact(&nets).await.expect("read back"), "the kernel holds what was written");
         (full, port, network, removed)

@@ -183,6 +183,11 @@ pub fn firewall_network<'a>(n: &NetworkRecord, endpoints: impl Iterator<Item = &
     let mut ports: Vec<_> =
         endpoints.filter(|e| e.network_id == n.id).flat_map(|e| e.published.iter().cloned()).collect();
     ports.sort();
+    FwNetwork { ports, ..firewall_settings(n) }
+}
+
+/// The firewall's view of a network without its ports (they do not depend on its endpoints).
+pub fn firewall_settings(n: &NetworkRecord) -> FwNetwork {
     FwNetwork {
         bridge: n.bridge.clone(),
         subnets: n.ipv4.iter().chain(&n.ipv6).map(|s| s.pool).collect(),
@@ -194,7 +199,7 @@ pub fn firewall_network<'a>(n: &NetworkRecord, endpoints: impl Iterator<Item = &
         trusted_interfaces: n.options.trusted_host_interfaces.clone(),
         snat_ipv4: n.options.host_ipv4,
         snat_ipv6: n.options.host_ipv6,
-        ports,
+        ports: vec![],
     }
 }
 

@@ -1506,3 +1506,72 @@ async fn a_call_that_claimed_its_commit_in_time_commits() {
     let state = h.p().state.lock().await;
     assert!(state.ipam.addresses(&pool).unwrap().is_allocated(addr_of(&address)));
 }
+
+// ---------------------------------------------------------------- published ports: per-change cost
+
+/// `-p` of `count` host ports from `first` (container ports the same), as dockerd sends them.
+fn portmap(first: u16, count: u16) -> Value {
+    let bindings: Vec<Value> = (first..first + count)
+        .map(|p| json!({"Proto": 6, "IP": "", "Port": p, "HostIP": "", "HostPort": p, "HostPortEnd": p}))
+        .collect();
+    json!({ "com.docker.network.portmap": bindings })
+}
+
+async fn program(h: &Harness, net: &str, ep: &str, options: Value) -> Result<()> {
+    h.p()
+        .program_external_connectivity(from_json(json!({"NetworkID": net, "EndpointID": ep, "Options": options})))
+        .await
+}
+
+/// Issue 13, item 3: one more port costs the same whatever is already
+/// published. Counted, not timed: the firewall is handed the port the call
+/// adds or removes, never the network's whole list (10,000 here).
+#[tokio::test]
+async fn one_more_port_hands_the_firewall_one_port_whatever_is_published() {
+    let h = Harness::new("port-delta");
+    let id = network_with_subnet(&h, 97, "10.97.0.0/24", "10.97.0.1/24").await;
+    let (big, one) = (ep_id(970), ep_id(971));
+    for (ep, addr) in [(&big, "10.97.0.2/24"), (&one, "10.97.0.3/24")] {
+        h.create_endpoint(endpoint(&id, ep, addr, "", "")).await.unwrap();
+        h.join(&id, ep).await.unwrap();
+    }
+    let handed = || *h.fw.ports_handed.lock().unwrap();
+    let one_port_round = async || {
+        let before = handed();
+        program(&h, &id, &one, portmap(19999, 1)).await.unwrap();
+        let program = handed() - before;
+        h.p().revoke_external_connectivity(from_json(json!({"NetworkID": id, "EndpointID": one}))).await.unwrap();
+        (program, handed() - before - program)
+    };
+    let with_none = one_port_round().await;
+    assert!(with_none.0 <= 1 && with_none.1 <= 1, "{with_none:?}");
+    program(&h, &id, &big, portmap(20000, 10_000)).await.unwrap();
+    assert_eq!(h.fw.applied.lock().unwrap()[0].ports.len(), 10_000);
+    assert_eq!(one_port_round().await, with_none, "with 10,000 published");
+    assert_eq!(h.fw.applied.lock().unwrap()[0].ports.len(), 10_000, "the other endpoint's ports stay");
+}
+
+/// A network removal whose later step fails puts its rules back, ports and
+/// all: the undo is the inverse of what was handed over (the network gone
+/// with its ports), not a rewrite of every network.
+#[tokio::test]
+async fn a_failed_network_removal_puts_its_ports_back() {
+    let h = Harness::new("port-undo");
+    h.fake.links.lock().unwrap().insert("br-pre2".to_string(), FakeLink { up: true, ..FakeLink::bridge() });
+    let other = network_with_subnet(&h, 95, "10.95.0.0/24", "10.95.0.1/24").await;
+    let id = net_id(96);
+    h.create_network(v4_network(&id, "10.96.0.0/24", "10.96.0.1/24", json!({"bridge": "br-pre2"}))).await.unwrap();
+    let ep = ep_id(960);
+    h.create_endpoint(endpoint(&id, &ep, "10.96.0.2/24", "", "")).await.unwrap();
+    h.join(&id, &ep).await.unwrap();
+    program(&h, &id, &ep, portmap(18000, 2)).await.unwrap();
+    let before = h.fw.applied.lock().unwrap().clone();
+    let syncs = *h.fw.syncs.lock().unwrap();
+    h.fake.fail_once("remove_bridge_addresses");
+    let err = h.delete_network(&id).await.unwrap_err();
+    assert!(err.0.contains("injected"), "{err}");
+    assert_eq!(*h.fw.applied.lock().unwrap(), before, "the network's rules and ports are back");
+    assert_eq!(*h.fw.syncs.lock().unwrap(), syncs + 2, "the removal and its inverse, no full rewrite");
+    assert_eq!(h.fw.changes.lock().unwrap().last().unwrap(), &vec!["br-pre2".to_string(); 2]);
+    assert!(h.network_ids().await.contains(&other));
+}

@@ -24,7 +24,7 @@
 //! `docker rm -f` of 100 containers: Leave's p99 1.1 s). The link is deleted
 //! by its index, so a link of the same name made meanwhile is not touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +32,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::sync::MutexGuard;
 
-use super::{Plugin, PluginError, Result, State, firewall_network};
+use super::{Plugin, PluginError, Result, State, firewall_network, firewall_settings};
 use crate::dataplane::{BridgeSpec, DataPlane, VxlanSpec};
 use crate::deadline::CallDeadline;
-use crate::firewall::{FirewallError, FwChange, FwNetwork};
+use crate::firewall::{FirewallError, FwChange, FwNetwork, FwPort, port_difference};
 use crate::state::{Change, EndpointRecord, NetworkRecord};
 
 /// One undo step may take this long (its own requests are bounded too); the
@@ -56,9 +56,10 @@ pub enum Undo {
     /// A kernel step that cannot be taken back (a veth pair deleted): the
     /// record must say so even though the call fails. Committed by the undo.
     Record(Box<Change>),
-    /// Rules written for the call's changes: put the networks it touched back
-    /// as committed (None: a network the call created).
-    Firewall(Vec<FwChange>),
+    /// Rules written for the call's changes: their inverse, in undo order;
+    /// None while the write has not finished (it may be half done, or not
+    /// begun): then the committed state's rules are written back in full.
+    Firewall(Option<Vec<FwChange>>),
     /// An address taken in memory, and the pool's cursor before.
     ReleaseAddress { pool: String, addr: IpAddr, cursor_before: Option<IpAddr> },
     /// A pool taken in memory.
@@ -75,6 +76,8 @@ pub struct Txn<'a> {
     deletions: Vec<(u32, String)>,
     /// Commit without waiting for the disk (see [`Txn::relax_durability`]).
     relaxed: bool,
+    /// How many of `changes` the firewall was given (see [`Txn::sync_firewall`]).
+    firewall_sent: usize,
 }
 
 impl Plugin {
@@ -90,8 +93,16 @@ impl Plugin {
                 ))
             })?,
         };
-        let txn =
-            Txn { plugin: self, state, deadline, teardown: vec![], changes: vec![], deletions: vec![], relaxed: false };
+        let txn = Txn {
+            plugin: self,
+            state,
+            deadline,
+            teardown: vec![],
+            changes: vec![],
+            deletions: vec![],
+            relaxed: false,
+            firewall_sent: 0,
+        };
         txn.check("starting")?;
         Ok(txn)
     }
@@ -150,29 +161,22 @@ impl Txn<'_> {
         self.changes.push(change);
     }
 
-    /// Writes the rules of the networks this call changes, as they will be
-    /// after its changes (record them first): only those networks, so the
-    /// work does not grow with the others. Bounded by the time left before
-    /// the commit point; a write that fails or is cut off (possibly half
-    /// done) is undone by writing those networks back as committed.
+    /// Writes this call's changes to the firewall (record them first): the
+    /// ports an endpoint gains or loses, a network's settings, a network
+    /// made or removed; never a network's whole port list, so the work does
+    /// not grow with the other networks or the ports already published.
+    /// Bounded by the time left before the commit point. A finished write is
+    /// undone by the inverse changes; one that fails or is cut off (possibly
+    /// half done, or not begun) by writing the committed state back in full.
     pub async fn sync_firewall(&mut self) -> Result<()> {
         self.check("writing firewall rules")?;
-        let touched = self.touched_networks();
-        let changes = self.firewall_changes(&touched);
-        let committed = self.firewall_committed(&touched, &changes);
-        match self.teardown.iter_mut().find_map(|u| match u {
-            Undo::Firewall(back) => Some(back),
-            _ => None,
-        }) {
-            Some(back) => {
-                for c in committed {
-                    if !back.iter().any(|b| b.bridge == c.bridge) {
-                        back.push(c);
-                    }
-                }
-            }
-            None => self.teardown.push(Undo::Firewall(committed)),
+        let (changes, back) = self.firewall_changes();
+        self.firewall_sent = self.changes.len();
+        if changes.is_empty() {
+            return Ok(());
         }
+        self.teardown.push(Undo::Firewall(None));
+        let undo_at = self.teardown.len() - 1;
         let firewall = &self.plugin.firewall;
         let write = async {
             if !firewall.apply(&changes).await? {
@@ -189,91 +193,34 @@ impl Txn<'_> {
                 ))
             })??,
         }
+        self.teardown[undo_at] = Undo::Firewall(Some(back));
         Ok(())
     }
 
-    /// The networks this call's changes touch (by ID).
-    fn touched_networks(&self) -> BTreeSet<String> {
-        let mut ids = BTreeSet::new();
-        for change in &self.changes {
+    /// The firewall changes of the store changes recorded since the last
+    /// write, and their inverse (in the order that undoes them). Each store
+    /// change is compared with the record as the state and the earlier
+    /// changes leave it: O(the changed records), not O(the state), except
+    /// for a network removed or moved to another bridge, whose undo (or new
+    /// bridge) needs all its endpoints' ports.
+    fn firewall_changes(&self) -> (Vec<FwChange>, Vec<FwChange>) {
+        let mut view = View { state: &self.state, networks: HashMap::new(), endpoints: HashMap::new() };
+        for change in &self.changes[..self.firewall_sent] {
+            view.record(change);
+        }
+        let (mut forward, mut back) = (Vec::new(), Vec::new());
+        for change in &self.changes[self.firewall_sent..] {
             match change {
-                Change::PutNetwork(r) => drop(ids.insert(r.id.clone())),
-                Change::DeleteNetwork(id) => drop(ids.insert(id.clone())),
-                Change::PutEndpoint(r) => {
-                    ids.insert(r.network_id.clone());
-                    ids.extend(self.state.endpoints.get(&r.id).map(|e| e.network_id.clone()));
-                }
-                Change::DeleteEndpoint(id) => ids.extend(self.state.endpoints.get(id).map(|e| e.network_id.clone())),
+                Change::PutNetwork(r) => view.network_changes(&r.id, Some(r), &mut forward, &mut back),
+                Change::DeleteNetwork(id) => view.network_changes(id, None, &mut forward, &mut back),
+                Change::PutEndpoint(r) => view.port_changes(&r.id, Some(r), &mut forward, &mut back),
+                Change::DeleteEndpoint(id) => view.port_changes(id, None, &mut forward, &mut back),
                 _ => {}
             }
+            view.record(change);
         }
-        ids
-    }
-
-    /// A network as this call leaves it.
-    fn network_after(&self, id: &str) -> Option<NetworkRecord> {
-        let mut network = self.state.networks.get(id).cloned();
-        for change in &self.changes {
-            match change {
-                Change::PutNetwork(r) if r.id == id => network = Some(r.clone()),
-                Change::DeleteNetwork(gone) if gone == id => network = None,
-                _ => {}
-            }
-        }
-        network
-    }
-
-    /// A network's endpoints as this call leaves them.
-    fn endpoints_after(&self, network_id: &str) -> Vec<EndpointRecord> {
-        let mut endpoints: BTreeMap<&str, EndpointRecord> = self
-            .state
-            .endpoints
-            .values()
-            .filter(|e| e.network_id == network_id)
-            .map(|e| (e.id.as_str(), e.clone()))
-            .collect();
-        for change in &self.changes {
-            match change {
-                Change::PutEndpoint(r) if r.network_id == network_id => drop(endpoints.insert(&r.id, r.clone())),
-                Change::PutEndpoint(r) => drop(endpoints.remove(r.id.as_str())),
-                Change::DeleteEndpoint(id) => drop(endpoints.remove(id.as_str())),
-                _ => {}
-            }
-        }
-        endpoints.into_values().collect()
-    }
-
-    /// The firewall's view of the touched networks after this call (a
-    /// network gone, or moved to another bridge, leaves its old bridge empty).
-    fn firewall_changes(&self, touched: &BTreeSet<String>) -> Vec<FwChange> {
-        let mut out = Vec::new();
-        for id in touched {
-            let before = self.state.networks.get(id).map(|n| n.bridge.clone());
-            let after = self.network_after(id);
-            if let Some(bridge) = before.filter(|b| after.as_ref().is_none_or(|n| n.bridge != *b)) {
-                out.push(FwChange { bridge, after: None });
-            }
-            if let Some(n) = after {
-                let view = firewall_network(&n, self.endpoints_after(id).iter());
-                out.push(FwChange { bridge: n.bridge, after: Some(view) });
-            }
-        }
-        out
-    }
-
-    /// The same networks as committed: what an undo writes back.
-    fn firewall_committed(&self, touched: &BTreeSet<String>, changes: &[FwChange]) -> Vec<FwChange> {
-        let mut out: Vec<FwChange> = touched
-            .iter()
-            .filter_map(|id| self.state.networks.get(id))
-            .map(|n| FwChange { bridge: n.bridge.clone(), after: Some(self.state.firewall_network(n)) })
-            .collect();
-        for c in changes {
-            if !out.iter().any(|o| o.bridge == c.bridge) {
-                out.push(FwChange { bridge: c.bridge.clone(), after: None });
-            }
-        }
-        out
+        back.reverse();
+        (forward, back)
     }
 
     /// The firewall's view of the whole state with this call's changes
@@ -373,7 +320,11 @@ impl Txn<'_> {
             Undo::EnsureVxlan(spec) => plugin.dataplane.ensure_vxlan(&spec).await?,
             Undo::Record(_) => {} // committed together after the kernel steps
             Undo::Firewall(back) => {
-                if !plugin.firewall.apply(&back).await? {
+                let undone = match back {
+                    Some(back) => plugin.firewall.apply(&back).await?,
+                    None => false,
+                };
+                if !undone {
                     plugin.firewall.sync(&self.state.firewall_networks()).await?
                 }
             }
@@ -412,6 +363,126 @@ async fn delete_released(dataplane: Arc<dyn DataPlane>, links: Vec<(u32, String)
             let _ = tokio::time::timeout(left, work).await;
         }
     }
+}
+
+/// The state as a call's changes so far leave it (only the records they
+/// touch are looked up in the overlay; everything else is the state's).
+struct View<'a> {
+    state: &'a State,
+    networks: HashMap<&'a str, Option<&'a NetworkRecord>>,
+    endpoints: HashMap<&'a str, Option<&'a EndpointRecord>>,
+}
+
+impl<'a> View<'a> {
+    fn record(&mut self, change: &'a Change) {
+        match change {
+            Change::PutNetwork(r) => drop(self.networks.insert(&r.id, Some(r))),
+            Change::DeleteNetwork(id) => drop(self.networks.insert(id, None)),
+            Change::PutEndpoint(r) => drop(self.endpoints.insert(&r.id, Some(r))),
+            Change::DeleteEndpoint(id) => drop(self.endpoints.insert(id, None)),
+            _ => {}
+        }
+    }
+
+    fn network(&self, id: &str) -> Option<&'a NetworkRecord> {
+        self.networks.get(id).copied().unwrap_or_else(|| self.state.networks.get(id))
+    }
+
+    fn endpoint(&self, id: &str) -> Option<&'a EndpointRecord> {
+        self.endpoints.get(id).copied().unwrap_or_else(|| self.state.endpoints.get(id))
+    }
+
+    /// Every port the network's endpoints publish (a scan of the endpoints:
+    /// only for a network removed or moved to another bridge).
+    fn network_ports(&self, id: &str) -> Vec<FwPort> {
+        let overlaid = self.endpoints.values().flatten().copied();
+        let unchanged = self.state.endpoints.values().filter(|e| !self.endpoints.contains_key(e.id.as_str()));
+        overlaid.chain(unchanged).filter(|e| e.network_id == id).flat_map(|e| e.published.iter().cloned()).collect()
+    }
+
+    /// A network made, changed (settings or bridge) or removed.
+    fn network_changes(
+        &self,
+        id: &str,
+        after: Option<&NetworkRecord>,
+        forward: &mut Vec<FwChange>,
+        back: &mut Vec<FwChange>,
+    ) {
+        let before = self.network(id);
+        let network = |bridge: &str, n: Option<&NetworkRecord>| FwChange::Network {
+            bridge: bridge.to_string(),
+            after: n.map(firewall_settings),
+        };
+        if let (Some(b), Some(a)) = (before, after)
+            && b.bridge == a.bridge
+        {
+            if firewall_settings(b) != firewall_settings(a) {
+                forward.push(network(&a.bridge, Some(a)));
+                back.push(network(&b.bridge, Some(b)));
+            }
+            return;
+        }
+        // Gone, new, or on another bridge: its ports go with the old bridge and come with the new one.
+        let ports = before.map(|_| self.network_ports(id)).unwrap_or_default();
+        let with_ports = |bridge: &str, ports: &[FwPort]| FwChange::Ports {
+            bridge: bridge.to_string(),
+            added: ports.to_vec(),
+            removed: vec![],
+        };
+        if let Some(b) = before {
+            forward.push(network(&b.bridge, None));
+            if !ports.is_empty() {
+                back.push(with_ports(&b.bridge, &ports));
+            }
+            back.push(network(&b.bridge, Some(b)));
+        }
+        if let Some(a) = after {
+            forward.push(network(&a.bridge, Some(a)));
+            if !ports.is_empty() {
+                forward.push(with_ports(&a.bridge, &ports));
+            }
+            back.push(network(&a.bridge, None));
+        }
+    }
+
+    /// The ports an endpoint gains and loses (it has no other firewall state).
+    fn port_changes(
+        &self,
+        id: &str,
+        after: Option<&EndpointRecord>,
+        forward: &mut Vec<FwChange>,
+        back: &mut Vec<FwChange>,
+    ) {
+        let before = self.endpoint(id);
+        let bridge_of = |e: Option<&EndpointRecord>| e.and_then(|e| self.network(&e.network_id)).map(|n| &n.bridge);
+        let (old, new) = (bridge_of(before), bridge_of(after));
+        let mut push = |bridge: &String, added: Vec<&FwPort>, removed: Vec<&FwPort>| {
+            if added.is_empty() && removed.is_empty() {
+                return;
+            }
+            let owned = |ports: Vec<&FwPort>| -> Vec<FwPort> { ports.into_iter().cloned().collect() };
+            let (added, removed) = (owned(added), owned(removed));
+            back.push(FwChange::Ports { bridge: bridge.clone(), added: removed.clone(), removed: added.clone() });
+            forward.push(FwChange::Ports { bridge: bridge.clone(), added, removed });
+        };
+        if let Some(bridge) = old
+            && old == new
+        {
+            let (removed, added) = port_difference(published(before), published(after));
+            push(bridge, added, removed);
+            return;
+        }
+        if let Some(bridge) = old {
+            push(bridge, vec![], published(before).iter().collect());
+        }
+        if let Some(bridge) = new {
+            push(bridge, after.map_or(vec![], |e| e.published.iter().collect()), vec![]);
+        }
+    }
+}
+
+fn published(endpoint: Option<&EndpointRecord>) -> &[FwPort] {
+    endpoint.map_or(&[], |e| &e.published)
 }
 
 /// Makes memory match a committed transaction. Pools and addresses were

@@ -16,6 +16,8 @@ pub struct FakeFirewall {
     pub syncs: Mutex<usize>,
     /// The bridges of each `apply` call, in order (a call hands only what it changed).
     pub changes: Mutex<Vec<Vec<String>>>,
+    /// Published ports handed over by `apply` calls, all told: a call's work in ports.
+    pub ports_handed: Mutex<usize>,
     pub fail_next: Mutex<bool>,
     /// The swarm rule group's last (port, members); None: absent.
     pub swarm: Mutex<Option<(u16, Vec<std::net::IpAddr>)>>,
@@ -55,15 +57,30 @@ impl Firewall for FakeFirewall {
 
     async fn apply(&self, changes: &[FwChange]) -> Result<bool, FirewallError> {
         self.write().await?;
-        self.changes.lock().unwrap().push(changes.iter().map(|c| c.bridge.clone()).collect());
+        self.changes.lock().unwrap().push(changes.iter().map(|c| c.bridge().to_string()).collect());
         let mut applied = self.applied.lock().unwrap();
         for change in changes {
-            let at = applied.iter().position(|n| n.bridge == change.bridge);
-            match (at, &change.after) {
-                (Some(i), Some(n)) => applied[i] = n.clone(),
-                (Some(i), None) => drop(applied.remove(i)),
-                (None, Some(n)) => applied.push(n.clone()),
-                (None, None) => {}
+            let at = applied.iter().position(|n| n.bridge == change.bridge());
+            match (change, at) {
+                (FwChange::Network { after: Some(n), .. }, Some(i)) => {
+                    applied[i] = FwNetwork { ports: std::mem::take(&mut applied[i].ports), ..n.settings() }
+                }
+                (FwChange::Network { after: Some(n), .. }, None) => applied.push(n.settings()),
+                (FwChange::Network { after: None, .. }, Some(i)) => drop(applied.remove(i)),
+                (FwChange::Network { after: None, .. }, None) => {}
+                (FwChange::Ports { added, removed, .. }, Some(i)) => {
+                    *self.ports_handed.lock().unwrap() += added.len() + removed.len();
+                    let ports = &mut applied[i].ports;
+                    for p in removed {
+                        if let Some(at) = ports.iter().position(|q| q == p) {
+                            ports.remove(at);
+                        }
+                    }
+                    ports.extend(added.iter().cloned());
+                    ports.sort();
+                }
+                // Ports on a bridge without rules: the engine would ask for a full sync.
+                (FwChange::Ports { .. }, None) => return Ok(false),
             }
         }
         Ok(true)

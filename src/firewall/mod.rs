@@ -91,12 +91,95 @@ pub struct FirewallError {
     pub message: String,
 }
 
-/// One network as a call leaves it: its view after the call, or None when it
-/// (or its bridge) is gone.
+/// What a call changes, and only that: neither the change nor the work it
+/// takes depends on the other networks or on the ports already published.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FwChange {
-    pub bridge: String,
-    pub after: Option<FwNetwork>,
+pub enum FwChange {
+    /// A network's own settings as the call leaves them, or None when it (or
+    /// its bridge) is gone, with every port it still had. The settings'
+    /// `ports` are not looked at: ports change only by [`FwChange::Ports`].
+    Network { bridge: String, after: Option<FwNetwork> },
+    /// Ports published on (`added`) and withdrawn from (`removed`) a
+    /// network's bridge; the network's other ports stay as they are.
+    Ports { bridge: String, added: Vec<FwPort>, removed: Vec<FwPort> },
+}
+
+impl FwChange {
+    pub fn bridge(&self) -> &str {
+        match self {
+            FwChange::Network { bridge, .. } | FwChange::Ports { bridge, .. } => bridge,
+        }
+    }
+}
+
+impl FwNetwork {
+    /// The same network without its ports (what [`FwChange::Network`] carries).
+    pub fn settings(&self) -> FwNetwork {
+        let FwNetwork {
+            bridge,
+            subnets,
+            internal,
+            icc,
+            masquerade,
+            routed_v4,
+            routed_v6,
+            trusted_interfaces,
+            ports: _,
+            snat_ipv4,
+            snat_ipv6,
+        } = self;
+        FwNetwork {
+            bridge: bridge.clone(),
+            subnets: subnets.clone(),
+            internal: *internal,
+            icc: *icc,
+            masquerade: *masquerade,
+            routed_v4: *routed_v4,
+            routed_v6: *routed_v6,
+            trusted_interfaces: trusted_interfaces.clone(),
+            ports: vec![],
+            snat_ipv4: *snat_ipv4,
+            snat_ipv6: *snat_ipv6,
+        }
+    }
+
+    /// Whether two views of a network differ at most in their ports.
+    pub fn same_settings(&self, other: &FwNetwork) -> bool {
+        self.settings() == other.settings()
+    }
+}
+
+/// The ports only in `before` and only in `after`, counted as multisets:
+/// (removed, added). Sorts copies of the references, so O(n log n) in the
+/// two lists (those of one endpoint, or of the whole state for a full sync).
+pub fn port_difference<'a>(before: &'a [FwPort], after: &'a [FwPort]) -> (Vec<&'a FwPort>, Vec<&'a FwPort>) {
+    let sorted = |ports: &'a [FwPort]| {
+        let mut v: Vec<&FwPort> = ports.iter().collect();
+        v.sort();
+        v
+    };
+    let (b, a) = (sorted(before), sorted(after));
+    let (mut gone, mut new) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (b.get(i), a.get(j)) {
+            (Some(x), Some(y)) if x == y => (i, j) = (i + 1, j + 1),
+            (Some(x), Some(y)) if x < y => {
+                gone.push(*x);
+                i += 1;
+            }
+            (Some(x), None) => {
+                gone.push(*x);
+                i += 1;
+            }
+            (_, Some(y)) => {
+                new.push(*y);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (gone, new)
 }
 
 #[async_trait]
@@ -104,8 +187,9 @@ pub trait Firewall: Send + Sync {
     /// Makes the kernel hold exactly the rules for `networks` (removing
     /// everything when there are none), in one transaction. Idempotent.
     async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError>;
-    /// Changes only the networks a call changed, in one transaction whose
-    /// size does not depend on the other networks. Ok(false): the firewall
+    /// Makes only the changes a call made (in order), in one transaction
+    /// whose size and work do not depend on the other networks or ports.
+    /// Ok(false): the firewall
     /// does not know what the kernel holds (first write, or a failed one);
     /// nothing was written and the caller must `sync` every network.
     async fn apply(&self, changes: &[FwChange]) -> Result<bool, FirewallError>;

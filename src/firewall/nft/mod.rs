@@ -18,6 +18,7 @@ pub mod msg;
 pub mod ruleset;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -61,16 +62,27 @@ fn families_in_use<'a>(networks: impl Iterator<Item = &'a FwNetwork> + Clone) ->
 /// What the kernel's table holds, per network (no network: no table).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
-    nets: BTreeMap<String, FwNetwork>,
+    nets: BTreeMap<String, Net>,
     /// Every element, with the network that put it there and how many of
-    /// that network's ports (or itself) want it.
-    owners: BTreeMap<(&'static str, Vec<u8>), Owned>,
+    /// that network's distinct ports (or itself) want it.
+    owners: Owners,
+}
+
+type Owners = BTreeMap<(&'static str, Vec<u8>), Owned>;
+
+/// One network: its settings (no ports) and its ports, each with how many
+/// times it was handed over (its elements go when the count does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Net {
+    settings: FwNetwork,
+    ports: BTreeMap<FwPort, usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Owned {
     elem: Elem,
-    bridge: String,
+    /// Shared by all of a network's elements (one allocation per network, not per element).
+    bridge: Arc<str>,
     refs: usize,
 }
 
@@ -81,129 +93,191 @@ struct ElementChanges {
     added: BTreeMap<&'static str, BTreeMap<Vec<u8>, Elem>>,
 }
 
+/// A change named a bridge that holds no rules (a caller's mistake): the
+/// engine forgets what it committed and the caller rewrites everything.
+#[derive(Debug)]
+pub struct UnknownBridge;
+
 impl Committed {
     /// What a full write of `networks` leaves (the first network wins a key, as in [`ruleset::build`]).
     pub fn new(networks: &[FwNetwork]) -> Committed {
         let mut c = Committed::default();
-        let mut ignored = ElementChanges::default();
+        let (mut elements, mut chains) = (ElementChanges::default(), Vec::new());
         for n in networks {
-            for (key, elem) in
-                ruleset::network_elements(n).into_iter().chain(n.ports.iter().flat_map(ruleset::port_elements))
-            {
-                c.acquire(key, elem, &n.bridge, &mut ignored);
-            }
-            c.nets.insert(n.bridge.clone(), n.clone());
+            c.change_network(&n.bridge, Some(n), &mut elements, &mut chains);
+            c.change_ports(&n.bridge, &n.ports, &[], &mut elements).expect("the network was just added");
         }
         c
     }
 
+    /// Every network as a full view (ports sorted), in bridge order.
+    fn networks(&self) -> Vec<FwNetwork> {
+        self.nets.values().map(|n| FwNetwork { ports: expand(&n.ports), ..n.settings.clone() }).collect()
+    }
+
     fn holds(&self, networks: &[FwNetwork]) -> bool {
-        self.nets.len() == networks.len() && networks.iter().all(|n| self.nets.get(&n.bridge) == Some(n))
+        self.nets.len() == networks.len()
+            && networks.iter().all(|n| {
+                self.nets.get(&n.bridge).is_some_and(|c| {
+                    c.settings.same_settings(n) && {
+                        let mut ports: Vec<&FwPort> = n.ports.iter().collect();
+                        ports.sort();
+                        ports.into_iter().eq(c.ports.iter().flat_map(|(p, count)| std::iter::repeat_n(p, *count)))
+                    }
+                })
+            })
     }
 
     /// The changes that turn this into `networks`.
     fn changes_to(&self, networks: &[FwNetwork]) -> Vec<FwChange> {
         let gone = self.nets.keys().filter(|b| !networks.iter().any(|n| n.bridge == **b));
-        gone.map(|b| FwChange { bridge: b.clone(), after: None })
-            .chain(networks.iter().map(|n| FwChange { bridge: n.bridge.clone(), after: Some(n.clone()) }))
-            .collect()
+        let mut out: Vec<FwChange> = gone.map(|b| FwChange::Network { bridge: b.clone(), after: None }).collect();
+        for n in networks {
+            out.push(FwChange::Network { bridge: n.bridge.clone(), after: Some(n.settings()) });
+            let mine = self.nets.get(&n.bridge).map(|c| expand(&c.ports)).unwrap_or_default();
+            let (removed, added) = super::port_difference(&mine, &n.ports);
+            if !(removed.is_empty() && added.is_empty()) {
+                let owned = |ports: Vec<&FwPort>| ports.into_iter().cloned().collect();
+                out.push(FwChange::Ports { bridge: n.bridge.clone(), added: owned(added), removed: owned(removed) });
+            }
+        }
+        out
     }
 
-    /// `bridge` wants the element. Keys are unique across networks (no
-    /// overlapping subnets, one owner per host port); were they not, the
-    /// network holding the key keeps it.
-    fn acquire(&mut self, key: (&'static str, Vec<u8>), elem: Elem, bridge: &str, out: &mut ElementChanges) {
-        match self.owners.get_mut(&key) {
-            None => {
-                out.added.entry(key.0).or_default().insert(key.1.clone(), elem.clone());
-                self.owners.insert(key, Owned { elem, bridge: bridge.to_string(), refs: 1 });
+    /// A network's settings changed, or it is added (no ports yet) or gone
+    /// (with its ports): its own chains and elements, and on removal its ports'.
+    fn change_network(
+        &mut self,
+        bridge: &str,
+        after: Option<&FwNetwork>,
+        elements: &mut ElementChanges,
+        chains: &mut Vec<Msg>,
+    ) {
+        let before = match (self.nets.get(bridge), after) {
+            (None, None) => return,
+            (Some(o), Some(a)) if o.settings.same_settings(a) => return,
+            (old, _) => old.map(|n| n.settings.clone()),
+        };
+        let name: Arc<str> = bridge.into();
+        // Wanted first, unwanted after: an element both had is neither written nor deleted.
+        for (key, elem) in after.iter().flat_map(|n| ruleset::network_elements(n)) {
+            acquire(&mut self.owners, key, elem, &name, elements);
+        }
+        if after.is_none() {
+            let ports = self.nets.remove(bridge).map(|n| n.ports).unwrap_or_default();
+            for (key, _) in ports.keys().flat_map(ruleset::port_elements) {
+                release(&mut self.owners, key, bridge, elements);
             }
-            Some(o) if o.bridge == bridge => {
-                o.refs += 1;
-                if o.elem != elem {
-                    // The same key to another value (a host port moved to another container).
-                    out.deleted.entry(key.0).or_default().insert(key.1.clone(), o.elem.clone());
-                    out.added.entry(key.0).or_default().insert(key.1, elem.clone());
-                    o.elem = elem;
+        }
+        for (key, _) in before.iter().flat_map(ruleset::network_elements) {
+            release(&mut self.owners, key, bridge, elements);
+        }
+        chains.extend(chain_changes(before.as_ref(), after));
+        if let Some(a) = after {
+            let settings = a.settings();
+            match self.nets.get_mut(bridge) {
+                Some(n) => n.settings = settings,
+                None => drop(self.nets.insert(bridge.to_string(), Net { settings, ports: BTreeMap::new() })),
+            }
+        }
+    }
+
+    /// Ports published on and withdrawn from a network: only those ports' elements.
+    fn change_ports(
+        &mut self,
+        bridge: &str,
+        added: &[FwPort],
+        removed: &[FwPort],
+        elements: &mut ElementChanges,
+    ) -> Result<(), UnknownBridge> {
+        let Committed { nets, owners } = self;
+        let net = nets.get_mut(bridge).ok_or(UnknownBridge)?;
+        let name: Arc<str> = bridge.into();
+        for p in added {
+            let count = net.ports.entry(p.clone()).or_default();
+            *count += 1;
+            if *count == 1 {
+                for (key, elem) in ruleset::port_elements(p) {
+                    acquire(owners, key, elem, &name, elements);
                 }
             }
-            Some(_) => {}
         }
-    }
-
-    /// `bridge` no longer wants the element once.
-    fn release(&mut self, key: (&'static str, Vec<u8>), bridge: &str, out: &mut ElementChanges) {
-        let Some(o) = self.owners.get_mut(&key).filter(|o| o.bridge == bridge) else { return };
-        o.refs -= 1;
-        if o.refs > 0 {
-            return;
+        for p in removed {
+            let Some(count) = net.ports.get_mut(p) else { continue };
+            *count -= 1;
+            if *count == 0 {
+                net.ports.remove(p);
+                for (key, _) in ruleset::port_elements(p) {
+                    release(owners, key, bridge, elements);
+                }
+            }
         }
-        let o = self.owners.remove(&key).expect("just found");
-        let not_yet_written = out.added.get_mut(key.0).and_then(|a| a.remove(&key.1)).is_some();
-        if !not_yet_written || out.deleted.get(key.0).is_some_and(|d| d.contains_key(&key.1)) {
-            out.deleted.entry(key.0).or_default().insert(key.1, o.elem);
-        }
+        Ok(())
     }
 }
 
-/// The ports only in `before` and only in `after` (both sorted, as the driver hands them).
-fn port_difference<'a>(before: &'a [FwPort], after: &'a [FwPort]) -> (Vec<&'a FwPort>, Vec<&'a FwPort>) {
-    let sorted = |ports: &'a [FwPort]| {
-        let mut v: Vec<&FwPort> = ports.iter().collect();
-        if !v.is_sorted() {
-            v.sort();
-        }
-        v
-    };
-    let (b, a) = (sorted(before), sorted(after));
-    let (mut gone, mut new) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    loop {
-        match (b.get(i), a.get(j)) {
-            (Some(x), Some(y)) if x == y => (i, j) = (i + 1, j + 1),
-            (Some(x), Some(y)) if x < y => {
-                gone.push(*x);
-                i += 1;
-            }
-            (Some(x), None) => {
-                gone.push(*x);
-                i += 1;
-            }
-            (_, Some(y)) => {
-                new.push(*y);
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
-    (gone, new)
+fn expand(ports: &BTreeMap<FwPort, usize>) -> Vec<FwPort> {
+    ports.iter().flat_map(|(p, count)| std::iter::repeat_n(p.clone(), *count)).collect()
 }
 
-/// Whether two views of a network differ only in their ports.
-fn same_but_ports(a: &FwNetwork, b: &FwNetwork) -> bool {
-    let FwNetwork {
-        bridge,
-        subnets,
-        internal,
-        icc,
-        masquerade,
-        routed_v4,
-        routed_v6,
-        trusted_interfaces,
-        ports: _,
-        snat_ipv4,
-        snat_ipv6,
-    } = a;
-    *bridge == b.bridge
-        && *subnets == b.subnets
-        && *internal == b.internal
-        && *icc == b.icc
-        && *masquerade == b.masquerade
-        && *routed_v4 == b.routed_v4
-        && *routed_v6 == b.routed_v6
-        && *trusted_interfaces == b.trusted_interfaces
-        && *snat_ipv4 == b.snat_ipv4
-        && *snat_ipv6 == b.snat_ipv6
+/// `bridge` wants the element. Keys are unique across networks (no
+/// overlapping subnets, one owner per host port); were they not, the
+/// network holding the key keeps it.
+fn acquire(owners: &mut Owners, key: (&'static str, Vec<u8>), elem: Elem, bridge: &Arc<str>, out: &mut ElementChanges) {
+    match owners.get_mut(&key) {
+        None => {
+            out.added.entry(key.0).or_default().insert(key.1.clone(), elem.clone());
+            owners.insert(key, Owned { elem, bridge: bridge.clone(), refs: 1 });
+        }
+        Some(o) if o.bridge == *bridge => {
+            o.refs += 1;
+            if o.elem != elem {
+                // The same key to another value (a host port moved to another container).
+                out.deleted.entry(key.0).or_default().insert(key.1.clone(), o.elem.clone());
+                out.added.entry(key.0).or_default().insert(key.1, elem.clone());
+                o.elem = elem;
+            }
+        }
+        Some(_) => {}
+    }
+}
+
+/// `bridge` no longer wants the element once.
+fn release(owners: &mut Owners, key: (&'static str, Vec<u8>), bridge: &str, out: &mut ElementChanges) {
+    let Some(o) = owners.get_mut(&key).filter(|o| &*o.bridge == bridge) else { return };
+    o.refs -= 1;
+    if o.refs > 0 {
+        return;
+    }
+    let o = owners.remove(&key).expect("just found");
+    let not_yet_written = out.added.get_mut(key.0).and_then(|a| a.remove(&key.1)).is_some();
+    if !not_yet_written || out.deleted.get(key.0).is_some_and(|d| d.contains_key(&key.1)) {
+        out.deleted.entry(key.0).or_default().insert(key.1, o.elem);
+    }
+}
+
+/// The messages that turn a network's chains from `before`'s into `after`'s.
+fn chain_changes(before: Option<&FwNetwork>, after: Option<&FwNetwork>) -> Vec<Msg> {
+    let before = before.map(ruleset::chains).unwrap_or_default();
+    let after = after.map(ruleset::chains).unwrap_or_default();
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let mut msgs = Vec::new();
+    for name in names {
+        match (before.get(name), after.get(name)) {
+            (Some(_), None) => msgs.extend(chain_del_msgs(name)),
+            (None, Some(rules)) => {
+                msgs.push(chain_msg(name, None));
+                msgs.extend(rules_msgs(name, rules));
+            }
+            (Some(a), Some(b)) if a != b => {
+                let [flush, _] = chain_del_msgs(name);
+                msgs.push(flush);
+                msgs.extend(rules_msgs(name, b));
+            }
+            _ => {}
+        }
+    }
+    msgs
 }
 
 impl NftFirewall {
@@ -255,7 +329,7 @@ impl NftFirewall {
         cache.generation += 1;
         self.last_transaction.store(msgs.len(), std::sync::atomic::Ordering::Relaxed);
         transact(msgs).await?;
-        let families = families_in_use(next.nets.values());
+        let families = families_in_use(next.nets.values().map(|n| &n.settings));
         cache.committed = Some(next);
         self.write_statics(cache, families).await
     }
@@ -265,11 +339,12 @@ impl NftFirewall {
 impl Firewall for NftFirewall {
     async fn sync(&self, networks: &[FwNetwork]) -> Result<(), FirewallError> {
         let mut cache = self.cache.lock().await;
-        let (msgs, next) = match cache.committed.take() {
-            Some(mut c) => {
-                let changes = c.changes_to(networks);
-                (change_batch(&mut c, &changes), c)
-            }
+        let known = cache.committed.take().and_then(|mut c| {
+            let changes = c.changes_to(networks);
+            change_batch(&mut c, &changes).ok().map(|msgs| (msgs, c))
+        });
+        let (msgs, next) = match known {
+            Some(known) => known,
             None => (full_batch(ruleset::build(networks).as_ref()), Committed::new(networks)),
         };
         self.commit(&mut cache, msgs, next).await
@@ -278,7 +353,7 @@ impl Firewall for NftFirewall {
     async fn apply(&self, changes: &[FwChange]) -> Result<bool, FirewallError> {
         let mut cache = self.cache.lock().await;
         let Some(mut c) = cache.committed.take() else { return Ok(false) };
-        let msgs = change_batch(&mut c, changes);
+        let Ok(msgs) = change_batch(&mut c, changes) else { return Ok(false) };
         self.commit(&mut cache, msgs, c).await?;
         Ok(true)
     }
@@ -467,78 +542,28 @@ pub fn full_batch(desired: Option<&Ruleset>) -> Vec<Msg> {
     msgs
 }
 
-/// The transaction that turns the table `c` describes into the one with
-/// `changes` applied (and `c` into its description). Only the changed
-/// networks' chains and elements: element deletions first (a chain still
-/// referenced by a map element cannot go), then chains, then new elements.
-/// The first network makes the table, the last removes it.
-pub fn change_batch(c: &mut Committed, changes: &[FwChange]) -> Vec<Msg> {
+/// The transaction that makes `changes` (in order) to the table `c`
+/// describes, and turns `c` into its description. Only what the changes
+/// touch: a port's elements, or a network's chains and elements. Element
+/// deletions first (a chain still referenced by a map element cannot go),
+/// then chains, then new elements. The first network makes the table, the
+/// last removes it. Err: a change named a bridge that holds no rules.
+pub fn change_batch(c: &mut Committed, changes: &[FwChange]) -> Result<Vec<Msg>, UnknownBridge> {
     let was_empty = c.nets.is_empty();
     let mut elements = ElementChanges::default();
     let mut chains = Vec::new();
-    let none: &[FwPort] = &[];
     for change in changes {
-        let bridge = &change.bridge;
-        let old = c.nets.remove(bridge);
-        if old.as_ref() == change.after.as_ref() {
-            old.map(|n| c.nets.insert(bridge.clone(), n));
-            continue;
-        }
-        // A port more or less touches only that port's elements; anything
-        // else about the network, its own elements and chains as well.
-        let whole = match (&old, &change.after) {
-            (Some(a), Some(b)) => !same_but_ports(a, b),
-            _ => true,
-        };
-        let (gone, new) =
-            port_difference(old.as_ref().map_or(none, |n| &n.ports), change.after.as_ref().map_or(none, |n| &n.ports));
-        // Wanted first, unwanted after: an element both had is neither written nor deleted.
-        if whole {
-            for (key, elem) in change.after.iter().flat_map(ruleset::network_elements) {
-                c.acquire(key, elem, bridge, &mut elements);
-            }
-        }
-        for (key, elem) in new.into_iter().flat_map(ruleset::port_elements) {
-            c.acquire(key, elem, bridge, &mut elements);
-        }
-        for (key, _) in gone.into_iter().flat_map(ruleset::port_elements) {
-            c.release(key, bridge, &mut elements);
-        }
-        if whole {
-            for (key, _) in old.iter().flat_map(ruleset::network_elements) {
-                c.release(key, bridge, &mut elements);
-            }
-            let before = old.as_ref().map(ruleset::chains).unwrap_or_default();
-            let after = change.after.as_ref().map(ruleset::chains).unwrap_or_default();
-            let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-            for name in names {
-                match (before.get(name), after.get(name)) {
-                    (Some(_), None) => chains.extend(chain_del_msgs(name)),
-                    (None, Some(rules)) => {
-                        chains.push(chain_msg(name, None));
-                        chains.extend(rules_msgs(name, rules));
-                    }
-                    (Some(a), Some(b)) if a != b => {
-                        let [flush, _] = chain_del_msgs(name);
-                        chains.push(flush);
-                        chains.extend(rules_msgs(name, b));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if let Some(n) = &change.after {
-            c.nets.insert(bridge.clone(), n.clone());
+        match change {
+            FwChange::Network { bridge, after } => c.change_network(bridge, after.as_ref(), &mut elements, &mut chains),
+            FwChange::Ports { bridge, added, removed } => c.change_ports(bridge, added, removed, &mut elements)?,
         }
     }
     if c.nets.is_empty() {
         *c = Committed::default();
-        return if was_empty { vec![] } else { vec![table_msg(Kind::DelTable, 0, "delete")] };
+        return Ok(if was_empty { vec![] } else { vec![table_msg(Kind::DelTable, 0, "delete")] });
     }
     if was_empty {
-        let networks: Vec<FwNetwork> = c.nets.values().cloned().collect();
-        *c = Committed::new(&networks);
-        return full_batch(ruleset::build(&networks).as_ref());
+        return Ok(full_batch(ruleset::build(&c.networks()).as_ref()));
     }
     let mut msgs = Vec::new();
     for set in SETS {
@@ -552,7 +577,7 @@ pub fn change_batch(c: &mut Committed, changes: &[FwChange]) -> Vec<Msg> {
             msgs.extend(elements_msgs(Kind::NewSetElem, set.name, e.iter()));
         }
     }
-    msgs
+    Ok(msgs)
 }
 
 // ---- reading back ----

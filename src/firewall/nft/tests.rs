@@ -17,15 +17,11 @@ fn summary(msgs: &[Msg]) -> Vec<(Kind, String)> {
     msgs.iter().map(|m| (m.kind, m.what.clone())).collect()
 }
 
-/// What a call that turns `old` into `new` sends, handing over only the networks that differ.
+/// What a call that turns `old` into `new` sends, handing over only what differs.
 fn delta(old: &[FwNetwork], new: &[FwNetwork]) -> Vec<Msg> {
     let mut committed = Committed::new(old);
-    let changes: Vec<FwChange> = committed
-        .changes_to(new)
-        .into_iter()
-        .filter(|c| old.iter().find(|n| n.bridge == c.bridge) != c.after.as_ref())
-        .collect();
-    let msgs = change_batch(&mut committed, &changes);
+    let changes = committed.changes_to(new);
+    let msgs = change_batch(&mut committed, &changes).expect("every bridge named is known");
     assert_eq!(committed, Committed::new(new), "what the engine believes is what a full write of {new:?} gives");
     msgs
 }
@@ -146,19 +142,54 @@ fn in_memory_cost_of_a_change_at_scale() {
     let mut after = before.clone();
     after[999].icc = false;
     let mut committed = Committed::new(&before);
-    let changes = [FwChange { bridge: after[999].bridge.clone(), after: Some(after[999].clone()) }];
+    let changes = [FwChange::Network { bridge: after[999].bridge.clone(), after: Some(after[999].settings()) }];
     let start = std::time::Instant::now();
-    let msgs = change_batch(&mut committed, &changes);
+    let msgs = change_batch(&mut committed, &changes).unwrap();
     eprintln!(
         "one network's change among 1,000 networks and 10,000 ports: {:?}, {} messages",
         start.elapsed(),
         msgs.len()
     );
-    let mut more = before[0].clone();
-    more.ports.push(FwPort { container_port: 20_000, ..port(20_000, "10.0.0.3") });
     let start = std::time::Instant::now();
-    let msgs = change_batch(&mut committed, &[FwChange { bridge: more.bridge.clone(), after: Some(more) }]);
+    let msgs = change_batch(&mut committed, &[one_more(&before[0].bridge, 20_000)]).unwrap();
     eprintln!("one port more on the network holding 10,000: {:?}, {} messages", start.elapsed(), msgs.len());
+}
+
+fn one_more(bridge: &str, host_port: u16) -> FwChange {
+    let added = vec![FwPort { container_port: host_port, ..port(host_port, "10.0.0.3") }];
+    FwChange::Ports { bridge: bridge.into(), added, removed: vec![] }
+}
+
+/// Issue 13, item 3: a port more or less is the same transaction whether
+/// none or 10,000 ports are published, and the engine keeps one copy of
+/// each port (counted: what it holds grows by the port, nothing is rebuilt).
+#[test]
+fn a_port_more_or_less_is_the_same_change_with_none_or_ten_thousand_published() {
+    let mut busy = nets(1);
+    busy[0].ports = (0..10_000).map(|i| FwPort { container_port: i, ..port(30_000 + i, "10.0.0.2") }).collect();
+    let mut sizes = Vec::new();
+    for networks in [nets(1), busy] {
+        let mut committed = Committed::new(&networks);
+        let bridge = networks[0].bridge.clone();
+        let added = summary(&change_batch(&mut committed, &[one_more(&bridge, 20_000)]).unwrap());
+        assert_eq!(committed.nets[&bridge].ports.len(), networks[0].ports.len() + 1);
+        let FwChange::Ports { added: port, .. } = one_more(&bridge, 20_000) else { unreachable!() };
+        let revoke = FwChange::Ports { bridge: bridge.clone(), added: vec![], removed: port };
+        let removed = summary(&change_batch(&mut committed, &[revoke]).unwrap());
+        assert_eq!(committed, Committed::new(&networks), "back where it was");
+        sizes.push((added, removed));
+    }
+    assert_eq!(sizes[0], sizes[1], "none published, then 10,000");
+    assert_eq!(sizes[0].0.len(), 3, "{:?}", sizes[0]);
+    assert!(sizes[0].1.iter().all(|(k, _)| *k == Kind::DelSetElem) && sizes[0].1.len() == 3);
+}
+
+/// A port change for a bridge the engine holds no rules for is refused
+/// (the caller then rewrites everything), not written half.
+#[test]
+fn ports_for_an_unknown_bridge_are_refused() {
+    let mut committed = Committed::new(&nets(1));
+    assert!(change_batch(&mut committed, &[one_more("rb-nowhere", 20_000)]).is_err());
 }
 
 #[test]
