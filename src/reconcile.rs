@@ -162,7 +162,7 @@ fn recover_joins(plugin: &Plugin, state: &mut State, links: &[Link], log: &Logge
     for endpoint in recovered {
         info!(log, "recorded a Join again (its veth pair is there; a crash lost the record)";
             "endpoint" => short_id(&endpoint.id), "veth" => &endpoint.host_veth);
-        state.endpoints.insert(endpoint.id.clone(), endpoint);
+        state.put_endpoint(endpoint);
     }
     Ok(())
 }
@@ -257,7 +257,7 @@ async fn forget_gone_containers(
         let mut changes = vec![Change::DeleteEndpoint(endpoint.id.clone())];
         changes.extend(released.iter().map(|(pool, addr)| Change::DeleteAddress(pool.clone(), *addr)));
         plugin.commit(changes)?;
-        state.endpoints.remove(&endpoint.id);
+        state.remove_endpoint(&endpoint.id);
         plugin.unclaimed().forget(&endpoint.id);
         for (pool, addr) in &released {
             let _ = state.ipam.release_address(pool, *addr);

@@ -55,7 +55,10 @@ pub use crate::request::validate_id;
 /// Everything the plugin knows, mirrored from the store.
 pub struct State {
     pub networks: BTreeMap<String, NetworkRecord>,
+    /// Changed through [`State::put_endpoint`] and [`State::remove_endpoint`] (they keep `published`).
     pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// The endpoints' published host ports, indexed.
+    pub published: ports::PortIndex,
     pub ipam: Ipam,
 }
 
@@ -145,9 +148,12 @@ impl Plugin {
             ipam.restore_cursor(&pool, addr)
                 .map_err(|e| PluginError::new(format!("restore allocation cursor {addr} of pool {pool}: {e}")))?;
         }
+        let endpoints: BTreeMap<String, EndpointRecord> =
+            snapshot.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
         let state = State {
             networks: snapshot.networks.into_iter().map(|n| (n.id.clone(), n)).collect(),
-            endpoints: snapshot.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            published: ports::PortIndex::of(endpoints.values()),
+            endpoints,
             ipam,
         };
         Ok(Plugin {
@@ -169,6 +175,17 @@ impl Plugin {
 }
 
 impl State {
+    pub fn put_endpoint(&mut self, endpoint: EndpointRecord) {
+        self.published.replace(self.endpoints.get(&endpoint.id), Some(&endpoint));
+        self.endpoints.insert(endpoint.id.clone(), endpoint);
+    }
+
+    pub fn remove_endpoint(&mut self, id: &str) -> Option<EndpointRecord> {
+        let gone = self.endpoints.remove(id);
+        self.published.replace(gone.as_ref(), None);
+        gone
+    }
+
     /// The firewall's view of every network, in a stable order.
     pub fn firewall_networks(&self) -> Vec<FwNetwork> {
         self.networks.values().map(|n| self.firewall_network(n)).collect()

@@ -443,13 +443,7 @@ async fn program_in(txn: &mut Txn<'_>, host: &dyn DataPlane, req: EndpointReques
     let published = if network.options.internal {
         vec![] // nothing enters an internal network, like Docker's bridge
     } else {
-        let taken: Vec<ports::Taken> = state
-            .endpoints
-            .values()
-            .filter(|e| e.id != endpoint.id)
-            .flat_map(|e| e.published.iter().map(move |p| ports::Taken { port: p, endpoint_id: &e.id }))
-            .collect();
-        ports::resolve(&bindings, &endpoint, &network, &taken, host)?
+        ports::resolve(&bindings, &endpoint, &network, &state.published, host)?
     };
     let updated =
         EndpointRecord { port_bindings: bindings, exposed_ports: exposed_ports(&options)?, published, ..endpoint };

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use super::{PluginError, Result};
 use crate::api::PortBinding;
@@ -12,22 +13,83 @@ use crate::dataplane::DataPlane;
 use crate::firewall::{FwPort, Proto};
 use crate::state::{EndpointRecord, NetworkRecord};
 
-/// A port already published, and by whom (for the error message).
-pub struct Taken<'a> {
-    pub port: &'a FwPort,
-    pub endpoint_id: &'a str,
-}
-
-/// Resolves every binding of one endpoint. All-or-nothing: an error means no port was taken.
+/// Resolves every binding of one endpoint against the ports other endpoints
+/// hold (`held`, kept with the state). All-or-nothing: an error means no port was taken.
 pub fn resolve(
     bindings: &[PortBinding],
     endpoint: &EndpointRecord,
     network: &NetworkRecord,
-    taken: &[Taken<'_>],
+    held: &PortIndex,
     host: &dyn DataPlane,
 ) -> Result<Vec<FwPort>> {
-    let mut resolver = Resolver::new(taken, host.ephemeral_ports(), |p: &FwPort| host.host_port_free(p));
+    let mut resolver = Resolver::new(held, &endpoint.id, host.ephemeral_ports(), |p: &FwPort| host.host_port_free(p));
     resolver.resolve(bindings, endpoint, network)
+}
+
+/// An endpoint's published ports (none for no endpoint).
+pub fn published(endpoint: Option<&EndpointRecord>) -> &[FwPort] {
+    endpoint.map_or(&[], |e| &e.published)
+}
+
+/// What makes two published ports compete, besides the host address: protocol, family, host port.
+type PortKey = (Proto, bool, u16);
+
+fn port_key(p: &FwPort) -> PortKey {
+    (p.proto, p.container_ip.is_ipv6(), p.host_port)
+}
+
+/// A host address (None: every address) and the endpoint publishing the port on it.
+type Holder = (Option<IpAddr>, Arc<str>);
+
+/// Every published host port, by protocol, family and port: the host
+/// addresses (None: every address) it is published on, and by which
+/// endpoint. Kept with the state and changed with each endpoint's record
+/// ([`PortIndex::replace`]), so that a call publishing a port looks up the
+/// few ports it needs instead of indexing every endpoint's ports again
+/// (which made one more port cost more the more were published).
+#[derive(Debug, Default)]
+pub struct PortIndex {
+    by_port: HashMap<PortKey, Vec<Holder>>,
+    /// Entries added and removed so far: the work spent keeping it.
+    pub entries_changed: usize,
+}
+
+impl PortIndex {
+    pub fn of<'a>(endpoints: impl Iterator<Item = &'a EndpointRecord>) -> PortIndex {
+        let mut index = PortIndex::default();
+        for e in endpoints {
+            index.replace(None, Some(e));
+        }
+        index
+    }
+
+    /// An endpoint's record changes from `before` to `after` (None: none).
+    /// Work in proportion to that endpoint's ports, and none when they stay.
+    pub fn replace(&mut self, before: Option<&EndpointRecord>, after: Option<&EndpointRecord>) {
+        if published(before) == published(after) {
+            return;
+        }
+        self.entries_changed += published(before).len() + published(after).len();
+        if let Some(e) = before {
+            for p in &e.published {
+                let Some(holders) = self.by_port.get_mut(&port_key(p)) else { continue };
+                holders.retain(|(ip, id)| !(*ip == p.host_ip && **id == *e.id));
+                if holders.is_empty() {
+                    self.by_port.remove(&port_key(p));
+                }
+            }
+        }
+        if let Some(e) = after {
+            let id: Arc<str> = e.id.as_str().into();
+            for p in &e.published {
+                self.by_port.entry(port_key(p)).or_default().push((p.host_ip, id.clone()));
+            }
+        }
+    }
+
+    fn holders(&self, key: &PortKey) -> &[Holder] {
+        self.by_port.get(key).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Resolving runs under the state lock, so its cost must stay linear in the
@@ -53,11 +115,10 @@ fn slot(port: &FwPort) -> Slot {
 }
 
 impl<'a, P: FnMut(&FwPort) -> std::io::Result<()>> Resolver<'a, P> {
-    pub fn new(taken: &[Taken<'a>], ephemeral: RangeInclusive<u16>, probe: P) -> Self {
-        let mut used = UsedPorts::default();
-        for t in taken {
-            used.insert(t.port, Owner::Endpoint(t.endpoint_id));
-        }
+    /// `held`: the ports published so far; those of `endpoint` (whose
+    /// ports the call replaces) do not count.
+    pub fn new(held: &'a PortIndex, endpoint: &'a str, ephemeral: RangeInclusive<u16>, probe: P) -> Self {
+        let used = UsedPorts { held, endpoint, this_call: HashMap::new() };
         Resolver { used, ephemeral, cursors: HashMap::new(), probe, steps: 0 }
     }
 
@@ -88,7 +149,7 @@ impl<'a, P: FnMut(&FwPort) -> std::io::Result<()>> Resolver<'a, P> {
             })?;
             for w in wanted {
                 let chosen = FwPort { host_port: port, ..w };
-                self.used.insert_owned(chosen.clone(), Owner::ThisCall);
+                self.used.this_call.entry(port_key(&chosen)).or_default().push(chosen.host_ip);
                 resolved.push(chosen);
             }
         }
@@ -129,46 +190,28 @@ impl<'a, P: FnMut(&FwPort) -> std::io::Result<()>> Resolver<'a, P> {
     }
 }
 
-/// A host address (None: every address) and who holds the port on it.
-type Holder<'a> = (Option<IpAddr>, Owner<'a>);
-
-#[derive(Clone, Copy)]
-enum Owner<'a> {
-    Endpoint(&'a str),
-    ThisCall,
-}
-
-/// Published ports by protocol, family and host port; each entry lists the
-/// host addresses (None: every address) and who holds them.
-#[derive(Default)]
+/// The ports published so far, and those this call has taken.
 struct UsedPorts<'a> {
-    by_port: HashMap<(Proto, bool, u16), Vec<Holder<'a>>>,
+    held: &'a PortIndex,
+    endpoint: &'a str,
+    this_call: HashMap<PortKey, Vec<Option<IpAddr>>>,
 }
 
-impl<'a> UsedPorts<'a> {
-    fn insert(&mut self, port: &FwPort, owner: Owner<'a>) {
-        self.insert_owned(port.clone(), owner);
-    }
-
-    fn insert_owned(&mut self, port: FwPort, owner: Owner<'a>) {
-        let key = (port.proto, port.container_ip.is_ipv6(), port.host_port);
-        self.by_port.entry(key).or_default().push((port.host_ip, owner));
-    }
-
+impl UsedPorts<'_> {
     /// Same protocol, family and port, and the same host address or either on every address.
     fn check(&self, candidate: &FwPort) -> Result<()> {
-        let key = (candidate.proto, candidate.container_ip.is_ipv6(), candidate.host_port);
-        let clash = self.by_port.get(&key).and_then(|holders| {
-            holders.iter().find(|(ip, _)| ip.is_none() || candidate.host_ip.is_none() || *ip == candidate.host_ip)
-        });
-        match clash {
+        let key = port_key(candidate);
+        let clashes = |ip: &Option<IpAddr>| ip.is_none() || candidate.host_ip.is_none() || *ip == candidate.host_ip;
+        if self.this_call.get(&key).is_some_and(|ips| ips.iter().any(clashes)) {
+            return Err(PluginError::new(format!("{} is requested twice", describe(candidate))));
+        }
+        match self.held.holders(&key).iter().find(|(ip, id)| **id != *self.endpoint && clashes(ip)) {
             None => Ok(()),
-            Some((_, Owner::Endpoint(id))) => Err(PluginError::new(format!(
+            Some((_, id)) => Err(PluginError::new(format!(
                 "{} is already published by endpoint {}",
                 describe(candidate),
                 crate::names::short_id(id)
             ))),
-            Some((_, Owner::ThisCall)) => Err(PluginError::new(format!("{} is requested twice", describe(candidate)))),
         }
     }
 }
@@ -262,6 +305,15 @@ mod tests {
         PortBinding { proto, ip: String::new(), port, host_ip: host_ip.into(), host_port, host_port_end: end }
     }
 
+    /// The index of `ports` published by endpoint `id`.
+    fn held(ports: &[FwPort], id: &str) -> PortIndex {
+        PortIndex::of(std::iter::once(&EndpointRecord {
+            id: id.into(),
+            published: ports.to_vec(),
+            ..endpoint(None, None)
+        }))
+    }
+
     const EPHEMERAL: RangeInclusive<u16> = 61010..=61020;
 
     /// The host: the fake data plane with a small ephemeral range and no port in use.
@@ -278,7 +330,7 @@ mod tests {
             &[binding(6, "", 61001, 61001, 80), binding(17, "127.0.0.1", 61002, 61002, 81)],
             &ep,
             &network(),
-            &[],
+            &PortIndex::default(),
             &host(),
         )
         .unwrap();
@@ -295,12 +347,12 @@ mod tests {
     fn ephemeral_ports_never_collide() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
         let bindings: Vec<_> = (0..5).map(|i| binding(6, "", 0, 0, 80 + i)).collect();
-        let got = resolve(&bindings, &ep, &network(), &[], &host()).unwrap();
+        let got = resolve(&bindings, &ep, &network(), &PortIndex::default(), &host()).unwrap();
         let mut ports: Vec<u16> = got.iter().map(|p| p.host_port).collect();
         ports.dedup();
         assert_eq!(ports.len(), 5);
         assert!(ports.iter().all(|p| EPHEMERAL.contains(p)));
-        let taken: Vec<Taken> = got.iter().map(|p| Taken { port: p, endpoint_id: "other" }).collect();
+        let taken = held(&got, "other");
         let more = resolve(&[binding(6, "", 0, 0, 90)], &ep, &network(), &taken, &host()).unwrap();
         assert!(!ports.contains(&more[0].host_port));
     }
@@ -308,8 +360,9 @@ mod tests {
     #[test]
     fn conflicting_explicit_port_names_the_owner() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
-        let first = resolve(&[binding(6, "", 61003, 61003, 80)], &ep, &network(), &[], &host()).unwrap();
-        let taken = [Taken { port: &first[0], endpoint_id: "abcdef0123456789" }];
+        let first =
+            resolve(&[binding(6, "", 61003, 61003, 80)], &ep, &network(), &PortIndex::default(), &host()).unwrap();
+        let taken = held(&first, "abcdef0123456789");
         let err = resolve(&[binding(6, "", 61003, 61003, 80)], &ep, &network(), &taken, &host()).unwrap_err();
         assert!(err.0.contains("61003/tcp") && err.0.contains("abcdef012345"), "{err}");
         // Same port, other protocol: fine.
@@ -319,8 +372,9 @@ mod tests {
     #[test]
     fn range_picks_first_free() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
-        let first = resolve(&[binding(6, "", 61004, 61004, 80)], &ep, &network(), &[], &host()).unwrap();
-        let taken = [Taken { port: &first[0], endpoint_id: "x" }];
+        let first =
+            resolve(&[binding(6, "", 61004, 61004, 80)], &ep, &network(), &PortIndex::default(), &host()).unwrap();
+        let taken = held(&first, "x");
         let got = resolve(&[binding(6, "", 61004, 61006, 80)], &ep, &network(), &taken, &host()).unwrap();
         assert_eq!(got[0].host_port, 61005);
     }
@@ -328,11 +382,12 @@ mod tests {
     #[test]
     fn dual_stack_publishes_both_families_and_host_binding_applies() {
         let ep = endpoint(Some("10.0.0.2/24"), Some("fd00::2/64"));
-        let got = resolve(&[binding(6, "", 61007, 61007, 80)], &ep, &network(), &[], &host()).unwrap();
+        let got =
+            resolve(&[binding(6, "", 61007, 61007, 80)], &ep, &network(), &PortIndex::default(), &host()).unwrap();
         assert_eq!(got.len(), 2);
         let mut net = network();
         net.options.host_binding_ipv4 = Some("127.0.0.1".parse().unwrap());
-        let got = resolve(&[binding(6, "", 61008, 61008, 80)], &ep, &net, &[], &host()).unwrap();
+        let got = resolve(&[binding(6, "", 61008, 61008, 80)], &ep, &net, &PortIndex::default(), &host()).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].host_ip, Some("127.0.0.1".parse().unwrap()));
     }
@@ -341,10 +396,16 @@ mod tests {
     fn bad_protocol_and_bad_host_ip_are_refused() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
         assert!(
-            resolve(&[binding(99, "", 1, 1, 80)], &ep, &network(), &[], &host()).unwrap_err().0.contains("protocol")
+            resolve(&[binding(99, "", 1, 1, 80)], &ep, &network(), &PortIndex::default(), &host())
+                .unwrap_err()
+                .0
+                .contains("protocol")
         );
         assert!(
-            resolve(&[binding(6, "nope", 1, 1, 80)], &ep, &network(), &[], &host()).unwrap_err().0.contains("nope")
+            resolve(&[binding(6, "nope", 1, 1, 80)], &ep, &network(), &PortIndex::default(), &host())
+                .unwrap_err()
+                .0
+                .contains("nope")
         );
     }
 
@@ -353,10 +414,14 @@ mod tests {
         let ep = endpoint(Some("10.0.0.2/24"), None);
         let host = host();
         host.busy_ports.lock().unwrap().extend([(Proto::Tcp, 61005), (Proto::Tcp, 61010)]);
-        let err = resolve(&[binding(6, "127.0.0.1", 61005, 61005, 80)], &ep, &network(), &[], &host).unwrap_err();
+        let err = resolve(&[binding(6, "127.0.0.1", 61005, 61005, 80)], &ep, &network(), &PortIndex::default(), &host)
+            .unwrap_err();
         assert!(err.0.contains("61005/tcp") && err.0.contains("in use on the host"), "{err}");
-        assert!(resolve(&[binding(17, "", 61005, 61005, 80)], &ep, &network(), &[], &host).is_ok(), "udp is free");
-        let got = resolve(&[binding(6, "", 0, 0, 80)], &ep, &network(), &[], &host).unwrap();
+        assert!(
+            resolve(&[binding(17, "", 61005, 61005, 80)], &ep, &network(), &PortIndex::default(), &host).is_ok(),
+            "udp is free"
+        );
+        let got = resolve(&[binding(6, "", 0, 0, 80)], &ep, &network(), &PortIndex::default(), &host).unwrap();
         assert_eq!(got[0].host_port, 61011, "the ephemeral pick skips a busy port");
     }
 
@@ -376,7 +441,8 @@ mod tests {
             if p.host_port < busy_below { Err(std::io::Error::other("a host service listens")) } else { Ok(()) }
         };
         let bindings: Vec<_> = (0..n).map(|i| binding(if i % 2 == 0 { 6 } else { 17 }, "", 0, 0, 1 + i)).collect();
-        let mut resolver = Resolver::new(&[], 30_000..=34_999, probe);
+        let none = PortIndex::default();
+        let mut resolver = Resolver::new(&none, &ep.id, 30_000..=34_999, probe);
         let got = resolver.resolve(&bindings, &ep, &network()).unwrap();
         let steps = resolver.steps;
         drop(resolver);
@@ -396,7 +462,7 @@ mod tests {
     #[test]
     fn ports_held_by_other_endpoints_are_skipped_once() {
         let ep = endpoint(Some("10.0.0.3/24"), None);
-        let held: Vec<FwPort> = (0..2000u16)
+        let ports: Vec<FwPort> = (0..2000u16)
             .map(|i| FwPort {
                 proto: Proto::Tcp,
                 host_ip: None,
@@ -405,10 +471,10 @@ mod tests {
                 container_port: 80,
             })
             .collect();
-        let taken: Vec<Taken> = held.iter().map(|p| Taken { port: p, endpoint_id: "other" }).collect();
+        let taken = held(&ports, "other");
         let bindings: Vec<_> = (0..2000u16).map(|i| binding(6, "", 0, 0, 1 + i)).collect();
         let mut probes = 0usize;
-        let mut resolver = Resolver::new(&taken, 40_000..=45_000, |_: &FwPort| {
+        let mut resolver = Resolver::new(&taken, &ep.id, 40_000..=45_000, |_: &FwPort| {
             probes += 1;
             Ok(())
         });
@@ -420,7 +486,7 @@ mod tests {
         assert!(steps <= 4000 + 10, "{steps} steps");
         assert_eq!(probes, 2000, "only free candidates reach the host probe");
         // A range too small for what is asked names the binding and the range.
-        let mut resolver = Resolver::new(&taken, 40_000..=41_999, |_: &FwPort| Ok(()));
+        let mut resolver = Resolver::new(&taken, &ep.id, 40_000..=41_999, |_: &FwPort| Ok(()));
         let err = resolver.resolve(&bindings[..1], &ep, &network()).unwrap_err();
         assert_eq!(err.0, "no free host port for 1/tcp in 40000-41999");
     }
@@ -429,12 +495,16 @@ mod tests {
     #[test]
     fn specific_and_wildcard_host_addresses_compete() {
         let ep = endpoint(Some("10.0.0.2/24"), None);
-        let first = resolve(&[binding(6, "127.0.0.1", 61011, 61011, 80)], &ep, &network(), &[], &host()).unwrap();
-        let taken = [Taken { port: &first[0], endpoint_id: "abcdef0123456789" }];
+        let first =
+            resolve(&[binding(6, "127.0.0.1", 61011, 61011, 80)], &ep, &network(), &PortIndex::default(), &host())
+                .unwrap();
+        let taken = held(&first, "abcdef0123456789");
         let err = resolve(&[binding(6, "", 61011, 61011, 80)], &ep, &network(), &taken, &host()).unwrap_err();
         assert!(err.0.contains("already published by endpoint abcdef012345"), "{err}");
         assert!(resolve(&[binding(6, "127.0.0.2", 61011, 61011, 80)], &ep, &network(), &taken, &host()).is_ok());
         let twice = [binding(6, "", 61012, 61012, 80), binding(6, "127.0.0.1", 61012, 61012, 81)];
-        assert!(resolve(&twice, &ep, &network(), &[], &host()).unwrap_err().0.contains("requested twice"));
+        assert!(
+            resolve(&twice, &ep, &network(), &PortIndex::default(), &host()).unwrap_err().0.contains("requested twice")
+        );
     }
 }

@@ -32,6 +32,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::sync::MutexGuard;
 
+use super::ports::published;
 use super::{Plugin, PluginError, Result, State, firewall_network, firewall_settings};
 use crate::dataplane::{BridgeSpec, DataPlane, VxlanSpec};
 use crate::deadline::CallDeadline;
@@ -481,10 +482,6 @@ impl<'a> View<'a> {
     }
 }
 
-fn published(endpoint: Option<&EndpointRecord>) -> &[FwPort] {
-    endpoint.map_or(&[], |e| &e.published)
-}
-
 /// Makes memory match a committed transaction. Pools and addresses were
 /// taken in memory when decided; what is given back is given back here.
 fn publish(state: &mut State, changes: Vec<Change>) {
@@ -496,12 +493,8 @@ fn publish(state: &mut State, changes: Vec<Change>) {
             Change::DeleteNetwork(id) => {
                 state.networks.remove(&id);
             }
-            Change::PutEndpoint(r) => {
-                state.endpoints.insert(r.id.clone(), r);
-            }
-            Change::DeleteEndpoint(id) => {
-                state.endpoints.remove(&id);
-            }
+            Change::PutEndpoint(r) => state.put_endpoint(r),
+            Change::DeleteEndpoint(id) => drop(state.remove_endpoint(&id)),
             Change::DeletePool(id) => {
                 let _ = state.ipam.release_pool(&id);
             }
