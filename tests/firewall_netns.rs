@@ -144,6 +144,12 @@ fn drift_is_found_and_repaired_and_the_last_network_leaves_nothing() {
             vec!["nft", "flush", "table", "inet", "rustbridge"],
             vec!["nft", "delete", "table", "inet", "rustbridge"],
             vec!["nft", "flush", "map", "inet", "rustbridge", "dnat4-any"],
+            // The same number of elements, one pointing elsewhere.
+            vec![
+                "nft",
+                "delete element inet rustbridge dnat4-any { tcp . 8080 }; add element inet rustbridge dnat4-any { tcp . 8080 : 10.100.1.9 . 80 }",
+            ],
+            vec!["nft", "add", "table", "inet", "rustbridge", "{", "flags", "dormant", ";", "}"],
             vec!["nft", "flush", "ruleset"],
             vec!["iptables", "-D", "FORWARD", "-j", "RUSTBRIDGE-FORWARD"],
             vec!["iptables", "-F", "RUSTBRIDGE-FORWARD"],
@@ -159,6 +165,42 @@ fn drift_is_found_and_repaired_and_the_last_network_leaves_nothing() {
     });
     assert_eq!(host.nft_table(), None, "table left behind");
     assert!(!host.iptables_save().contains("RUSTBRIDGE"), "iptables rules left:\n{}", host.iptables_save());
+}
+
+/// Issue 13: a restart (a new engine, which does not know what the kernel
+/// holds) over an unchanged table writes nothing: it reads the table back
+/// and finds exactly what the state means. Over a table flushed or changed
+/// while it was away, it writes the whole table again.
+#[test]
+fn a_restart_over_an_unchanged_table_writes_nothing_and_a_changed_one_is_rewritten() {
+    require_root!();
+    let host = Netns::host();
+    let mut nets: Vec<FwNetwork> = (0..3).map(network).collect();
+    nets[0].ports = (0..100).map(|i| port(20000 + i, "10.100.0.2", 80 + i)).collect();
+    nets[1].icc = false;
+    let restart = || {
+        in_netns(&host, async |fw| {
+            fw.sync(&nets).await.expect("sync at start");
+            (fw.last_transaction(), fw.is_intact(&nets).await.expect("read back"))
+        })
+    };
+    let (first, _) = restart();
+    assert!(first > 50, "the first start writes everything: {first} messages");
+    assert_eq!(restart(), (0, true), "an unchanged table: nothing written");
+    for tamper in [
+        vec!["nft", "flush", "table", "inet", "rustbridge"],
+        vec![
+            "nft",
+            "delete element inet rustbridge dnat4-any { tcp . 20000 }; add element inet rustbridge dnat4-any { tcp . 20000 : 10.100.0.9 . 80 }",
+        ],
+        vec!["nft", "flush chain inet rustbridge to-rb-t1; add rule inet rustbridge to-rb-t1 accept"],
+    ] {
+        let out = host.exec(&tamper);
+        assert!(out.ok(), "{}: {}", out.command, out.stderr);
+        assert_eq!(restart(), (first, true), "{tamper:?}: rewritten whole");
+        assert_eq!(restart(), (0, true), "{tamper:?}: then nothing again");
+    }
+    in_netns(&host, async |fw| fw.sync(&[]).await.expect("last network removed"));
 }
 
 /// A veth from `bridge` (hairpin on, as the plugin sets it) into a new fake container at `address`.

@@ -298,15 +298,36 @@ impl NftFirewall {
         if cache.statics == Some(want) {
             return Ok(());
         }
-        // Only the family that changed: a network more of one family runs no tool for the other.
+        // Only the family that changed: a network more of one family runs no
+        // tool for the other. Both at once when both are unknown (start-up).
         let known = cache.statics.take();
-        for (i, family) in [Family::V4, Family::V6].into_iter().enumerate() {
-            if known.is_none_or(|k| k[i] != want[i]) {
-                self.statics.sync_family(want[i], family).await?;
+        let family = |i: usize, family| async move {
+            match known.is_none_or(|k| k[i] != want[i]) {
+                true => self.statics.sync_family(want[i], family).await,
+                false => Ok(()),
             }
-        }
+        };
+        let (v4, v6) = tokio::join!(family(0, Family::V4), family(1, Family::V6));
+        v4?;
+        v6?;
         cache.statics = Some(want);
         Ok(())
+    }
+}
+
+impl NftFirewall {
+    /// Not knowing what the kernel holds (start-up, a failed write, drift):
+    /// reads the table back and writes nothing when it holds exactly what
+    /// `networks` means (a restart over an unchanged table), else the whole
+    /// table in one transaction. A table that cannot be read is rewritten.
+    async fn rewrite_unless_held(&self, networks: &[FwNetwork]) -> Vec<Msg> {
+        let desired = ruleset::build(networks);
+        let read = tokio::task::spawn_blocking(move || (table_holds(desired.as_ref()), desired)).await;
+        match read {
+            Ok((Ok(true), _)) => vec![],
+            Ok((_, desired)) => full_batch(desired.as_ref()),
+            Err(_) => full_batch(ruleset::build(networks).as_ref()),
+        }
     }
 }
 
@@ -345,7 +366,7 @@ impl Firewall for NftFirewall {
         });
         let (msgs, next) = match known {
             Some(known) => known,
-            None => (full_batch(ruleset::build(networks).as_ref()), Committed::new(networks)),
+            None => (self.rewrite_unless_held(networks).await, Committed::new(networks)),
         };
         self.commit(&mut cache, msgs, next).await
     }
@@ -375,14 +396,15 @@ impl Firewall for NftFirewall {
             let cache = self.cache.lock().await;
             (cache.generation, cache.committed.as_ref().is_some_and(|c| c.holds(networks)))
         };
-        let table = tokio::task::spawn_blocking(move || table_intact(desired.as_ref()))
+        let table = tokio::task::spawn_blocking(move || table_holds(desired.as_ref()))
             .await
             .map_err(|e| err(format!("nf_tables reader: {e}")))?
             .map_err(err)?;
-        let mut statics = true;
-        for (family, active) in [(Family::V4, families[0]), (Family::V6, families[1])] {
-            statics &= self.statics.family_intact(active, family).await?;
-        }
+        let (v4, v6) = tokio::join!(
+            self.statics.family_intact(families[0], Family::V4),
+            self.statics.family_intact(families[1], Family::V6)
+        );
+        let statics = v4? && v6?;
         let mut cache = self.cache.lock().await;
         if !table && as_committed && cache.generation == generation {
             cache.committed = None;
@@ -467,7 +489,10 @@ pub fn rule_attrs(table: &str, chain: &str, rule: &Rule) -> Attrs {
 fn rule_msg(chain: &str, rule: &Rule, index: usize) -> Msg {
     let what = format!("add rule {index} to chain {chain}");
     let flags = NLM_F_CREATE | NLM_F_APPEND;
-    Msg { kind: Kind::NewRule, flags, family: NFPROTO_INET, attrs: rule_attrs(TABLE, chain, rule), what }
+    let mut attrs = rule_attrs(TABLE, chain, rule);
+    // NFTA_RULE_USERDATA 7: the rule's fingerprint (see `rule_fingerprint`).
+    attrs.put(7, &fingerprint_udata(rule_fingerprint(chain, rule)));
+    Msg { kind: Kind::NewRule, flags, family: NFPROTO_INET, attrs, what }
 }
 
 fn rules_msgs(chain: &str, rules: &[Rule]) -> impl Iterator<Item = Msg> {
@@ -582,41 +607,92 @@ pub fn change_batch(c: &mut Committed, changes: &[FwChange]) -> Result<Vec<Msg>,
 
 // ---- reading back ----
 
-/// Whether the kernel's table has the chains, rule counts, sets and element
-/// counts `desired` means (or no table, for None). Counts, not contents:
-/// enough to see a flush, a deletion or a partial write, at a cost in
-/// proportion to the table's size (this runs in the periodic repair, not per call).
-fn table_intact(desired: Option<&Ruleset>) -> Result<bool, String> {
+/// A rule's fingerprint, stored with it (NFTA_RULE_USERDATA) so that
+/// reading the table back can tell that each chain holds exactly the rules
+/// rustbridge wrote, in order, without decoding expressions (which the
+/// kernel may dump differently from how they were sent). FNV-1a of the
+/// chain name and the encoded rule.
+pub fn rule_fingerprint(chain: &str, rule: &Rule) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in chain.as_bytes().iter().chain([0u8].iter()).chain(rule_attrs(TABLE, chain, rule).0.iter()) {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The userdata's one TLV (type, length, value), of a type `nft` does not
+/// know and so neither prints nor minds (it knows 0, a comment, and 1).
+const UDATA_FINGERPRINT: u8 = 0x72;
+
+fn fingerprint_udata(fingerprint: u64) -> Vec<u8> {
+    [&[UDATA_FINGERPRINT, 8][..], &fingerprint.to_be_bytes()].concat()
+}
+
+fn udata_fingerprint(udata: &[u8]) -> Option<u64> {
+    match udata {
+        [UDATA_FINGERPRINT, 8, value @ ..] => Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// What the table must hold: per chain its hook and its rules' fingerprints, and every set's elements.
+struct Expected {
+    chains: BTreeMap<String, (Option<ruleset::Hook>, Vec<Option<u64>>)>,
+    elements: BTreeMap<&'static str, BTreeMap<Vec<u8>, Elem>>,
+}
+
+impl Expected {
+    fn of(rs: &Ruleset) -> Expected {
+        let prints = |name: &str, rules: &[Rule]| rules.iter().map(|r| Some(rule_fingerprint(name, r))).collect();
+        let mut chains: BTreeMap<String, (Option<ruleset::Hook>, Vec<Option<u64>>)> =
+            ruleset::skeleton().into_iter().map(|c| (c.name.clone(), (c.hook, prints(&c.name, &c.rules)))).collect();
+        chains.extend(rs.chains.iter().map(|(name, rules)| (name.clone(), (None, prints(name, rules)))));
+        Expected { chains, elements: rs.elements.clone() }
+    }
+}
+
+/// Whether the kernel's table holds exactly `desired` (or no table, for
+/// None), read back in full: the table not dormant; the same chains, each
+/// base chain on its hook, priority and type with policy accept; in each
+/// chain exactly the rules written (by their fingerprints), in order; every set,
+/// with exactly the elements (keys and data) wanted. A flush, a deletion, a
+/// partial write or a changed rule or element all read as false. In
+/// proportion to the table's size: the start-up pass and the periodic
+/// repair, never a call.
+fn table_holds(desired: Option<&Ruleset>) -> Result<bool, String> {
     let mut sock = Socket::open()?;
     let get = |kind, what: &str, fill: &dyn Fn(&mut Attrs)| {
         Msg::new(kind, 0, NFPROTO_INET, format!("list {what} of table inet {TABLE}"), |a| fill(a))
     };
     let ours = |r: &Reply, attr| r.family == NFPROTO_INET && r.str(attr).as_deref() == Some(TABLE);
     let tables = sock.dump(&get(Kind::GetTable, "tables", &|_| {}))?;
-    let exists = tables.iter().any(|r| r.family == NFPROTO_INET && r.str(1).as_deref() == Some(TABLE));
-    let Some(rs) = desired else { return Ok(!exists) };
-    if !exists {
+    let table = tables.iter().find(|r| ours(r, 1));
+    let Some(rs) = desired else { return Ok(table.is_none()) };
+    // NFTA_TABLE_FLAGS 2: dormant (1) switches every chain off.
+    let Some(table) = table else { return Ok(false) };
+    if table.get(2).is_some_and(|f| be32(f) != Some(0)) {
         return Ok(false);
     }
-    let chains: BTreeSet<String> = sock
-        .dump(&get(Kind::GetChain, "chains", &|_| {}))?
-        .iter()
-        .filter(|r| ours(r, 1))
-        .filter_map(|r| r.str(3))
-        .collect();
-    let want: BTreeMap<String, usize> = ruleset::skeleton()
-        .into_iter()
-        .map(|c| (c.name, c.rules.len()))
-        .chain(rs.chains.iter().map(|(n, r)| (n.clone(), r.len())))
-        .collect();
-    if chains.iter().ne(want.keys()) {
+    let expected = Expected::of(rs);
+    let mut chains = BTreeMap::new();
+    for r in sock.dump(&get(Kind::GetChain, "chains", &|_| {}))?.iter().filter(|r| ours(r, 1)) {
+        let Some(name) = r.str(3) else { return Ok(false) };
+        chains.insert(name, chain_hook(r));
+    }
+    let hook_wanted = |hook: &Option<ruleset::Hook>| hook.map(|h| (h, expr::NF_ACCEPT as u32));
+    if chains.len() != expected.chains.len()
+        || !expected.chains.iter().all(|(name, (hook, _))| chains.get(name) == Some(&hook_wanted(hook)))
+    {
         return Ok(false);
     }
-    let mut rules: BTreeMap<String, usize> = want.keys().map(|k| (k.clone(), 0)).collect();
+    let mut rules: BTreeMap<String, Vec<Option<u64>>> = BTreeMap::new();
     for r in sock.dump(&get(Kind::GetRule, "rules", &|a| a.put_str(1, TABLE)))?.iter().filter(|r| ours(r, 1)) {
-        *rules.entry(r.str(2).unwrap_or_default()).or_default() += 1;
+        rules.entry(r.str(2).unwrap_or_default()).or_default().push(r.get(7).and_then(udata_fingerprint));
     }
-    if rules != want {
+    let none = Vec::new();
+    if !expected.chains.iter().all(|(name, (_, want))| rules.get(name).unwrap_or(&none) == want)
+        || rules.keys().any(|name| !expected.chains.contains_key(name))
+    {
         return Ok(false);
     }
     let sets: BTreeSet<String> = sock
@@ -633,17 +709,50 @@ fn table_intact(desired: Option<&Ruleset>) -> Result<bool, String> {
             a.put_str(1, TABLE);
             a.put_str(2, set.name);
         };
-        let count: usize = sock
-            .dump(&get(Kind::GetSetElem, set.name, &fill))?
-            .iter()
-            .filter_map(|r| r.get(3))
-            .map(|list| msg::parse_attrs(list).len())
-            .sum();
-        if count != rs.elements.get(set.name).map_or(0, BTreeMap::len) {
+        let mut found = BTreeMap::new();
+        for list in sock.dump(&get(Kind::GetSetElem, set.name, &fill))?.iter().filter_map(|r| r.get(3)) {
+            for (_, elem) in msg::parse_attrs(list) {
+                let Some((key, value)) = parse_element(&elem) else { return Ok(false) };
+                found.insert(key, value);
+            }
+        }
+        if expected.elements.get(set.name).map_or(!found.is_empty(), |want| *want != found) {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+fn be32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
+/// A base chain's hook and policy as dumped (NFTA_CHAIN_HOOK 4 {HOOKNUM 1,
+/// PRIORITY 2}, POLICY 5, TYPE 7); None for a regular chain (or an unknown type).
+fn chain_hook(r: &Reply) -> Option<(ruleset::Hook, u32)> {
+    let hook = msg::parse_attrs(r.get(4)?);
+    let field = |kind| hook.iter().find(|(k, _)| *k == kind).and_then(|(_, v)| be32(v));
+    let chain_type = r.str(7)?;
+    let kind = ruleset::skeleton().into_iter().filter_map(|c| c.hook).map(|h| h.kind).find(|k| *k == chain_type)?;
+    let hook = ruleset::Hook { num: field(1)?, priority: field(2)? as i32, kind };
+    Some((hook, r.get(5).and_then(be32)?))
+}
+
+/// One dumped set element (NFTA_LIST_ELEM): KEY 1 {VALUE 1}, DATA 2 {VALUE 1 | VERDICT 2 {CODE 1, CHAIN 2}}.
+fn parse_element(elem: &[u8]) -> Option<(Vec<u8>, Elem)> {
+    let attrs = msg::parse_attrs(elem);
+    let get = |attrs: &[(u16, Vec<u8>)], kind| attrs.iter().find(|(k, _)| *k == kind).map(|(_, v)| v.clone());
+    let key = get(&msg::parse_attrs(&get(&attrs, 1)?), 1)?;
+    let Some(data) = get(&attrs, 2) else { return Some((key, Elem::Key)) };
+    let data = msg::parse_attrs(&data);
+    if let Some(value) = get(&data, 1) {
+        return Some((key, Elem::Value(value)));
+    }
+    let verdict = msg::parse_attrs(&get(&data, 2)?);
+    let code = be32(&get(&verdict, 1)?)? as i32;
+    let chain = get(&verdict, 2)?;
+    let chain = String::from_utf8_lossy(chain.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+    (code == expr::NFT_JUMP).then_some((key, Elem::Jump(chain)))
 }
 
 #[cfg(test)]
