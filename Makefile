@@ -101,10 +101,13 @@ test-engines: deps rootfs
 	for suite in $(ENGINES); do scripts/engine.sh run $$suite scripts/e2e-on-engine.sh || exit 1; done
 
 # The benchmark report of issue 13 (bench/run.py): rustbridge against Docker's
-# built-in bridge in one run, written to bench/results/latest.{md,json,png} and
-# README.md's table; about 20 minutes. It touches the host's dockerd, plugin
-# and firewall: run it alone (helpers: under flock /tmp/rb-host.lock).
-# bench-smoke: every measure with tiny counts (~2 min, bench/results/smoke/),
+# built-in bridge in one run, and issue 14's two hosts against Docker's overlay
+# (the swarm lab, plugin/build on its nodes), written to
+# bench/results/latest.{md,json,png} and README.md's table; about 10 minutes.
+# It touches the host's dockerd, plugin and firewall: run it alone (helpers:
+# under flock /tmp/rb-host.lock; the swarm measure takes /tmp/rb-lab.lock itself,
+# or runs under a caller holding it).
+# bench-smoke: every measure with tiny counts (~80 s, bench/results/smoke/),
 # then a check that the report is well-formed; timings are never judged.
 bench bench-smoke: export WITH_BENCH=1
 # Debian's python3, where install-deps puts matplotlib (not a python3 of one's own on PATH).

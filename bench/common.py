@@ -1,6 +1,7 @@
 """What every measure shares: the run's settings (full or quick), its log,
 cleanups that run whatever happens, and the row format of the report."""
 
+import json
 import sys
 import time
 
@@ -12,6 +13,8 @@ class Ctx:
         self.quick = quick
         self.started = time.time()
         self._cleanups = []
+        # What a measure found left behind outside the host's dockerd (the swarm lab).
+        self.leftovers = []
 
     def pick(self, full, quick):
         return quick if self.quick else full
@@ -50,6 +53,16 @@ def spread(s):
     if not s.get("n"):
         return "–"
     return f"{ms(s['median'])} ({ms(s['p10'])}–{ms(s['p90'])})"
+
+
+def gbit(s):
+    """'median (p10–p90)' of a summary in Gbit/s."""
+    return f"{s['median']:.2f} Gbit/s ({s['p10']:.2f}–{s['p90']:.2f})" if s.get("n") else "–"
+
+
+def iperf_gbps(out):
+    """Received throughput in Gbit/s from `iperf3 -c … -J` output."""
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
 def x(r):

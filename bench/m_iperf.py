@@ -2,10 +2,8 @@
 against the built-in bridge (twice). Both pairs run the whole run; samples
 alternate between them."""
 
-import json
-
 import stats
-from common import row, docker_network, rm_network, rm_container
+from common import row, docker_network, rm_network, rm_container, gbit, iperf_gbps
 from host import docker, IPERF_IMAGE, NAME_PREFIX
 
 GOAL = 1.0
@@ -22,12 +20,7 @@ def pair(ctx, network, tag):
 
 
 def throughput(client, ip, seconds):
-    out = docker("exec", client, "iperf3", "-c", ip, "-t", str(seconds), "-J", timeout=seconds + 60)
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
-
-
-def gbps(s):
-    return f"{s['median']:.2f} Gbit/s ({s['p10']:.2f}–{s['p90']:.2f})" if s.get("n") else "–"
+    return iperf_gbps(docker("exec", client, "iperf3", "-c", ip, "-t", str(seconds), "-J", timeout=seconds + 60))
 
 
 def run(ctx):
@@ -49,7 +42,7 @@ def run(ctx):
     return {
         "samples_gbps": s,
         "comparison": c,
-        "rows": [row(f"iperf3 container→container, {seconds} s runs", gbps(c["rustbridge"]), gbps(c["bb"]),
+        "rows": [row(f"iperf3 container→container, {seconds} s runs", gbit(c["rustbridge"]), gbit(c["bb"]),
                      f"{c['ratio']:.2f}×", f"{c['floor']:.2f}×", "≥ BB", v,
                      f"throughput ratio (higher is better); per-round median {c['round_ratio_median']:.2f}×")],
     }

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """`make bench`: every measure of issue 13 against Docker's built-in bridge,
-in one run, then the report (bench/results/latest.{md,json,png} and the
+and issue 14's across two hosts against Docker's overlay (the swarm lab), in
+one run, then the report (bench/results/latest.{md,json,png} and the
 README's table). BENCH_QUICK=1 (`make bench-smoke`): every measure with tiny
 counts, written to bench/results/smoke/. Needs dockerd, the installed plugin
 and the images (the Makefile's prerequisites); run it under the host lock.
+The swarm measure takes the lab lock itself (or runs under a caller holding
+it); `--only swarm` uses nothing of the host's dockerd (scripts/bench-swarm.sh).
 
   bench/run.py [--quick] [--out DIR] [--only NAME,...]
   bench/run.py --check DIR     the report files in DIR are there and well-formed
@@ -23,7 +26,7 @@ import host  # noqa: E402
 import netlink  # noqa: E402
 import report  # noqa: E402
 from common import Ctx, row  # noqa: E402
-import m_docker_run, m_endpoints, m_iperf, m_network, m_network_scale, m_ports  # noqa: E402,E401
+import m_docker_run, m_endpoints, m_iperf, m_network, m_network_scale, m_ports, m_swarm  # noqa: E402,E401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEASURES = [
@@ -33,7 +36,13 @@ MEASURES = [
     ("endpoints", m_endpoints),
     ("ports", m_ports),
     ("iperf", m_iperf),
+    ("swarm", m_swarm),
 ]
+
+
+def uses_host(module):
+    """Whether a measure runs on the host's dockerd and plugin (all but the swarm lab's)."""
+    return getattr(module, "USES_HOST", True)
 
 
 def sweep(log):
@@ -124,13 +133,20 @@ def main():
         return 1 if left else 0
     out = args.out or os.path.join(ROOT, "bench", "results", "smoke" if args.quick else "")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    preflight()
+    names = args.only.split(",") if args.only else [n for n, _ in MEASURES]
+    unknown = sorted(set(names) - {n for n, _ in MEASURES})
+    if unknown:
+        sys.exit(f"bench: --only: unknown measure(s) {', '.join(unknown)}; known: {', '.join(n for n, _ in MEASURES)}")
+    selected = [(n, m) for n, m in MEASURES if n in names]
+    on_host = any(uses_host(m) for _, m in selected)
+    if on_host:
+        preflight()
     ctx = Ctx(args.quick)
     ctx.plugin = host.Plugin()
-    selected = [(n, m) for n, m in MEASURES if not args.only or n in args.only.split(",")]
     run = {"quick": args.quick, "stamp": host.stamp(ROOT), "results": {}, "rows": [], "errors": {}}
     ctx.log(f"bench ({'quick' if args.quick else 'full'}): {', '.join(n for n, _ in selected)}")
-    sweep(ctx.log)
+    if on_host:
+        sweep(ctx.log)
     t0 = time.time()
     try:
         for name, module in selected:
@@ -152,8 +168,9 @@ def main():
         raise
     finally:
         ctx.run_cleanups()
-        sweep(ctx.log)
-        left = leftovers()
+        if on_host:
+            sweep(ctx.log)
+        left = (leftovers() if on_host else []) + ctx.leftovers
         run["clean"], run["leftovers"] = not left, " ".join(left)
         run["seconds"] = time.time() - t0
         md, js, png = report.write(run, out)

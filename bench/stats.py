@@ -53,17 +53,19 @@ def ratio(a, b):
     return None if not ma or not mb else ma / mb
 
 
-def compare(rb, bb, bb2):
-    """rustbridge against BB with BB'/BB as the floor. Also the median of the
-    per-round ratios (robust to drift across the run)."""
+def compare(rb, bb, bb2, ref="bb"):
+    """rustbridge against a reference (BB; Docker's overlay across hosts),
+    measured twice, with BB'/BB as the floor. Also the median of the
+    per-round ratios (robust to drift across the run). The summaries are
+    keyed rustbridge, ref and ref + "2"."""
     per_round = [x / y for x, y in zip(rb, bb) if y]
     return {
         "ratio": ratio(rb, bb),
         "floor": ratio(bb2, bb),
         "round_ratio_median": median(per_round) if per_round else None,
         "rustbridge": summary(rb),
-        "bb": summary(bb),
-        "bb2": summary(bb2),
+        ref: summary(bb),
+        ref + "2": summary(bb2),
     }
 
 
