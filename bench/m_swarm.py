@@ -26,8 +26,8 @@ LAB_DIR = "/tmp/rb-bench-lab"
 # One lab at a time on this machine (its namespace names are fixed).
 LAB_LOCK = "/tmp/rb-lab.lock"
 LAB_LOCK_WAIT = 600
-# What every node of a swarm sets (README, "Multi-host").
-PLUGIN_SETTINGS = "RUSTBRIDGE_SCOPE=global"
+# Where the plugin setting every swarm node needs is kept (RB_SWARM_SETTING).
+LIBSH = os.path.join(ROOT, "scripts", "lib.sh")
 NETWORKS = {"rustbridge": (PLUGIN_REF, "10.232.0.0/24"), "overlay": ("overlay", "10.233.0.0/24")}
 SERVER_NODE, CLIENT_NODE = 2, 1
 PING_INTERVAL = 0.1
@@ -95,9 +95,21 @@ def take_lab_lock(ctx):
             time.sleep(1)
 
 
+def swarm_setting():
+    """The plugin setting of swarm nodes, from its one home (scripts/lib.sh)."""
+    setting = sh("bash", "-c", '. "$1" && printf %s "$RB_SWARM_SETTING"', "_", LIBSH)
+    if not setting:
+        raise RuntimeError(f"{LIBSH} defines no RB_SWARM_SETTING")
+    return setting
+
+
 def lab_down(ctx):
-    lab("down", timeout=180)
-    ctx.log("lab down")
+    """Down, then whatever of the lab is still there is a leftover of the run."""
+    try:
+        lab("down", timeout=180)
+        ctx.log("lab down")
+    except RuntimeError as e:
+        ctx.log(f"lab down: {e}")
     left = [n for n in sh("ip", "netns", "list", check=False).split() if re.fullmatch(r"lab-(u|x|n\d+)", n)]
     left += [LAB_DIR] if os.path.exists(LAB_DIR) else []
     if left:
@@ -105,18 +117,18 @@ def lab_down(ctx):
         ctx.log(f"the lab left: {' '.join(left)}")
 
 
-def up(ctx):
+def up(ctx, setting):
     """The lab with two nodes, the managed plugin on both, the iperf3 image on both."""
     if not os.path.exists(os.path.join(PLUGIN_DIR, "config.json")):
         raise RuntimeError(f"no managed plugin in {PLUGIN_DIR} (make rootfs)")
     lab("down", timeout=180)  # a killed run's lab
     lab("up", timeout=300)
     ctx.log("lab up")
-    lab("plugin-install", PLUGIN_DIR, settings=PLUGIN_SETTINGS, timeout=300)
+    lab("plugin-install", PLUGIN_DIR, settings=setting, timeout=300)
     for n in (1, 2):
         sh("env", f"DOCKER_HOST=unix://{LAB_DIR}/n{n}/docker.sock", f"IPERF_IMAGE={IPERF_IMAGE}",
            os.path.join(ROOT, "scripts", "bench-image.sh"), timeout=300)
-    ctx.log(f"plugin ({PLUGIN_SETTINGS}) and {IPERF_IMAGE} on both nodes")
+    ctx.log(f"plugin ({setting}) and {IPERF_IMAGE} on both nodes")
     return dk(CLIENT_NODE, "version", "-f", "{{.Server.Version}}")
 
 
@@ -183,7 +195,8 @@ def run(ctx):
         ctx.on_exit(lock.close)
     ctx.on_exit(lab_down, ctx)
     ctx.log(f"swarm lab: 2 nodes in {LAB_DIR}")
-    engine = up(ctx)
+    setting = swarm_setting()
+    engine = up(ctx, setting)
     paths = pairs()
     ctx.log("networks and containers up")
     wait_paths(ctx, paths)
@@ -206,8 +219,9 @@ def run(ctx):
     v_rt = stats.verdict(c_rt["ratio"], GOAL, stats.noise_of(c_rt["floor"]))
     where = f"dockerd {engine} ×2 in the swarm lab on this machine (veth underlay)"
     return {
-        "engine": engine, "rounds": rounds, "seconds_per_run": seconds, "pings_per_run": pings,
-        "ping_interval_s": PING_INTERVAL, "networks": {k: {"driver": d, "subnet": n} for k, (d, n) in NETWORKS.items()},
+        "engine": engine, "plugin_setting": setting, "rounds": rounds, "seconds_per_run": seconds,
+        "pings_per_run": pings, "ping_interval_s": PING_INTERVAL,
+        "networks": {k: {"driver": d, "subnet": n} for k, (d, n) in NETWORKS.items()},
         "samples_gbps": tp, "samples_rtt_s": rt,
         "comparison": {"gbps": c_tp, "rtt": c_rt},
         "rows": [

@@ -70,8 +70,8 @@ METHOD = """\
   throughput is bounded by the CPU: it compares what the two data paths cost
   per packet, not a wire. On each network an iperf3 server runs on one node
   and a client on the other: a rustbridge swarm network (kernel VXLAN,
-  `rustbridge/rustbridge:latest` with `RUSTBRIDGE_SCOPE=global`) and a
-  Docker overlay network, both `--attachable`. Each round runs iperf3 TCP,
+  `rustbridge/rustbridge:latest` with the swarm setting, `RB_SWARM_SETTING`
+  in `scripts/lib.sh`) and a Docker overlay network, both `--attachable`. Each round runs iperf3 TCP,
   then pings, on rustbridge, overlay and overlay again (overlay′, the floor),
   the order rotating. RTT cells are over every ping; its per-round ratio is
   of each round's medians. The issue asks for the measure and sets no goal:
