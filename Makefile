@@ -67,7 +67,9 @@ demo: install
 	PREFIX=demo tests/e2e/user_story.sh --demo
 
 # The multi-host story on a swarm lab of three daemons (scripts/swarm-lab.sh):
-# a rustbridge swarm network over VXLAN, shown step by step.
+# the multi-host suite with DEMO=1, which prints each command of the story as
+# typed on its node (the setting, network create, service create, run, ping by
+# name across hosts, rm, nothing left) with its output, among its checks.
 demo-swarm: deps rootfs
 	DEMO=1 tests/e2e/swarm.sh
 

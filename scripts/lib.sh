@@ -5,9 +5,12 @@
 # resolves (plugin/config.json: RUSTBRIDGE_SOCKET, through a mount of this directory).
 RB_SOCKET=${RB_SOCKET:-/run/docker/plugins/rustbridge.sock}
 
-# The plugin setting of swarm nodes (README, "Multi-host"), which bench/m_swarm.py
-# gives every lab node (swarm-lab.sh plugin-install, LAB_PLUGIN_SETTINGS).
-RB_SWARM_SETTING=RUSTBRIDGE_SCOPE=global
+# The one plugin setting of swarm nodes (README, "Multi-host"): dockerd's API
+# socket mounted into the plugin (plugin/config.json, mount docker-api; its
+# default is /dev/null), which makes RUSTBRIDGE_SCOPE=auto global. The swarm
+# suite and bench/m_swarm.py give it to lab nodes (swarm-lab.sh plugin-install,
+# LAB_PLUGIN_SETTINGS).
+RB_SWARM_SETTING=docker-api.source=/var/run/docker.sock
 
 # The e2e suites (tests/e2e/NAME.sh), run by tests/e2e/run.sh on the machine's dockerd.
 E2E_SUITES="user_story firewall options docker28 compose operator publish restart faults swarm"

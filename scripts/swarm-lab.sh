@@ -11,10 +11,11 @@
 #   swarm-lab.sh exec N CMD...   docker CLI against daemon N  (exec 2 ps -a)
 #   swarm-lab.sh nsexec N CMD... any command inside node N's namespaces (ip addr)
 #   swarm-lab.sh restart-dockerd N   SIGTERM node N's dockerd, start it again
-#   swarm-lab.sh plugin-install DIR  create the managed plugin from DIR (config.json +
-#                                rootfs/, e.g. plugin/build) on every node, apply
-#                                LAB_PLUGIN_SETTINGS, enable it (nodes in parallel)
-#   swarm-lab.sh plugin-remove   disable and remove it on every node
+#   swarm-lab.sh plugin-install DIR [N...]  create the managed plugin from DIR
+#                                (config.json + rootfs/, e.g. plugin/build) on every
+#                                node (or nodes N...), apply LAB_PLUGIN_SETTINGS, enable
+#                                it (nodes in parallel)
+#   swarm-lab.sh plugin-remove [N...]  disable and remove it on every node (or nodes N...)
 #   swarm-lab.sh outside CMD...  a command in the outside host's namespace (lab-x)
 #   swarm-lab.sh selftest        (down, then) up; Docker's own overlay across the nodes
 #                                (attachable network + global service, ping by
@@ -57,7 +58,8 @@
 #   LAB_KEEP=1              selftest leaves the lab up
 #   LAB_PLUGIN=rustbridge/rustbridge:latest, LAB_PLUGIN_SETTINGS="K=V ..." (plugin-install)
 # Each dockerd also listens on its node's /var/run/docker.sock (the node's own
-# /run), where a managed plugin mounting the host's docker.sock finds it.
+# /run), where a managed plugin given the host's docker.sock finds it (rustbridge:
+# LAB_PLUGIN_SETTINGS=docker-api.source=/var/run/docker.sock).
 set -euo pipefail
 
 LAB=${LAB_DIR:-/tmp/swarm-lab}
@@ -432,10 +434,13 @@ nsexec() {
 }
 
 # --- the managed plugin on every node ----------------------------------------------
+nodes_or_all() { if [ $# -gt 0 ]; then echo "$@"; else seq 1 "$NODES"; fi; }
+
 plugin_install() {
-  local dir=$1 n pids=() p
+  local dir=$1 n pids=() p nodes; shift
   [ -f "$dir/config.json" ] && [ -d "$dir/rootfs" ] || die "$dir has no config.json and rootfs/ (make rootfs)"
-  for n in $(seq 1 "$NODES"); do
+  nodes=$(nodes_or_all "$@")
+  for n in $nodes; do
     (
       # The plugin mounts the host's /var/lib/rustbridge: the node's own (its private /var/lib).
       mkdir -p -m 0700 "$(nodedir "$n")/var-lib/rustbridge"
@@ -447,17 +452,17 @@ plugin_install() {
     ) >"$LAB/plugin-install.n$n.log" 2>&1 &
     pids+=($!)
   done
-  n=0
+  set -- $nodes
   for p in "${pids[@]}"; do
-    n=$((n + 1))
+    n=$1; shift
     wait "$p" || { cat "$LAB/plugin-install.n$n.log" >&2; die "plugin $PLUGIN not installed on node $n"; }
   done
-  say "plugin $PLUGIN enabled on $NODES nodes${LAB_PLUGIN_SETTINGS:+ ($LAB_PLUGIN_SETTINGS)}"
+  say "plugin $PLUGIN enabled on node(s) $(echo $nodes)${LAB_PLUGIN_SETTINGS:+ ($LAB_PLUGIN_SETTINGS)}"
 }
 
 plugin_remove() {
   local n
-  for n in $(seq 1 "$NODES"); do
+  for n in $(nodes_or_all "$@"); do
     dk "$n" plugin disable -f "$PLUGIN" >/dev/null 2>&1 || true
     dk "$n" plugin rm -f "$PLUGIN" >/dev/null 2>&1 || true
   done
@@ -527,8 +532,8 @@ case "$cmd" in
   status) status ;;
   selftest) load_env; selftest ;;
   restart-dockerd) [ $# -ge 1 ] || die "usage: $0 restart-dockerd N"; load_env; restart_dockerd "$1" ;;
-  plugin-install) [ $# -ge 1 ] || die "usage: $0 plugin-install DIR"; load_env; plugin_install "$1" ;;
-  plugin-remove) load_env; plugin_remove ;;
+  plugin-install) [ $# -ge 1 ] || die "usage: $0 plugin-install DIR [N...]"; load_env; plugin_install "$@" ;;
+  plugin-remove) load_env; plugin_remove "$@" ;;
   outside) [ $# -ge 1 ] || die "usage: $0 outside CMD..."; nsenter --net=/run/netns/$OUTSIDE_NS -- "$@" ;;
   _node) node_main "$1" ;;
   _dockerd) cg_join "n$1/daemons"; start_dockerd "$1" ;;

@@ -1,10 +1,13 @@
 //! Command line and environment: every setting has a flag, an environment
 //! variable (for the managed plugin's config.json) and a default.
 
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::Scope;
 use crate::firewall::iptables::Backend;
 use crate::ipam::DefaultPool;
 use crate::log::{self, Format};
@@ -102,16 +105,22 @@ pub struct ServeArgs {
     #[arg(long, env = "RUSTBRIDGE_UNCLAIMED_GRACE_SECONDS", default_value = "30", hide = true)]
     pub unclaimed_grace_seconds: u64,
     /// The driver scope the main socket (the managed plugin's) answers:
-    /// `global` for swarm networks (VXLAN between the nodes), `local`
-    /// otherwise. The extra sockets (`--also-listen`, the legacy name) are always local.
-    #[arg(long, env = "RUSTBRIDGE_SCOPE", default_value = "local")]
-    pub scope: crate::api::Scope,
+    /// `auto` (global when dockerd's API socket is given, see
+    /// `--docker-socket`, else local), `local`, or `global` for swarm
+    /// networks (VXLAN between the nodes; needs the API socket). The extra
+    /// sockets (`--also-listen`, the legacy name) are always local.
+    #[arg(long, env = "RUSTBRIDGE_SCOPE", default_value = "auto")]
+    pub scope: ScopeSetting,
     /// UDP port of swarm networks' VXLAN traffic between the nodes (the same on every node).
     #[arg(long, env = "RUSTBRIDGE_VXLAN_PORT", default_value_t = crate::driver::swarm::DEFAULT_VXLAN_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub vxlan_port: u16,
-    /// dockerd's API socket, read in the background for swarm networks' members.
-    #[arg(long, env = "RUSTBRIDGE_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    /// dockerd's API socket, read in the background for swarm networks'
+    /// members; given only when this path is a Unix socket (the managed
+    /// plugin mounts /dev/null here unless its `docker-api.source` is set).
+    /// Empty: none.
+    #[arg(long, env = "RUSTBRIDGE_DOCKER_SOCKET", default_value = "",
+          value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     pub docker_socket: PathBuf,
     /// Seconds between two reads of swarm networks' members.
     #[arg(long, env = "RUSTBRIDGE_MEMBERSHIP_SECONDS", default_value = "2",
@@ -119,7 +128,61 @@ pub struct ServeArgs {
     pub membership_seconds: u64,
 }
 
+/// `RUSTBRIDGE_SCOPE` as set; [`ServeArgs::scope`] decides what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeSetting {
+    Auto,
+    Local,
+    Global,
+}
+
+impl std::str::FromStr for ScopeSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ScopeSetting::Auto),
+            "local" => Ok(ScopeSetting::Local),
+            "global" => Ok(ScopeSetting::Global),
+            other => {
+                Err(format!("scope {other:?}: expected auto, local or global (setting RUSTBRIDGE_SCOPE / --scope)"))
+            }
+        }
+    }
+}
+
+/// dockerd's API is there only when the path is a Unix socket: the managed
+/// plugin's default mount (/dev/null), a missing file or an empty setting is none.
+pub fn docker_api_given(path: &Path) -> bool {
+    !path.as_os_str().is_empty() && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// The scope the main socket answers, or why the plugin cannot serve as set.
+pub fn resolve_scope(setting: ScopeSetting, docker_socket: &Path) -> Result<Scope, String> {
+    match (setting, docker_api_given(docker_socket)) {
+        (ScopeSetting::Local, _) | (ScopeSetting::Auto, false) => Ok(Scope::Local),
+        (ScopeSetting::Auto | ScopeSetting::Global, true) => Ok(Scope::Global),
+        (ScopeSetting::Global, false) => {
+            let found = if docker_socket.as_os_str().is_empty() {
+                "none is set".to_string()
+            } else {
+                format!("{} is not a socket", docker_socket.display())
+            };
+            Err(format!(
+                "RUSTBRIDGE_SCOPE=global needs dockerd's API socket ({found}): give it with the plugin setting \
+                 docker-api.source=/var/run/docker.sock (docker plugin disable <plugin>; \
+                 docker plugin set <plugin> docker-api.source=/var/run/docker.sock; docker plugin enable <plugin>), \
+                 or with --docker-socket / RUSTBRIDGE_DOCKER_SOCKET when run by hand"
+            ))
+        }
+    }
+}
+
 impl ServeArgs {
+    /// See [`resolve_scope`].
+    pub fn scope(&self) -> Result<Scope, String> {
+        resolve_scope(self.scope, &self.docker_socket)
+    }
+
     pub fn swarm_settings(&self) -> crate::driver::swarm::SwarmSettings {
         crate::driver::swarm::SwarmSettings {
             vxlan_port: self.vxlan_port,
@@ -177,5 +240,51 @@ mod tests {
             err.starts_with("invalid default pool \"10.0.0.0/8\"") && err.contains("RUSTBRIDGE_DEFAULT_POOLS"),
             "{err}"
         );
+    }
+
+    /// Without dockerd's API socket (the managed plugin's default mount is
+    /// /dev/null) the scope is local; `global` is refused, naming the setting.
+    #[test]
+    fn the_scope_follows_the_docker_api_socket() {
+        let dir = std::env::temp_dir().join(format!("rb-scope-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let _ = std::fs::remove_file(&socket);
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let plain = dir.join("plain-file");
+        std::fs::write(&plain, "").unwrap();
+        let none = [Path::new(""), Path::new("/dev/null"), plain.as_path(), &dir.join("missing")];
+        for path in none {
+            assert!(!docker_api_given(path), "{}", path.display());
+            assert_eq!(resolve_scope(ScopeSetting::Auto, path), Ok(Scope::Local), "{}", path.display());
+            assert_eq!(resolve_scope(ScopeSetting::Local, path), Ok(Scope::Local));
+            let err = resolve_scope(ScopeSetting::Global, path).unwrap_err();
+            assert!(err.starts_with("RUSTBRIDGE_SCOPE=global needs dockerd's API socket"), "{err}");
+            assert!(
+                err.contains("docker-api.source=/var/run/docker.sock") && err.contains("RUSTBRIDGE_DOCKER_SOCKET"),
+                "{err}"
+            );
+        }
+        assert!(
+            resolve_scope(ScopeSetting::Global, Path::new("/dev/null"))
+                .unwrap_err()
+                .contains("/dev/null is not a socket")
+        );
+        assert!(docker_api_given(&socket));
+        assert_eq!(resolve_scope(ScopeSetting::Auto, &socket), Ok(Scope::Global));
+        assert_eq!(resolve_scope(ScopeSetting::Global, &socket), Ok(Scope::Global));
+        assert_eq!(resolve_scope(ScopeSetting::Local, &socket), Ok(Scope::Local));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The defaults: `auto` and no API socket, so a binary run by hand (or a
+    /// plugin left as installed) is local; a bad scope names the setting.
+    #[test]
+    fn scope_defaults_to_auto_without_an_api_socket() {
+        let Command::Serve(args) = Cli::try_parse_from(["rustbridge", "serve"]).unwrap().command else { panic!() };
+        assert_eq!((args.scope, args.docker_socket.as_os_str().is_empty()), (ScopeSetting::Auto, true));
+        assert_eq!(args.scope(), Ok(Scope::Local));
+        let err = Cli::try_parse_from(["rustbridge", "serve", "--scope", "swarm"]).unwrap_err().to_string();
+        assert!(err.contains("expected auto, local or global") && err.contains("RUSTBRIDGE_SCOPE"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ use clap::Parser;
 use slog::{Logger, error, info};
 use tokio::signal::unix::{SignalKind, signal};
 
+use rustbridge::api::Scope;
 use rustbridge::config::{Cli, Command, ServeArgs};
 use rustbridge::dataplane::netlink::NetlinkDataPlane;
 use rustbridge::driver::Plugin;
@@ -53,7 +54,15 @@ fn main() -> std::process::ExitCode {
 /// "connection refused" (and a managed plugin that exits at enable is
 /// disabled), whereas an answered call shows the reason in docker's output.
 /// In that mode nothing in the kernel is touched.
-async fn start(args: &ServeArgs, log: &Logger) -> Result<(Serving, Option<reconcile::StartUp>), String> {
+/// A setting that cannot be served as given (`refused`) is answered the same way.
+async fn start(
+    args: &ServeArgs,
+    refused: Option<&String>,
+    log: &Logger,
+) -> Result<(Serving, Option<reconcile::StartUp>), String> {
+    if let Some(reason) = refused {
+        return Ok((refusing(log, reason.clone()), None));
+    }
     let store = match Store::open(&args.state_dir) {
         Ok(store) => store,
         Err(e) => return Ok((refusing(log, e.to_string()), None)),
@@ -86,7 +95,7 @@ async fn start(args: &ServeArgs, log: &Logger) -> Result<(Serving, Option<reconc
 }
 
 fn refusing(log: &Logger, reason: String) -> Serving {
-    error!(log, "not serving: the state cannot be used; every call is answered with the reason and nothing in the kernel is touched";
+    error!(log, "not serving: every call is answered with the reason and nothing in the kernel is touched";
         "reason" => &reason);
     eprintln!("rustbridge: {reason}");
     Serving::Refusing(
@@ -100,13 +109,16 @@ fn refusing(log: &Logger, reason: String) -> Serving {
 async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    let (serving, startup) = start(&args, &log).await?;
+    let scope = args.scope();
+    let (serving, startup) = start(&args, scope.as_ref().err(), &log).await?;
+    // A refused scope setting is answered by every call; the handshake stays local then.
+    let scope = scope.unwrap_or(Scope::Local);
     let mut listeners = Vec::new();
     let paths: Vec<PathBuf> = std::iter::once(args.socket.clone()).chain(args.also_listen.iter().cloned()).collect();
     for (i, path) in paths.iter().enumerate() {
         let listener = server::bind(path).map_err(|e| format!("listen on {}: {e}", path.display()))?;
         // The main socket (the managed plugin's) answers the configured scope; the legacy name is local.
-        let scope = if i == 0 { args.scope } else { rustbridge::api::Scope::Local };
+        let scope = if i == 0 { scope } else { Scope::Local };
         info!(log, "listening"; "socket" => %path.display(), "scope" => scope.as_str());
         listeners.push((path.clone(), listener, scope));
     }
@@ -121,7 +133,7 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
         }
         _ => None,
     };
-    let (reconciler, metrics_task, membership) = match &serving {
+    let (reconciler, metrics_task) = match &serving {
         Serving::Plugin(plugin) => (
             Some(tokio::spawn(reconcile::run_periodically(
                 plugin.clone(),
@@ -129,16 +141,12 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
                 Duration::from_secs(args.reconcile_seconds),
             ))),
             start_metrics(args.metrics_addr(), plugin, &log).await,
-            Some(tokio::spawn(membership::run(plugin.clone(), log.clone()))),
         ),
-        Serving::Refusing(_) => (None, None, None),
+        Serving::Refusing(_) => (None, None),
     };
-    // Swarm networks: this node's endpoints, served to the other members (only with the global scope).
-    let directory = match (&serving, args.scope) {
-        (Serving::Plugin(plugin), rustbridge::api::Scope::Global) => {
-            Some(tokio::spawn(membership::serve_directory(plugin.clone(), log.clone())))
-        }
-        _ => None,
+    let swarm = match &serving {
+        Serving::Plugin(plugin) => membership::start(plugin, scope, &log),
+        Serving::Refusing(_) => Vec::new(),
     };
     let shutdown = async {
         tokio::select! {
@@ -149,7 +157,7 @@ async fn serve(args: ServeArgs, log: Logger) -> Result<(), String> {
     let limits =
         server::Limits { call_deadline: Duration::from_secs(args.call_deadline_seconds), ..Default::default() };
     server::serve_scoped(listeners, serving.clone(), log.clone(), shutdown, DRAIN, limits).await;
-    for task in reconciler.into_iter().chain(metrics_task).chain(startup).chain(membership).chain(directory) {
+    for task in reconciler.into_iter().chain(metrics_task).chain(startup).chain(swarm) {
         task.abort();
     }
     // A call whose answer was already given up on may still be running: let it

@@ -30,6 +30,7 @@ use serde_json::Value;
 use slog::{Logger, debug, info, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::api::Scope;
 use crate::dataplane::{FLOOD_MAC, FdbEntry, NeighEntry, VxlanEntries};
 use crate::driver::Plugin;
 use crate::driver::network::mac_from_ip;
@@ -171,6 +172,20 @@ pub fn diff(current: &VxlanEntries, desired: &VxlanEntries) -> (VxlanEntries, Vx
         neigh: desired.neigh.iter().filter(|e| !current.neigh.contains(e)).cloned().collect(),
     };
     (remove, add)
+}
+
+/// Swarm networks' background tasks, only for the global scope (which needs
+/// dockerd's API socket, `config::resolve_scope`): [`run`] and [`serve_directory`].
+/// Without it nothing runs, nothing listens and dockerd is never asked.
+pub fn start(plugin: &Arc<Plugin>, scope: Scope, log: &Logger) -> Vec<tokio::task::JoinHandle<()>> {
+    if scope != Scope::Global {
+        info!(log, "swarm membership: off (scope local; no dockerd API socket is read)");
+        return Vec::new();
+    }
+    let settings = plugin.swarm_settings();
+    info!(log, "swarm membership: on"; "docker_socket" => %settings.docker_socket.display(),
+        "every_seconds" => settings.poll.as_secs(), "port" => settings.vxlan_port);
+    vec![tokio::spawn(run(plugin.clone(), log.clone())), tokio::spawn(serve_directory(plugin.clone(), log.clone()))]
 }
 
 /// The background task: every period, each swarm network's entries brought

@@ -891,3 +891,54 @@ fn route_localnet_follows_the_drop_and_adopted_bridges_keep_their_address() {
     p.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": other}));
     assert_eq!(host.ipv4_addresses("rbadopt0"), ["10.78.5.1/24"], "the address the plugin added goes with the network");
 }
+
+/// Issue 14, least privilege: dockerd's API socket is opt-in. Without it (the
+/// managed plugin's default mount is /dev/null) the managed socket is local
+/// and no swarm task runs: nothing listens on the directory port. Given a
+/// socket, the default scope (`auto`) is global and the directory is served.
+/// `global` without one is refused: every call says which setting is missing.
+#[test]
+fn the_scope_and_the_swarm_tasks_follow_the_docker_api_socket() {
+    require_root!();
+    let host = Netns::host();
+    let port = "4811";
+    let listening = |ns: &Netns| !ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).stdout.trim().is_empty();
+    let scope = |p: &Plugin| p.ok("/NetworkDriver.GetCapabilities", Value::Null)["Scope"].clone();
+
+    let p = Plugin::start_with(&host, &["--vxlan-port", port, "--docker-socket", "/dev/null"]);
+    assert_eq!(scope(&p), "local");
+    assert!(wait_until(Duration::from_secs(5), || p.log_text().contains("swarm membership: off")).is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!listening(&host), "the endpoint directory is served without the API socket");
+    drop(p);
+
+    let dir = std::env::temp_dir().join(format!("rbt-{}-docker-api", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("docker.sock");
+    let _ = std::fs::remove_file(&socket);
+    let _dockerd = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let p = Plugin::start_with(&host, &["--vxlan-port", port, "--docker-socket", socket.to_str().unwrap()]);
+    assert_eq!(scope(&p), "global");
+    assert!(p.log_text().contains("swarm membership: on"), "{}", p.log_text());
+    assert!(wait_until(Duration::from_secs(5), || listening(&host)).is_some(), "no directory with the API socket");
+    drop(p);
+
+    let p = Plugin::start_with(&host, &["--vxlan-port", port, "--scope", "global", "--docker-socket", "/dev/null"]);
+    assert_eq!(scope(&p), "local", "a refusing plugin answers the handshake as local");
+    let net = random_id();
+    let (status, reply) = p.call(
+        "/NetworkDriver.CreateNetwork",
+        network_request(&net, "10.87.0.0/24", "10.87.0.1/24", json!({}), json!({})),
+    );
+    let message = reply["Err"].as_str().unwrap_or_default();
+    assert_ne!(status, 200, "{reply}");
+    assert!(
+        message.contains("RUSTBRIDGE_SCOPE=global needs dockerd's API socket (/dev/null is not a socket)"),
+        "{message}"
+    );
+    assert!(message.contains("docker-api.source=/var/run/docker.sock"), "{message}");
+    assert!(!host.has_link(&bridge_name(&net)), "a refusing plugin created the bridge");
+    assert!(!listening(&host));
+    drop(p);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

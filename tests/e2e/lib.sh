@@ -54,13 +54,26 @@ step() {
 }
 
 # show CMD...: in demo mode, print the command and its output.
-show() {
+show() { show_as "\$ $*" "$@"; }
+
+# show_as LINE CMD...: `show`, printing LINE for the command (what a user
+# types, where CMD is a suite's wrapper, e.g. a command on one host of a lab).
+show_as() {
+  local line=$1; shift
   if [ "$DEMO" = 1 ]; then
-    printf '$ %s\n' "$*"
+    printf '%s\n' "$line"
     "$@" 2>&1 | sed 's/^/  /'
     return "${PIPESTATUS[0]}"
   fi
   "$@" >/dev/null 2>&1
+}
+
+# told DESC LINE CMD...: a check (`expect`) that is also a step of the demo's
+# story: in demo mode printed as LINE with its output (`show_as`).
+told() {
+  local desc=$1 line=$2; shift 2
+  if [ "$DEMO" != 1 ]; then expect "$desc" "$@"; return; fi
+  if show_as "$line" "$@"; then pass "$desc"; else fail "$desc"; fi
 }
 
 pass() { PASSED=$((PASSED + 1)); echo "  ok   $1"; }
@@ -116,8 +129,9 @@ endpoint_info_has() { plugin_call NetworkDriver.EndpointOperInfo "{\"EndpointID\
 network_id() { docker network inspect -f '{{.Id}}' "$1"; }
 # plugin_mounts REF: the plugin's host mounts, "source:destination" sorted, one line.
 plugin_mounts() { docker plugin inspect -f '{{range .Config.Mounts}}{{.Source}}:{{.Destination}}{{println}}{{end}}' "$1" | sed '/^$/d' | sort | tr '\n' ' '; }
-# The mounts plugin/config.json must ask for: only what the plugin needs (README, Privileges and mounts).
-RB_EXPECTED_MOUNTS="/proc/sys/net/ipv6/conf/all/forwarding:/host/proc-sys-net-ipv6-conf-all/forwarding /run/docker/plugins:/run/host-plugins /var/lib/rustbridge:/host/var/lib/rustbridge /var/run/docker.sock:/host/run/docker.sock "
+# The mounts plugin/config.json must ask for: only what the plugin needs (README, Privileges and mounts);
+# dockerd's API socket is not among them: the docker-api mount is /dev/null unless a swarm node sets it.
+RB_EXPECTED_MOUNTS="/dev/null:/host/run/docker.sock /proc/sys/net/ipv6/conf/all/forwarding:/host/proc-sys-net-ipv6-conf-all/forwarding /run/docker/plugins:/run/host-plugins /var/lib/rustbridge:/host/var/lib/rustbridge "
 # The plugin's device names (src/names.rs; its unit test checks these lines).
 RB_BRIDGE_PREFIX=rb-
 RB_HOST_VETH_PREFIX=rbh-

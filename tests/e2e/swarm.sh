@@ -3,6 +3,10 @@
 # swarm lab (scripts/swarm-lab.sh: three dockerd in namespaces, node 1 the
 # manager). Nothing of the machine's own dockerd is used. The engine is the
 # one first in PATH (make test-engines puts 26.1/28.5 there), or LAB_ENGINE_ROOT.
+# The plugin is installed as it comes (no dockerd API socket, local), then
+# given the one swarm setting (RB_SWARM_SETTING, scripts/lib.sh) on every node.
+# DEMO=1 (make demo-swarm) prints the
+# story's commands and their output.
 # Needs plugin/build (make rootfs). Takes the lab lock (/tmp/rb-lab.lock).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -54,25 +58,63 @@ plugin_pid_on() { # NODE: the plugin process of that node (by its cgroup)
     grep -q "/swarm-lab/n$1/" "/proc/$p/cgroup" 2>/dev/null && { echo "$p"; return; }
   done
 }
+# api_inside NODE TEST: `test TEST` on /host/run/docker.sock as the plugin of NODE sees it (-S: a socket).
+api_inside() { local p; p=$(plugin_pid_on "$1"); [ -n "$p" ] && test "$2" "/proc/$p/root/host/run/docker.sock"; }
+directory_served() { [ -n "$(nsx "$1" ss -Hltn "sport = :$VXLAN_PORT")" ]; }
+# story NODE DESC ARGS...: the check `docker ARGS` on NODE, a step of the story `make demo-swarm` prints.
+story() { local n=$1 desc=$2; shift 2; told "$desc" "node$n\$ docker $*" dk "$n" "$@"; }
+# patiently CMD...: CMD retried for up to 60 s, quietly but for its last error
+# (the manager removes a removed service's tasks from the network a little later).
+patiently() {
+  local i err; err=$(mktemp)
+  for i in $(seq 120); do "$@" 2>"$err" && { rm -f "$err"; return 0; }; sleep 0.5; done
+  cat "$err" >&2; rm -f "$err"; return 1
+}
 
 step "A swarm lab of three dockerd ($("${LAB_ENGINE_ROOT:-}/usr/sbin/dockerd" --version 2>/dev/null | cut -d, -f1)); node 3 joins later"
 lab down >/dev/null 2>&1
 lab_up() { LAB_SWARM_NODES=2 "$LABSH" up 9>&-; }
 expect "the lab is up (nodes 1, 2 in the swarm, 3 standalone)" lab_up
 expect "plugin/build exists" test -f "$PLUGIN_DIR/config.json"
-install_plugin() { LAB_PLUGIN_SETTINGS="RUSTBRIDGE_SCOPE=global RUSTBRIDGE_LOG_LEVEL=debug" "$LABSH" plugin-install "$PLUGIN_DIR" 9>&-; }
-expect "the managed plugin is enabled on every node, RUSTBRIDGE_SCOPE=global (node 3 before it joins)" install_plugin
+# The lab's plugins log at debug level (in each dockerd's log); no other setting but the story's.
+# install_plugin SETTINGS [NODE...] (every node without NODE)
+install_plugin() {
+  local settings=$1; shift
+  LAB_PLUGIN_SETTINGS="RUSTBRIDGE_LOG_LEVEL=debug $settings" "$LABSH" plugin-install "$PLUGIN_DIR" "$@" 9>&-
+}
+expect "the managed plugin is enabled on every node as it comes" install_plugin ""
+
+step "As it comes, the plugin holds no dockerd API socket: local scope, no swarm task"
+for n in 1 2 3; do
+  equal "node $n: the docker-api mount's source is /dev/null (docker plugin inspect)" /dev/null \
+    "$(dk "$n" plugin inspect -f '{{range .Config.Mounts}}{{if eq .Name "docker-api"}}{{.Source}}{{end}}{{end}}' "$PLUGIN" 2>&1)"
+  expect "node $n: inside the plugin /host/run/docker.sock is /dev/null (a character device)" api_inside "$n" -c
+  refuse "node $n: …not dockerd's socket" api_inside "$n" -S
+  refuse "node $n: nothing listens on TCP $VXLAN_PORT (no membership task, no directory)" directory_served "$n"
+done
+expect "node 3 (no swarm): -d $PLUGIN makes a network" dk 3 network create -d "$PLUGIN" rbswarm-single
+equal "…of scope local" local "$(dk 3 network inspect -f '{{.Scope}}' rbswarm-single 2>&1)"
+expect "…and removes it" dk 3 network rm rbswarm-single
+
+step "The one setting, on every node (node 3 before it joins): $RB_SWARM_SETTING"
+for n in 1 2 3; do
+  story "$n" "node $n: disable the plugin" plugin disable "$PLUGIN"
+  story "$n" "node $n: docker plugin set $RB_SWARM_SETTING" plugin set "$PLUGIN" "$RB_SWARM_SETTING"
+  story "$n" "node $n: enable it" plugin enable "$PLUGIN"
+  expect "node $n: the plugin holds dockerd's socket" api_inside "$n" -S
+  eventually "node $n: RUSTBRIDGE_SCOPE=auto made it global: its directory is served on TCP $VXLAN_PORT" 10 directory_served "$n"
+done
 
 step "docker network create -d $PLUGIN --attachable on the manager"
-expect "create $NET" dk 1 network create -d "$PLUGIN" --attachable --subnet "$SUBNET.0/24" "$NET"
+story 1 "create $NET" network create -d "$PLUGIN" --attachable --subnet "$SUBNET.0/24" "$NET"
 equal "its scope is swarm" swarm "$(dk 1 network inspect -f '{{.Scope}}' "$NET" 2>&1)"
 expect "-d rustbridge (legacy name) still makes local networks" dk 1 network create -d rustbridge rbswarm-local
 equal "…of scope local" local "$(dk 1 network inspect -f '{{.Scope}}' rbswarm-local 2>&1)"
 expect "…and is removed" dk 1 network rm rbswarm-local
 
 step "Attachable containers on two hosts ping each other by name"
-expect "run c1 on node 1" dk 1 run -d --name c1 --network "$NET" "$LAB_IMAGE" sleep 3600
-expect "run c2 on node 2" dk 2 run -d --name c2 --network "$NET" "$LAB_IMAGE" sleep 3600
+story 1 "run c1 on node 1" run -d --name c1 --network "$NET" "$LAB_IMAGE" sleep 3600
+story 2 "run c2 on node 2" run -d --name c2 --network "$NET" "$LAB_IMAGE" sleep 3600
 dev1=$(vxlan_dev 1); dev2=$(vxlan_dev 2)
 expect "node 1 has a VXLAN device ($dev1)" test -n "$dev1"
 vni1=$(nsx 1 ip -d link show "$dev1" | grep -o 'vxlan id [0-9]*' | awk '{print $3}')
@@ -83,7 +125,8 @@ equal "MTU = underlay 1500 - 50" 1450 "$(nsx 2 cat "/sys/class/net/$dev2/mtu")"
 equal "…announced to the container" 1450 "$(dk 2 exec c2 cat /sys/class/net/eth0/mtu 2>&1)"
 eventually "node 1 floods to node 2 (FDB 00:00:00:00:00:00 dst 10.99.0.12)" 30 has_fdb_to 1 10.99.0.12
 eventually "c1 pings c2 by name across hosts" 30 ping_on 1 c1 c2
-expect "c2 pings c1 by name" ping_on 2 c2 c1
+story 1 "c1 pings c2 by name, 2 packets" exec c1 ping -c 2 -W 2 c2
+story 2 "c2 pings c1 by name" exec c2 ping -c 2 -W 2 c1
 c2ip=$(addr_on 2 c2)
 expect "node 1 has a static neighbour for c2 ($c2ip)" sh -c "'$LABSH' nsexec 1 ip neigh show dev $dev1 | grep -q '^$c2ip .*PERMANENT'" 9>&-
 
@@ -113,7 +156,7 @@ expect "run iso on node 2's default bridge" dk 2 run -d --name iso "$LAB_IMAGE" 
 refuse "iso cannot reach c2 ($c2ip)" dk 2 exec iso ping -c 1 -W 1 "$c2ip"
 
 step "A global service (dnsrr), then node 3 joins the swarm"
-expect "service create gs --mode global --endpoint-mode dnsrr" dk 1 service create --detach --no-resolve-image \
+story 1 "service create gs --mode global --endpoint-mode dnsrr" service create --detach --no-resolve-image \
   --name gs --mode global --network "$NET" --endpoint-mode dnsrr "$LAB_IMAGE" sleep 3600
 eventually "gs runs on nodes 1 and 2" 60 tasks_running gs 2
 wtok=$(dk 1 swarm join-token -q worker)
@@ -127,7 +170,8 @@ for n in 2 3; do
   eventually "node 1's task pings node $n's task ($ipn)" 30 dk 1 exec "$t1" ping -c 1 -W 2 "$ipn"
 done
 t3=$(cid_of_task 3 gs)
-eventually "node 3's task pings every task by name (tasks.gs, 3 answers)" 30 resolves_to 3 "$t3" tasks.gs 3
+eventually "node 3's task resolves tasks.gs to 3 addresses" 30 resolves_to 3 "$t3" tasks.gs 3
+story 3 "node 3's task pings c1 (node 1) by name" exec "$t3" ping -c 2 -W 2 c1
 expect "c2 (node 2) pings node 3's task" ping_on 2 c2 "$(addr_on 3 "$t3")"
 
 step "Host-mode published port on the node running the task"
@@ -249,10 +293,15 @@ leftovers_and_unclean_stops() {
 leftovers_and_unclean_stops
 
 step "docker service rm / network rm leave nothing on any node"
-expect "remove services and containers" sh -c "'$LABSH' exec 1 service rm gs web >/dev/null && '$LABSH' exec 1 rm -f c1 >/dev/null && '$LABSH' exec 2 rm -f c2 iso >/dev/null" 9>&-
-eventually "docker network rm $NET (once the tasks are gone)" 60 dk 1 network rm "$NET"
+story 1 "service rm gs web" service rm gs web
+story 1 "rm -f c1" rm -f c1
+story 2 "rm -f c2 iso" rm -f c2 iso
+told "docker network rm $NET (once the tasks are gone)" "node1\$ docker network rm $NET" patiently dk 1 network rm "$NET"
+left_on() { nsx "$1" sh -c 'ip -br link | grep -E "^rb[xhc]?-"; iptables-save | grep RUSTBRIDGE; nft list table inet rustbridge 2>/dev/null'; }
+nothing_left_on() { [ -z "$(left_on "$1")" ]; }
 for n in 1 2 3; do
-  eventually "node $n: no bridge, VXLAN device, veth, rule or nftables table left" 60 sh -c "[ -z \"\$('$LABSH' nsexec $n sh -c 'ip -o link | grep -E \": rb[xhc]?-\"; iptables-save | grep RUSTBRIDGE; nft list table inet rustbridge 2>/dev/null')\" ]" 9>&-
+  eventually "node $n: no bridge, VXLAN device, veth, rule or nftables table left" 60 nothing_left_on "$n"
+  [ "$DEMO" = 1 ] && show_as "node$n# ip -br link | grep '^rb'; iptables-save | grep RUSTBRIDGE; nft list table inet rustbridge" left_on "$n"
 done
 
 summary
