@@ -4,8 +4,8 @@
 # manager). Nothing of the machine's own dockerd is used. The engine is the
 # one first in PATH (make test-engines puts 26.1/28.5 there), or LAB_ENGINE_ROOT.
 # The plugin is installed as it comes (no dockerd API socket, local), then
-# given the one swarm setting (RB_SWARM_SETTING, scripts/lib.sh) on every node.
-# DEMO=1 (make demo-swarm) prints the
+# given the one swarm setting (RB_SWARM_SETTING, scripts/lib.sh) on every node;
+# node 3 later gets it only after joining. DEMO=1 (make demo-swarm) prints the
 # story's commands and their output.
 # Needs plugin/build (make rootfs). Takes the lab lock (/tmp/rb-lab.lock).
 set -uo pipefail
@@ -213,6 +213,38 @@ eventually "i3 pings i1 by name across hosts" 60 ping_on 2 i3 i1
 expect "remove i1 i2 i3" sh -c "'$LABSH' exec 1 rm -f i1 >/dev/null && '$LABSH' exec 2 rm -f i2 i3 >/dev/null" 9>&-
 eventually "docker network rm $INET" 60 dk 1 network rm "$INET"
 
+# Issue 14 item 4: a plugin enabled on a node only after that node joined the
+# swarm and after the network and its global service exist.
+enable_after_join() {
+  step "A plugin enabled only after its node joined, and after the network exists (node 3)"
+  expect "node 3's plugin is removed" lab plugin-remove 3
+  local gone; gone=$(dk 1 node ls -q --filter name=lab-n3)
+  expect "the manager forgets the node 3 that left (${gone:-none})" dk 1 node rm --force $gone
+  expect "node 3 joins again, without the plugin" dk 3 swarm join --token "$wtok" \
+    --advertise-addr 10.99.0.13 --listen-addr 10.99.0.13:2377 10.99.0.11:2377
+  eventually "node 3 is Ready" 60 sh -c "'$LABSH' exec 1 node ls --format '{{.Hostname}} {{.Status}}' | grep -q '^lab-n3 Ready'" 9>&-
+  expect "no gs task on node 3 yet (the scheduler needs the plugin there)" test -z "$(cid_of_task 3 gs)"
+  told "node 3: the plugin installed and enabled with $RB_SWARM_SETTING" \
+    "node3\$ docker plugin create $PLUGIN plugin/build; docker plugin set $PLUGIN $RB_SWARM_SETTING; docker plugin enable $PLUGIN" \
+    install_plugin "$RB_SWARM_SETTING" 3
+  eventually "node 3 runs a gs task" 120 has_task 3 gs
+  # Nodes 1 and 2's dockerd were restarted above: their tasks too.
+  both_run_gs() { has_task 1 gs && has_task 2 gs; }
+  eventually "nodes 1 and 2 run a gs task" 180 both_run_gs
+  local t1 t2 t3 ip3; t1=$(cid_of_task 1 gs); t2=$(cid_of_task 2 gs); t3=$(cid_of_task 3 gs); ip3=$(addr_on 3 "$t3")
+  eventually "node 1's task pings node 3's task ($ip3)" 60 dk 1 exec "$t1" ping -c 1 -W 2 "$ip3"
+  eventually "node 3's task pings node 2's task ($(addr_on 2 "$t2"))" 30 dk 3 exec "$t3" ping -c 1 -W 2 "$(addr_on 2 "$t2")"
+  eventually "tasks.gs resolves to 3 addresses from node 3's task" 30 resolves_to 3 "$t3" tasks.gs 3
+  # c1 and c2 stopped with their dockerd's restart above (no --restart): new containers.
+  story 1 "run a1 on node 1" run -d --name a1 --network "$NET" "$LAB_IMAGE" sleep 3600
+  story 3 "run c3 on node 3" run -d --name c3 --network "$NET" "$LAB_IMAGE" sleep 3600
+  eventually "c3 pings a1 (node 1) by name" 30 ping_on 3 c3 a1
+  story 3 "c3 pings a1 by name, 2 packets" exec c3 ping -c 2 -W 2 a1
+  story 1 "a1 pings c3 (node 3) by name" exec a1 ping -c 2 -W 2 c3
+  expect "node 3's task pings a1 by name" ping_on 3 "$t3" a1
+  expect "node 2's task pings c3 by name" ping_on 2 "$t2" c3
+}
+
 step "A host that dies, then comes back, then leaves"
 t0=$SECONDS
 expect "node 3 is cut off (its underlay link down)" nsx 3 ip link set eth0 down
@@ -291,11 +323,13 @@ leftovers_and_unclean_stops() {
   eventually "docker network rm $LNET" 60 dk 1 network rm "$LNET"
 }
 leftovers_and_unclean_stops
+enable_after_join
 
 step "docker service rm / network rm leave nothing on any node"
 story 1 "service rm gs web" service rm gs web
-story 1 "rm -f c1" rm -f c1
+story 1 "rm -f c1 a1" rm -f c1 a1
 story 2 "rm -f c2 iso" rm -f c2 iso
+story 3 "rm -f c3" rm -f c3
 told "docker network rm $NET (once the tasks are gone)" "node1\$ docker network rm $NET" patiently dk 1 network rm "$NET"
 left_on() { nsx "$1" sh -c 'ip -br link | grep -E "^rb[xhc]?-"; iptables-save | grep RUSTBRIDGE; nft list table inet rustbridge 2>/dev/null'; }
 nothing_left_on() { [ -z "$(left_on "$1")" ]; }
