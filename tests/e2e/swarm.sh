@@ -220,6 +220,8 @@ enable_after_join() {
   expect "node 3's plugin is removed" lab plugin-remove 3
   local gone; gone=$(dk 1 node ls -q --filter name=lab-n3)
   expect "the manager forgets the node 3 that left (${gone:-none})" dk 1 node rm --force $gone
+  lr_off() { [ "$(dk 3 info -f '{{.LiveRestoreEnabled}}')" = false ]; }
+  eventually "node 3's dockerd has live-restore off (swarm join refuses it)" 10 lr_off
   expect "node 3 joins again, without the plugin" dk 3 swarm join --token "$wtok" \
     --advertise-addr 10.99.0.13 --listen-addr 10.99.0.13:2377 10.99.0.11:2377
   eventually "node 3 is Ready" 60 sh -c "'$LABSH' exec 1 node ls --format '{{.Hostname}} {{.Status}}' | grep -q '^lab-n3 Ready'" 9>&-
@@ -308,7 +310,8 @@ leftovers_and_unclean_stops() {
   wtok=$(dk 1 swarm join-token -q worker)
   expect "docker swarm join with live-restore is refused (Docker's own rule)" sh -c "'$LABSH' exec 3 swarm join --token $wtok \
     --advertise-addr 10.99.0.13 --listen-addr 10.99.0.13:2377 10.99.0.11:2377 2>&1 | grep -q 'live-restore daemon configuration is incompatible with swarm mode'" 9>&-
-  echo '{}' >"$d3/daemon.json"
+  # A reload only changes the keys the file has: '{}' would leave live-restore on.
+  echo '{"live-restore": false}' >"$d3/daemon.json"
   expect "…and off again" kill -HUP "$(cat "$d3/dockerd.pid")"
 
   step "dockerd of a worker killed (SIGKILL) and started again, rustbridge IPAM"
