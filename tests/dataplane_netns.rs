@@ -206,7 +206,7 @@ fn a_veth_pair_hangs_on_its_bridge_and_goes_as_a_pair() {
     });
     assert!(refused.to_string().contains("rb-missing"), "{refused}");
     // The bridge's index; the pair with MTU, bridge and up; the mark and hairpin.
-    assert_eq!(requests, 3, "netlink requests to make a veth pair");
+    assert_eq!(requests, 3, "netlink requests to make the first veth pair on a bridge");
     assert!(exists.is_exists(), "{exists:?}");
     assert!(ns.has_link(&veth.host_name), "a refused second pair must not take the first away");
     let host = ns.link(&veth.host_name).expect("host end");
@@ -255,6 +255,39 @@ fn a_veth_pair_hangs_on_its_bridge_and_goes_as_a_pair() {
         dp.delete_link_index(new, &veth.host_name).await.unwrap();
     });
     assert!(!ns.has_link(&veth.host_name) && !ns.has_link(&veth.peer_name), "{:?}", ns.link_names());
+}
+
+/// Join makes a pair in two requests once the bridge's index is known, and a
+/// bridge made again since (another index) still gets the pair.
+#[test]
+fn a_bridge_index_is_remembered_and_looked_up_again_when_the_bridge_was_made_again() {
+    require_root!();
+    let ns = Netns::container();
+    let bridge = bridge_spec("rb-1123456789ab", 1500, true, &["10.86.0.1/24"]);
+    let pair = |n: u32| VethSpec {
+        host_name: format!("rbh-11234567{n}0a"),
+        peer_name: format!("rbc-11234567{n}0a"),
+        bridge: bridge.name.clone(),
+        mtu: 1500,
+        instance: "dataplane-test".to_string(),
+    };
+    let (second, again) = in_netns(&ns, async |dp| {
+        dp.ensure_bridge(&bridge).await.unwrap();
+        dp.create_veth(&pair(1)).await.unwrap();
+        let before = dp.requests();
+        dp.create_veth(&pair(2)).await.unwrap();
+        let second = dp.requests() - before;
+        ns.ip(&["link", "del", &bridge.name]).expect_ok();
+        dp.ensure_bridge(&bridge).await.unwrap();
+        let before = dp.requests();
+        dp.create_veth(&pair(3)).await.expect("a pair on the bridge made again");
+        (second, dp.requests() - before)
+    });
+    assert_eq!(second, 2, "netlink requests to make a pair on a bridge whose index is known");
+    // Refused with the old index, the look-up, the pair, the mark.
+    assert_eq!(again, 4, "netlink requests to make a pair on a bridge made again");
+    assert_eq!(ns.link(&pair(3).host_name).expect("host end")["master"], bridge.name.as_str());
+    assert!(ns.has_link(&pair(3).peer_name), "{:?}", ns.link_names());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The data plane over rtnetlink: no `ip` binary, one netlink socket.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +58,9 @@ pub struct NetlinkDataPlane {
     next_deleter: std::sync::atomic::AtomicUsize,
     /// Requests sent (a dump counts as one), for tests and measurements.
     requests: AtomicU64,
+    /// Bridges' indexes as last looked up, so that Join needs no look-up
+    /// (see `bridge_index`).
+    bridge_indexes: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl NetlinkDataPlane {
@@ -75,6 +78,7 @@ impl NetlinkDataPlane {
             deleters: handles,
             next_deleter: Default::default(),
             requests: AtomicU64::new(0),
+            bridge_indexes: Default::default(),
         })
     }
 
@@ -108,6 +112,43 @@ impl NetlinkDataPlane {
                 Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
                 Err(e) => Err(DataPlaneError::new("look up link", name, describe(&e))),
             }
+        })
+        .await
+    }
+
+    /// A bridge's index for a new port: remembered from the last look-up
+    /// (`true`) or looked up now. The kernel never gives an index to another
+    /// link while its netns lives (it allocates them cyclically), so a
+    /// remembered index is either the bridge's or names no link at all (the
+    /// bridge was deleted, perhaps made again): the kernel then refuses the
+    /// port and the caller looks it up again (`forget_bridge_index`).
+    async fn bridge_index(&self, action: &'static str, bridge: &str) -> Result<(u32, bool)> {
+        if let Some(&index) = self.bridge_indexes.lock().expect("bridge index cache").get(bridge) {
+            return Ok((index, true));
+        }
+        let index = self.require_index(action, bridge).await?;
+        self.bridge_indexes.lock().expect("bridge index cache").insert(bridge.to_string(), index);
+        Ok((index, false))
+    }
+
+    fn forget_bridge_index(&self, bridge: &str) {
+        self.bridge_indexes.lock().expect("bridge index cache").remove(bridge);
+    }
+
+    /// RTM_NEWLINK of the pair: MTU, the host end on its bridge and up.
+    async fn add_veth(&self, spec: &VethSpec, bridge_index: u32) -> Result<()> {
+        let peer = LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).build();
+        let message = LinkVeth::new(&spec.host_name, &spec.peer_name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .mtu(spec.mtu)
+            .controller(bridge_index)
+            .up()
+            .build();
+        let request = self.handle.link().add(message).execute();
+        self.bounded("create veth", &spec.host_name, async {
+            request
+                .await
+                .map_err(|e| DataPlaneError::new("create veth", &spec.host_name, describe(&e)).with_errno(errno(&e)))
         })
         .await
     }
@@ -236,21 +277,18 @@ impl DataPlane for NetlinkDataPlane {
     /// one change of the host end (the kernel ignores an alias at creation,
     /// and bridge port settings need the port on its bridge first).
     async fn create_veth(&self, spec: &VethSpec) -> Result<()> {
-        let bridge_index = self.require_index("attach veth to bridge", &spec.bridge).await?;
-        let peer = LinkUnspec::new_with_name(&spec.peer_name).mtu(spec.mtu).build();
-        let message = LinkVeth::new(&spec.host_name, &spec.peer_name)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .mtu(spec.mtu)
-            .controller(bridge_index)
-            .up()
-            .build();
-        let request = self.handle.link().add(message).execute();
-        self.bounded("create veth", &spec.host_name, async {
-            request
-                .await
-                .map_err(|e| DataPlaneError::new("create veth", &spec.host_name, describe(&e)).with_errno(errno(&e)))
-        })
-        .await?;
+        let action = "attach veth to bridge";
+        let (index, remembered) = self.bridge_index(action, &spec.bridge).await?;
+        match self.add_veth(spec, index).await {
+            // A taken name is refused before the bridge is looked at.
+            Err(e) if remembered && !e.is_exists() => {
+                // The kernel undid the pair; the bridge may have another index now.
+                self.forget_bridge_index(&spec.bridge);
+                let (index, _) = self.bridge_index(action, &spec.bridge).await?;
+                self.add_veth(spec, index).await?
+            }
+            other => other?,
+        }
         let result = self.mark_port(spec).await;
         if result.is_err() {
             let _ = self.delete_link(&spec.host_name).await;
@@ -267,6 +305,7 @@ impl DataPlane for NetlinkDataPlane {
 
     /// One request: RTM_DELLINK by name.
     async fn delete_link(&self, name: &str) -> Result<()> {
+        self.forget_bridge_index(name);
         let request = self.handle.link().del_with_message(LinkUnspec::new_with_name(name).build()).execute();
         self.delete(request, name).await
     }
