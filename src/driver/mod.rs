@@ -74,6 +74,9 @@ pub struct Plugin {
     unclaimed: Unclaimed,
     swarm_settings: swarm::SwarmSettings,
     swarm_view: std::sync::Mutex<swarm::SwarmView>,
+    /// Calls waiting for the state lock (`Plugin::begin`): the last of a
+    /// burst puts the burst's commits on disk (see `txn.rs`).
+    in_line: std::sync::atomic::AtomicUsize,
 }
 
 impl Plugin {
@@ -164,6 +167,7 @@ impl Plugin {
             unclaimed: Unclaimed::new(UNCLAIMED_GRACE),
             swarm_settings: swarm::SwarmSettings::default(),
             swarm_view: Default::default(),
+            in_line: Default::default(),
         })
     }
 

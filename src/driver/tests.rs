@@ -1096,6 +1096,44 @@ async fn explicit_pool_overlapping_a_held_one_is_refused() {
 
 // ---------------------------------------------------------------- concurrency
 
+/// Calls that meet at the state lock share one durable commit (group
+/// commit), each answered only once its change is on disk: 20 DeleteEndpoint
+/// calls in line (a bulk `docker rm -f`) make one fsync, not 20.
+#[tokio::test]
+async fn concurrent_calls_share_one_durable_commit_and_answer_once_on_disk() {
+    let mut h = Harness::new("group-commit");
+    let id = network_with_subnet(&h, 60, "10.97.0.0/24", "10.97.0.1/24").await;
+    let n = 20u64;
+    for e in 1..=n {
+        h.create_endpoint(endpoint(&id, &ep_id(e), &format!("10.97.0.{}/24", e + 1), "", "")).await.unwrap();
+    }
+    let plugin = h.p_arc();
+    let held = plugin.lock_state().await;
+    let before = plugin.store.durable_commits();
+    let calls: Vec<_> = (1..=n)
+        .map(|e| {
+            let (plugin, id) = (plugin.clone(), id.clone());
+            tokio::spawn(async move {
+                plugin.delete_endpoint(from_json(json!({"NetworkID": id, "EndpointID": ep_id(e)}))).await?;
+                // Answered: on disk.
+                Ok::<_, PluginError>(plugin.store.grouped_pending())
+            })
+        })
+        .collect();
+    while plugin.in_line.load(std::sync::atomic::Ordering::SeqCst) < n as usize {
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    for call in calls {
+        assert_eq!(call.await.expect("task panicked").expect("DeleteEndpoint"), 0, "answered before on disk");
+    }
+    let fsyncs = plugin.store.durable_commits() - before;
+    assert_eq!(fsyncs, 1, "durable commits of {n} DeleteEndpoint calls in line");
+    drop(plugin);
+    h.reload();
+    assert!(h.endpoint_ids().await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_endpoints_join_with_distinct_veths_and_macs() {
     let h = Harness::new("concurrent");

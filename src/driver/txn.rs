@@ -17,6 +17,17 @@
 //! Nothing is given back to anyone (a released pool or address, a deleted
 //! record) before the commit; anything taken before it has an undo.
 //!
+//! Commits are grouped: `finish` commits without waiting for the disk
+//! (`Store::commit_grouped`), publishes, releases the state lock and answers
+//! once the commit is on disk. The call that leaves the state lock with no
+//! other call in line for it puts every grouped commit on disk, in one fsync
+//! (so does any call once [`GROUP_COMMIT_MAX`] are waiting), while still
+//! holding the lock: a burst of N calls (a bulk `docker rm -f`) makes one
+//! fsync, not N, and holds the lock for one. No call is answered before its
+//! commit, and every commit it read, is on disk. A write that fails leaves
+//! the store refusing every later commit (see `state`): the changes not on
+//! disk are lost as in a crash, and their calls are told so.
+//!
 //! A link the committed state no longer needs (Leave's and DeleteEndpoint's
 //! veth pair) is deleted after the commit, once the state lock is released
 //! (`Txn::delete_after_commit`): the kernel takes ~20 ms per veth deletion,
@@ -27,6 +38,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -38,6 +50,13 @@ use crate::dataplane::{BridgeSpec, DataPlane, VxlanSpec};
 use crate::deadline::CallDeadline;
 use crate::firewall::{FirewallError, FwChange, FwNetwork, FwPort, port_difference};
 use crate::state::{Change, EndpointRecord, NetworkRecord};
+
+/// A burst shares one fsync, but no call waits behind more than this many
+/// other calls' commits.
+const GROUP_COMMIT_MAX: u64 = 32;
+/// A commit still not on disk after this long is flushed by its own call
+/// (the call that was to flush it went away without reaching the lock).
+const GROUP_COMMIT_PATIENCE: Duration = Duration::from_millis(200);
 
 /// One undo step may take this long (its own requests are bounded too); the
 /// state lock is held meanwhile, and later calls' waits count against their deadlines.
@@ -85,15 +104,18 @@ impl Plugin {
     /// Starts a transaction for the current call (see [`CallDeadline::current`]).
     pub async fn begin(&self) -> Result<Txn<'_>> {
         let deadline = CallDeadline::current();
+        self.in_line.fetch_add(1, Ordering::SeqCst);
         let state = match deadline.until_commit() {
-            None => self.state.lock().await,
+            None => Ok(self.state.lock().await),
             Some(left) => tokio::time::timeout(left, self.state.lock()).await.map_err(|_| {
                 PluginError::new(format!(
                     "another call held the state lock until this call's deadline ({} ms waited); nothing was changed",
                     left.as_millis()
                 ))
-            })?,
+            }),
         };
+        self.in_line.fetch_sub(1, Ordering::SeqCst);
+        let state = state?;
         let txn = Txn {
             plugin: self,
             state,
@@ -257,25 +279,34 @@ impl Txn<'_> {
             Err(e) => return Err(self.undo(e).await),
         };
         if self.changes.is_empty() && self.teardown.is_empty() && self.deletions.is_empty() {
-            return Ok(value); // nothing to commit: a read, or a repeat of a finished call
+            // Nothing to commit: a read, or a repeat of a finished call,
+            // answered once what it read is on disk.
+            let (plugin, read) = (self.plugin, self.plugin.store.last_grouped());
+            drop(self);
+            plugin.wait_durable(read).await?;
+            return Ok(value);
         }
         if !self.deadline.claim_commit() {
             let why = self.deadline.expired().unwrap_or_else(|| "the server gave up on the call".into());
             return Err(self.undo(PluginError::new(format!("not committed: {why}"))).await);
         }
         let changes = std::mem::take(&mut self.changes);
+        let store = &self.plugin.store;
+        // A relaxed commit is answered once the grouped commits it read are on disk.
         let committed = if self.relaxed {
-            self.plugin.store.commit_relaxed(changes.clone())
+            store.commit_relaxed(changes.clone()).map(|()| store.last_grouped())
         } else {
-            self.plugin.store.commit(changes.clone())
+            store.commit_grouped(changes.clone())
         };
-        if let Err(e) = committed {
-            return Err(self.undo(e.into()).await);
-        }
+        let seq = match committed {
+            Ok(seq) => seq,
+            Err(e) => return Err(self.undo(e.into()).await),
+        };
         publish(&mut self.state, changes);
         let deletions = std::mem::take(&mut self.deletions);
-        let (dataplane, deadline) = (self.plugin.dataplane.clone(), self.deadline.clone());
-        drop(self); // releases the state lock
+        let (plugin, dataplane, deadline) = (self.plugin, self.plugin.dataplane.clone(), self.deadline.clone());
+        drop(self); // releases the state lock, flushing if no call is in line
+        plugin.wait_durable(seq).await?;
         delete_released(dataplane, deletions, &deadline).await;
         Ok(value)
     }
@@ -339,6 +370,29 @@ impl Txn<'_> {
             Undo::ReleasePool(id) => drop(self.state.ipam.release_pool(&id)?),
         }
         Ok(())
+    }
+}
+
+impl Drop for Txn<'_> {
+    /// Still under the state lock: the last call in line puts the grouped
+    /// commits on disk (a failure reaches their calls through the store).
+    fn drop(&mut self) {
+        let store = &self.plugin.store;
+        let pending = store.grouped_pending();
+        if pending > 0 && (self.plugin.in_line.load(Ordering::SeqCst) == 0 || pending >= GROUP_COMMIT_MAX) {
+            let _ = store.flush();
+        }
+    }
+}
+
+impl Plugin {
+    /// Waits until grouped commit `seq` (and every one before) is on disk.
+    async fn wait_durable(&self, seq: u64) -> Result<()> {
+        self.store.wait_durable(seq, GROUP_COMMIT_PATIENCE).await.map_err(|e| {
+            PluginError::new(format!(
+                "{e}; this call's change is lost (the kernel is repaired at the next start), and the plugin commits nothing more until it restarts"
+            ))
+        })
     }
 }
 

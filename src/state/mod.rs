@@ -125,6 +125,18 @@ pub struct Store {
     unflushed: std::sync::atomic::AtomicBool,
     /// Durable commits (each one waits for the disk), for tests and measurements.
     durable_commits: std::sync::atomic::AtomicU64,
+    /// The last sequence number given to a grouped commit (see [`Store::commit_grouped`]).
+    grouped: std::sync::atomic::AtomicU64,
+    /// Up to which sequence number grouped commits are on disk, or why they
+    /// never will be (a failed write: the store refuses every later commit).
+    durable: tokio::sync::watch::Sender<Durable>,
+}
+
+/// How far grouped commits are on disk.
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    pub seq: u64,
+    pub failed: Option<String>,
 }
 
 impl Drop for Store {
@@ -137,7 +149,15 @@ impl Drop for Store {
 
 impl Store {
     fn new(db: Database, path: PathBuf, instance_id: String) -> Store {
-        Store { db, path, instance_id, unflushed: Default::default(), durable_commits: Default::default() }
+        Store {
+            db,
+            path,
+            instance_id,
+            unflushed: Default::default(),
+            durable_commits: Default::default(),
+            grouped: Default::default(),
+            durable: tokio::sync::watch::Sender::new(Durable::default()),
+        }
     }
 
     fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
@@ -175,6 +195,74 @@ impl Store {
         Ok(())
     }
 
+    /// Applies all changes in one transaction, or none of them, without
+    /// waiting for the disk, and returns its sequence number: the caller
+    /// answers only once [`Store::wait_durable`] says it is on disk. Several
+    /// calls' commits then share one flush (group commit: one fsync for a
+    /// burst of calls instead of one each). Until then the changes are
+    /// visible but not durable, so nobody may be told of them; a crash loses
+    /// them all, and none was answered.
+    pub fn commit_grouped(&self, changes: Vec<Change>) -> Result<u64, StoreError> {
+        self.refuse_after_failure()?;
+        self.write(changes, Durability::None)?;
+        let seq = self.grouped.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.unflushed.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(seq)
+    }
+
+    /// The sequence number of the last grouped commit: a call that read the
+    /// state answers once this is durable (it may have read those changes).
+    pub fn last_grouped(&self) -> u64 {
+        self.grouped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Grouped commits not on disk yet.
+    pub fn grouped_pending(&self) -> u64 {
+        self.last_grouped().saturating_sub(self.durable.borrow().seq)
+    }
+
+    /// Waits until grouped commit `seq` is on disk. Flushes itself when
+    /// nobody did within `patience` (the one expected to flush went away).
+    pub async fn wait_durable(&self, seq: u64, patience: std::time::Duration) -> Result<(), StoreError> {
+        let mut durable = self.durable.subscribe();
+        let reached = |d: &Durable| d.seq >= seq || d.failed.is_some();
+        // A flush running elsewhere covers it when it ends (the loop waits again).
+        while tokio::time::timeout(patience, durable.wait_for(reached)).await.is_err() {
+            self.flush()?;
+        }
+        let now = self.durable.borrow().clone();
+        match now.failed {
+            Some(message) if now.seq < seq => Err(self.db_error(message)),
+            _ => Ok(()),
+        }
+    }
+
+    fn refuse_after_failure(&self) -> Result<(), StoreError> {
+        match &self.durable.borrow().failed {
+            Some(message) => Err(self.db_error(format!(
+                "an earlier write to disk failed ({message}); nothing more is committed until the plugin restarts"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// After a durable write that began when grouped commits up to `covered`
+    /// were made: they are on disk, or, when it failed, none not on disk yet
+    /// will ever be (their calls were not answered, and are told it).
+    fn mark_durable(&self, covered: u64, outcome: Result<(), &StoreError>) {
+        self.durable.send_if_modified(|d| match outcome {
+            Ok(()) if covered > d.seq => {
+                d.seq = covered;
+                true
+            }
+            Err(e) if covered > d.seq && d.failed.is_none() => {
+                d.failed = Some(e.to_string());
+                true
+            }
+            _ => false,
+        });
+    }
+
     /// How many commits waited for the disk so far.
     pub fn durable_commits(&self) -> u64 {
         self.durable_commits.load(std::sync::atomic::Ordering::Relaxed)
@@ -185,19 +273,27 @@ impl Store {
         if !self.unflushed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
+        self.refuse_after_failure()?;
         let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        // No other write runs while this one is open: every grouped commit
+        // numbered so far is in it.
+        let covered = self.last_grouped();
         self.durable_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        txn.commit().map_err(|e| {
+        let outcome = txn.commit().map_err(|e| {
             self.unflushed.store(true, std::sync::atomic::Ordering::SeqCst);
             self.db_error(e)
-        })
+        });
+        self.mark_durable(covered, outcome.as_ref().map(drop));
+        outcome
     }
 
     fn write(&self, changes: Vec<Change>, durability: Durability) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
+        self.refuse_after_failure()?;
         let mut txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        let covered = self.last_grouped();
         txn.set_durability(durability).map_err(|e| self.db_error(e))?;
         if matches!(durability, Durability::Immediate) {
             self.durable_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -238,7 +334,12 @@ impl Store {
                 result.map_err(|e| self.db_error(e))?;
             }
         }
-        txn.commit().map_err(|e| self.db_error(e))
+        let outcome = txn.commit().map_err(|e| self.db_error(e));
+        if matches!(durability, Durability::Immediate) {
+            // A durable commit puts every grouped commit before it on disk too.
+            self.mark_durable(covered, outcome.as_ref().map(drop));
+        }
+        outcome
     }
 
     pub fn load(&self) -> Result<Snapshot, StoreError> {

@@ -333,3 +333,41 @@ fn unversioned_database(dir: &TempDir, instance_id: Option<&str>) {
     }
     txn.commit().unwrap();
 }
+
+/// A grouped commit is on disk once a flush (or any durable commit) covers
+/// it; its caller flushes it itself when nobody did within its patience.
+#[tokio::test]
+async fn a_grouped_commit_is_durable_after_a_flush_or_its_own_after_patience() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.0).unwrap();
+    let first = store.commit_grouped(vec![Change::PutNetwork(network("a"))]).unwrap();
+    let second = store.commit_grouped(vec![Change::PutNetwork(network("b"))]).unwrap();
+    assert_eq!((store.grouped_pending(), second), (2, first + 1));
+    let before = store.durable_commits();
+    store.flush().unwrap();
+    assert_eq!(store.grouped_pending(), 0);
+    store.wait_durable(second, std::time::Duration::from_secs(60)).await.expect("covered by the flush");
+    let third = store.commit_grouped(vec![Change::DeleteNetwork("a".into())]).unwrap();
+    store.wait_durable(third, std::time::Duration::from_millis(10)).await.expect("flushed after patience");
+    assert_eq!(store.durable_commits(), before + 2);
+    drop(store);
+    let ids: Vec<String> = Store::open(&dir.0).unwrap().load().unwrap().networks.into_iter().map(|n| n.id).collect();
+    assert_eq!(ids, ["b"]);
+}
+
+/// A durable write that fails while grouped commits wait: none of them will
+/// reach the disk, their callers are told, and nothing more is committed.
+#[tokio::test]
+async fn a_failed_flush_fails_the_waiting_commits_and_refuses_later_ones() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.0).unwrap();
+    let seq = store.commit_grouped(vec![Change::PutNetwork(network("a"))]).unwrap();
+    let failure = store.db_error("No space left on device (os error 28)");
+    store.mark_durable(seq, Err(&failure));
+    let told = store.wait_durable(seq, std::time::Duration::from_secs(60)).await.unwrap_err().to_string();
+    assert!(told.contains("No space left"), "{told}");
+    let refused = store.commit(vec![Change::PutNetwork(network("b"))]).unwrap_err().to_string();
+    assert!(refused.contains("nothing more is committed until the plugin restarts"), "{refused}");
+    assert!(store.commit_grouped(vec![Change::PutNetwork(network("c"))]).is_err());
+    assert!(store.flush().is_err(), "a flush would put the failed calls' changes on disk");
+}
