@@ -292,9 +292,13 @@ impl Txn<'_> {
         }
         let changes = std::mem::take(&mut self.changes);
         let store = &self.plugin.store;
-        // A relaxed commit is answered once the grouped commits it read are on disk.
+        // A relaxed commit is answered once the grouped commits it read are on
+        // disk; with no call in line, this one's commit is the durable one
+        // (one transaction, not a grouped one and a flush).
         let committed = if self.relaxed {
             store.commit_relaxed(changes.clone()).map(|()| store.last_grouped())
+        } else if self.plugin.in_line.load(Ordering::SeqCst) == 0 {
+            store.commit(changes.clone()).map(|()| store.last_grouped())
         } else {
             store.commit_grouped(changes.clone())
         };
