@@ -12,7 +12,7 @@
 //! is still changing, and leftovers are judged under the lock, against a
 //! state no call is changing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -91,13 +91,14 @@ async fn start_pass(plugin: &Plugin, state: &mut State, repairs: &mut Repairs, l
         errors.push(e.to_string());
     }
     let state: &State = state;
+    let named = links.as_deref().map(by_name);
     if let Some(links) = &links {
         // Only noted: the periodic pass forgets them once they stay unclaimed.
         plugin.unclaimed().observe(unclaimed_among(&joined_endpoints(state), links), Instant::now());
     }
     for network in state.networks.values() {
         let spec = plugin.bridge_spec(network);
-        let found = links.as_deref().and_then(|l| l.iter().find(|l| l.name == network.bridge));
+        let found = named.as_ref().and_then(|n| n.get(network.bridge.as_str()).copied());
         if !found.is_some_and(|link| bridge_intact(&spec, link)) {
             match plugin.dataplane().ensure_bridge(&spec).await {
                 Ok(outcome) => {
@@ -118,7 +119,7 @@ async fn start_pass(plugin: &Plugin, state: &mut State, repairs: &mut Repairs, l
         {
             errors.push(e.to_string());
         }
-        match reattach_endpoints(plugin, state, network, links.as_deref()).await {
+        match reattach_endpoints(plugin, state, network, named.as_ref()).await {
             Ok(count) => repairs.endpoints += count,
             Err(e) => errors.push(e.to_string()),
         }
@@ -146,9 +147,9 @@ async fn start_pass(plugin: &Plugin, state: &mut State, repairs: &mut Repairs, l
 /// durably, before anything else looks at the joined endpoints.
 fn recover_joins(plugin: &Plugin, state: &mut State, links: &[Link], log: &Logger) -> Result<()> {
     let instance = plugin.instance_id();
-    let ours = |veth: &str| {
-        links.iter().any(|l| l.name == veth && l.kind == LinkKind::Veth && l.owner.as_deref() == Some(instance))
-    };
+    let named = by_name(links);
+    let ours =
+        |veth: &str| named.get(veth).is_some_and(|l| l.kind == LinkKind::Veth && l.owner.as_deref() == Some(instance));
     let recovered: Vec<EndpointRecord> = state
         .endpoints
         .values()
@@ -165,6 +166,14 @@ fn recover_joins(plugin: &Plugin, state: &mut State, links: &[Link], log: &Logge
         state.put_endpoint(endpoint);
     }
     Ok(())
+}
+
+/// A dump's links by name: one lookup per bridge or endpoint, where a scan
+/// of the dump per endpoint made a start with 1,000 endpoints quadratic.
+type ByName<'a> = HashMap<&'a str, &'a Link>;
+
+fn by_name(links: &[Link]) -> ByName<'_> {
+    links.iter().map(|l| (l.name.as_str(), l)).collect()
 }
 
 /// Whether the bridge, as the dump shows it, is what `ensure_bridge` would
@@ -229,7 +238,8 @@ impl Unclaimed {
 /// namespace: the host end is there and its peer is in this namespace too
 /// (under whatever name dockerd gave it back).
 fn unclaimed_among(joined: &[(String, String)], links: &[Link]) -> BTreeSet<String> {
-    let at_home = |name: &str| links.iter().any(|l| l.name == name && l.kind == LinkKind::Veth && !l.peer_elsewhere);
+    let named = by_name(links);
+    let at_home = |name: &str| named.get(name).is_some_and(|l| l.kind == LinkKind::Veth && !l.peer_elsewhere);
     joined.iter().filter(|(_, veth)| at_home(veth)).map(|(id, _)| id.clone()).collect()
 }
 
@@ -364,14 +374,13 @@ async fn reattach_endpoints(
     plugin: &Plugin,
     state: &State,
     network: &NetworkRecord,
-    links: Option<&[Link]>,
+    named: Option<&ByName<'_>>,
 ) -> Result<usize> {
-    let detached = |veth: &str| match links {
+    let detached = |veth: &str| match named {
         None => true,
-        Some(links) => links
-            .iter()
-            .find(|l| l.name == veth)
-            .is_some_and(|l| l.controller.as_deref() != Some(network.bridge.as_str()) || !l.up),
+        Some(named) => {
+            named.get(veth).is_some_and(|l| l.controller.as_deref() != Some(network.bridge.as_str()) || !l.up)
+        }
     };
     let mut count = 0;
     for endpoint in state.endpoints.values().filter(|e| e.joined && e.network_id == network.id) {
@@ -407,7 +416,8 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
     };
     let links = plugin.dataplane().list_links().await?;
     let forget_due = !plugin.unclaimed().observe(unclaimed_among(&joined, &links), now).is_empty();
-    let bridge_missing = bridges.iter().any(|b| !links.iter().any(|l| &l.name == b));
+    let named = by_name(&links);
+    let bridge_missing = bridges.iter().any(|b| !named.contains_key(b.as_str()));
     let leftovers = known.leftovers(plugin.instance_id(), &links);
     let rules_intact = plugin.firewall().is_intact(&networks).await?;
     if !bridge_missing && rules_intact && !forget_due && !leftovers {
@@ -419,15 +429,16 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
         forget_gone_containers(plugin, &mut state, &links, now, log).await?;
         links = plugin.dataplane().list_links().await?;
     }
+    let named = by_name(&links);
     for network in state.networks.values() {
-        if !links.iter().any(|l| l.name == network.bridge) {
+        if !named.contains_key(network.bridge.as_str()) {
             plugin.dataplane().ensure_bridge(&plugin.bridge_spec(network)).await?;
-            reattach_endpoints(plugin, &state, network, Some(&links)).await?;
+            reattach_endpoints(plugin, &state, network, Some(&named)).await?;
             repaired("bridge_recreated", format!("bridge {} missing", network.bridge));
             warn!(log, "bridge was missing; recreated it and put its endpoints back"; "bridge" => &network.bridge);
         }
         if let Some(vxlan) = plugin.vxlan_spec(network)
-            && !links.iter().any(|l| l.name == vxlan.name)
+            && !named.contains_key(vxlan.name.as_str())
         {
             plugin.dataplane().ensure_vxlan(&vxlan).await?;
             repaired("vxlan_recreated", format!("VXLAN device {} missing", vxlan.name));
