@@ -231,12 +231,23 @@ pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<(), String> {
     let self_address = plugin.swarm_view().self_address;
     let mut errors = Vec::new();
     let mut views = Vec::new();
+    let mut unknown = BTreeSet::new();
+    let known_unknown = std::mem::take(&mut plugin.swarm_view().unknown_to_dockerd);
     for (id, device) in networks {
-        match docker_get(&socket, &format!("/networks/{id}?verbose=true")).await {
-            Ok(body) => views.push((id, device, parse_network_view(&body))),
+        match network_view(&socket, &id).await {
+            Ok(Some(view)) => views.push((id, device, view)),
+            Ok(None) => {
+                if !known_unknown.contains(&id) {
+                    warn!(log, "swarm membership: dockerd does not know this network here (a missed \
+                        DeleteNetwork?); its device gets no peers"; "network" => short_id(&id), "device" => &device);
+                }
+                unknown.insert(id.clone());
+                views.push((id, device, NetworkView::default()));
+            }
             Err(e) => errors.push(e),
         }
     }
+    plugin.swarm_view().unknown_to_dockerd = unknown;
     let peers: BTreeSet<IpAddr> =
         views.iter().flat_map(|(_, _, v)| v.peers.iter().copied()).filter(|p| Some(*p) != self_address).collect();
     // Only when dockerd answered for every network: a partial view would shut members out.
@@ -394,8 +405,33 @@ pub async fn apply(
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
+/// dockerd's view of one swarm network; `None` when dockerd answers that it
+/// does not know it (404). A node that missed DeleteNetwork keeps the
+/// network's record and device: dockerd's "not found" is an answer, not a
+/// failure, so the network contributes no peers and does not hold back the
+/// member update of the others (which waits for an answer on every network).
+async fn network_view(socket: &Path, id: &str) -> Result<Option<NetworkView>, String> {
+    match docker_exchange(socket, &format!("/networks/{id}?verbose=true")).await? {
+        (404, _, _) => Ok(None),
+        answer => Ok(Some(parse_network_view(&json_body(answer)?))),
+    }
+}
+
 /// `GET path` on dockerd's API socket, bounded by [`DOCKER_TIMEOUT`] as a whole.
 pub async fn docker_get(socket: &Path, path: &str) -> Result<Value, String> {
+    json_body(docker_exchange(socket, path).await?)
+}
+
+/// A 200 answer's JSON body; any other status is an error carrying it.
+fn json_body((code, what, body): (u16, String, String)) -> Result<Value, String> {
+    if code != 200 {
+        return Err(format!("{what}: status {code}: {}", body.trim()));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{what}: malformed JSON: {e}"))
+}
+
+/// One `GET path` exchange: status, what was asked (for errors), body.
+async fn docker_exchange(socket: &Path, path: &str) -> Result<(u16, String, String), String> {
     let what = format!("GET {path} on {}", socket.display());
     let exchange = async {
         let mut stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| e.to_string())?;
@@ -409,10 +445,7 @@ pub async fn docker_get(socket: &Path, path: &str) -> Result<Value, String> {
         .await
         .map_err(|_| format!("{what}: no answer within {}s", DOCKER_TIMEOUT.as_secs()))?
         .map_err(|e| format!("{what}: {e}"))?;
-    if code != 200 {
-        return Err(format!("{what}: status {code}: {}", body.trim()));
-    }
-    serde_json::from_str(&body).map_err(|e| format!("{what}: malformed JSON: {e}"))
+    Ok((code, what, body))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::dataplane::LinkKind;
 pub use crate::dataplane::fake::{FakeDataPlane, FakeLink};
 use crate::driver::Plugin;
+use crate::driver::swarm::SwarmSettings;
 use crate::firewall::FwNetwork;
 pub use crate::firewall::fake::FakeFirewall;
 use crate::ipam::default_pools;
@@ -61,6 +62,16 @@ impl FakePlugin {
         let fake = Arc::new(FakeDataPlane::default());
         let fw = Arc::new(FakeFirewall::default());
         let plugin = Some(Arc::new(load(&dir, &fake, &fw)));
+        FakePlugin { plugin, fake, fw, dir }
+    }
+
+    /// [`FakePlugin::new`] with swarm settings (a fake dockerd's socket, say);
+    /// a [`FakePlugin::reload`] goes back to the defaults.
+    pub fn with_swarm_settings(tag: &str, settings: SwarmSettings) -> FakePlugin {
+        let dir = TempDir::new(tag);
+        let fake = Arc::new(FakeDataPlane::default());
+        let fw = Arc::new(FakeFirewall::default());
+        let plugin = Some(Arc::new(load(&dir, &fake, &fw).with_swarm_settings(settings)));
         FakePlugin { plugin, fake, fw, dir }
     }
 

@@ -9,7 +9,7 @@
 //! the answer is the VNI found there; a new network's VNI is derived from its
 //! ID (the same at any manager) and moved on past VNIs already allocated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -66,6 +66,9 @@ pub struct SwarmView {
     /// every dockerd start) since the swarm networks' local pools were last
     /// armed for a replay ([`Plugin::arm_local_replay_if_due`]).
     pub ipam_registered: bool,
+    /// Swarm networks in the state that dockerd answered "not found" for at
+    /// the last pass (logged once when they become so).
+    pub unknown_to_dockerd: BTreeSet<String>,
 }
 
 impl Plugin {

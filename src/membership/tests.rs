@@ -1,7 +1,10 @@
 //! Membership: dockerd's view parsed, the entries planned and diffed, and
 //! written to the fake kernel.
 
+use std::path::PathBuf;
+
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
@@ -160,4 +163,84 @@ async fn with_no_swarm_network_left_the_firewall_group_goes_and_dockerd_is_not_a
     // The socket does not exist: a pass that asked dockerd would fail.
     pass(h.plugin(), &log).await.unwrap();
     assert_eq!(*h.fw.swarm.lock().unwrap(), None);
+}
+
+/// A dockerd that answers `GET /info` and `GET /networks/<id>` from `answers`
+/// (path prefix → status and body) on a Unix socket, until dropped.
+struct FakeDockerd {
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    _dir: crate::testing::TempDir,
+}
+
+impl FakeDockerd {
+    fn start(answers: Vec<(&'static str, u16, Value)>) -> FakeDockerd {
+        let dir = crate::testing::TempDir::new("fake-dockerd");
+        let socket = dir.0.join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = vec![0u8; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                let path = String::from_utf8_lossy(&head[..n]).split_whitespace().nth(1).unwrap_or("").to_string();
+                let (code, body) = answers
+                    .iter()
+                    .find(|(prefix, _, _)| path.starts_with(prefix))
+                    .map(|(_, code, body)| (*code, body.to_string()))
+                    .unwrap_or((404, json!({"message": "page not found"}).to_string()));
+                let answer = format!("HTTP/1.0 {code} X\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        FakeDockerd { socket, task, _dir: dir }
+    }
+}
+
+impl Drop for FakeDockerd {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A swarm network made on the plugin as a node's dockerd makes it (the
+/// manager's AllocateNetwork answer in its generic options).
+async fn swarm_network(h: &crate::testing::FakePlugin, id: &str, pool: &str, gateway: &str) {
+    let v4 = json!([{"AddressSpace": "GlobalDefault", "Pool": pool, "Gateway": gateway}]);
+    let allocated = h
+        .plugin()
+        .allocate_network(serde_json::from_value(json!({"NetworkID": id, "IPv4Data": v4, "Options": {}})).unwrap())
+        .unwrap();
+    let create = json!({"NetworkID": id, "IPv4Data": v4, "IPv6Data": [],
+        "Options": {"com.docker.network.enable_ipv6": false, "com.docker.network.generic": allocated.options}});
+    h.plugin().create_network(serde_json::from_value(create).unwrap()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_network_dockerd_no_longer_knows_does_not_hold_back_the_others_members() {
+    const KNOWN: &str = "lt58xre1i7zb1r4vvuwia72mv";
+    const STALE: &str = "qk3b0d9x2m1c7v5n8z4w6y0aa";
+    // Loopback addresses: the pass reads the peer's directory (refused here, a miss).
+    let view = json!({"Peers": [{"IP": "127.0.0.1"}, {"IP": "127.0.0.2"}]});
+    let dockerd = FakeDockerd::start(vec![
+        ("/info", 200, json!({"Swarm": {"NodeAddr": "127.0.0.1"}})),
+        ("/networks/lt58xre1i7zb1r4vvuwia72mv", 200, view),
+        ("/networks/qk3b0d9x2m1c7v5n8z4w6y0aa", 404, json!({"message": "network not found"})),
+    ]);
+    let settings = crate::driver::swarm::SwarmSettings {
+        docker_socket: dockerd.socket.clone(),
+        vxlan_port: 47990,
+        ..Default::default()
+    };
+    let h = crate::testing::FakePlugin::with_swarm_settings("membership-stale", settings);
+    swarm_network(&h, KNOWN, "10.0.1.0/24", "10.0.1.1/24").await;
+    // A node that missed DeleteNetwork: its record and device stay, dockerd says 404.
+    swarm_network(&h, STALE, "10.0.2.0/24", "10.0.2.1/24").await;
+    let log = Logger::root(slog::Discard, slog::o!());
+    let _ = pass(h.plugin(), &log).await;
+    assert_eq!(
+        *h.fw.swarm.lock().unwrap(),
+        Some((47990, vec![ip("127.0.0.2")])),
+        "the known network's member is admitted"
+    );
+    assert_eq!(h.plugin().swarm_view().unknown_to_dockerd, BTreeSet::from([STALE.to_string()]));
 }
