@@ -188,6 +188,7 @@ impl ServeArgs {
             vxlan_port: self.vxlan_port,
             docker_socket: self.docker_socket.clone(),
             poll: std::time::Duration::from_secs(self.membership_seconds),
+            ..Default::default()
         }
     }
 }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use slog::{Logger, debug, info, warn};
@@ -232,22 +232,25 @@ pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<(), String> {
     let mut errors = Vec::new();
     let mut views = Vec::new();
     let mut unknown = BTreeSet::new();
-    let known_unknown = std::mem::take(&mut plugin.swarm_view().unknown_to_dockerd);
     for (id, device) in networks {
         match network_view(&socket, &id).await {
             Ok(Some(view)) => views.push((id, device, view)),
             Ok(None) => {
-                if !known_unknown.contains(&id) {
-                    warn!(log, "swarm membership: dockerd does not know this network here (a missed \
-                        DeleteNetwork?); its device gets no peers"; "network" => short_id(&id), "device" => &device);
-                }
                 unknown.insert(id.clone());
                 views.push((id, device, NetworkView::default()));
             }
             Err(e) => errors.push(e),
         }
     }
-    plugin.swarm_view().unknown_to_dockerd = unknown;
+    for (id, since) in note_unknown(plugin, &unknown, log) {
+        match plugin.forget_swarm_network(&id, since).await {
+            Ok(true) => warn!(log, "swarm membership: removed a network dockerd has not known here for {}s \
+                (its endpoints, bridge, VXLAN device, rules and local pools)", since.elapsed().as_secs();
+                "network" => short_id(&id)),
+            Ok(false) => {}
+            Err(e) => errors.push(format!("removing network {} that dockerd does not know: {e}", short_id(&id))),
+        }
+    }
     let peers: BTreeSet<IpAddr> =
         views.iter().flat_map(|(_, _, v)| v.peers.iter().copied()).filter(|p| Some(*p) != self_address).collect();
     // Only when dockerd answered for every network: a partial view would shut members out.
@@ -265,6 +268,28 @@ pub async fn pass(plugin: &Plugin, log: &Logger) -> Result<(), String> {
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}
+
+/// Keeps, for each network dockerd answered "not found" for, since when
+/// (logged once, when it starts); returns those unknown for the plugin's
+/// `forget_after` (the membership pass then removes them).
+fn note_unknown(plugin: &Plugin, unknown: &BTreeSet<String>, log: &Logger) -> Vec<(String, Instant)> {
+    let forget_after = plugin.swarm_settings().forget_after;
+    let mut view = plugin.swarm_view();
+    view.unknown_to_dockerd.retain(|id, _| unknown.contains(id));
+    for id in unknown {
+        view.unknown_to_dockerd.entry(id.clone()).or_insert_with(|| {
+            warn!(log, "swarm membership: dockerd does not know this network here (a missed DeleteNetwork?); \
+                its device gets no peers, and it is removed if that lasts {}s", forget_after.as_secs();
+                "network" => short_id(id));
+            Instant::now()
+        });
+    }
+    view.unknown_to_dockerd
+        .iter()
+        .filter(|(_, since)| since.elapsed() >= forget_after)
+        .map(|(id, since)| (id.clone(), *since))
+        .collect()
 }
 
 /// The firewall's swarm rule group, written when the members change.

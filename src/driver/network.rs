@@ -40,6 +40,7 @@ impl Plugin {
         if options.vni.is_some() {
             // A swarm network: the MTU leaves room for the encapsulation.
             options.mtu = self.swarm_mtu(options.mtu_explicit.then_some(options.mtu)).await?;
+            self.note_network_call(&req.network_id);
         }
         let mut txn = self.begin().await?;
         let outcome = self.create_network_in(&mut txn, &req.network_id, options, ipv4, ipv6).await;
@@ -139,7 +140,7 @@ impl Plugin {
         txn.finish(outcome).await
     }
 
-    async fn delete_network_in(&self, txn: &mut Txn<'_>, network_id: &str) -> Result<()> {
+    pub(super) async fn delete_network_in(&self, txn: &mut Txn<'_>, network_id: &str) -> Result<()> {
         let Some(record) = txn.state().networks.get(network_id).cloned() else { return Ok(()) };
         let endpoints: Vec<EndpointRecord> =
             txn.state().endpoints.values().filter(|e| e.network_id == record.id).cloned().collect();
@@ -164,6 +165,7 @@ impl Plugin {
     pub async fn create_endpoint(&self, req: CreateEndpointRequest) -> Result<CreateEndpointResponse> {
         validate_id("NetworkID", &req.network_id)?;
         validate_id("EndpointID", &req.endpoint_id)?;
+        self.note_network_call(&req.network_id);
         let mut txn = self.begin().await?;
         let outcome = create_endpoint_in(&mut txn, &*self.dataplane, req);
         txn.finish(outcome).await
@@ -256,6 +258,7 @@ impl Plugin {
     }
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
+        self.note_network_call(&req.network_id);
         let mut txn = self.begin().await?;
         let outcome = self.join_in(&mut txn, &req.endpoint_id).await;
         txn.finish(outcome).await

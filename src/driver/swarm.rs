@@ -9,9 +9,9 @@
 //! the answer is the VNI found there; a new network's VNI is derived from its
 //! ID (the same at any manager) and moved on past VNIs already allocated.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -30,6 +30,10 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// VNIs below this are left to other users (Docker's overlay starts at 4096 too).
 pub const FIRST_AUTO_VNI: u32 = 4096;
 pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// How long dockerd must not know a swarm network this node holds before the
+/// plugin removes it (a node that missed DeleteNetwork). Long enough for a
+/// restarted dockerd to reach its manager and create the network again.
+pub const FORGET_UNKNOWN_AFTER: Duration = Duration::from_secs(60);
 
 /// The node-wide settings of swarm networks (plugin settings, `config.rs`).
 #[derive(Debug, Clone)]
@@ -39,6 +43,9 @@ pub struct SwarmSettings {
     pub docker_socket: std::path::PathBuf,
     /// How often the membership task reads dockerd's view of each network.
     pub poll: Duration,
+    /// A swarm network dockerd has answered "not found" for this long, with
+    /// no protocol call naming it meanwhile, is forgotten ([`Plugin::forget_swarm_network`]).
+    pub forget_after: Duration,
 }
 
 impl Default for SwarmSettings {
@@ -47,6 +54,7 @@ impl Default for SwarmSettings {
             vxlan_port: DEFAULT_VXLAN_PORT,
             docker_socket: "/var/run/docker.sock".into(),
             poll: Duration::from_secs(2),
+            forget_after: FORGET_UNKNOWN_AFTER,
         }
     }
 }
@@ -67,8 +75,9 @@ pub struct SwarmView {
     /// armed for a replay ([`Plugin::arm_local_replay_if_due`]).
     pub ipam_registered: bool,
     /// Swarm networks in the state that dockerd answered "not found" for at
-    /// the last pass (logged once when they become so).
-    pub unknown_to_dockerd: BTreeSet<String>,
+    /// the last pass, each since when (logged once when they become so; a
+    /// protocol call naming one moves its time on, see [`Plugin::note_network_call`]).
+    pub unknown_to_dockerd: BTreeMap<String, Instant>,
 }
 
 impl Plugin {
@@ -162,6 +171,46 @@ impl Plugin {
             .flat_map(|n| n.ipv4.iter().chain(&n.ipv6).map(|s| s.pool))
             .collect();
         state.ipam.arm_local_replay(&swarm_pools);
+    }
+
+    /// A protocol call named `network_id` (CreateNetwork, CreateEndpoint,
+    /// Join): dockerd uses it, so a "not found" seen before is no reason to
+    /// forget it; its time starts again. Noted before the state lock is
+    /// taken, so a forget that takes the lock later sees it.
+    pub fn note_network_call(&self, network_id: &str) {
+        if let Some(since) = self.swarm_view().unknown_to_dockerd.get_mut(network_id) {
+            *since = Instant::now();
+        }
+    }
+
+    /// Removes a swarm network dockerd has not known since `since` (checked
+    /// again under the state lock: a call naming it meanwhile keeps it), as
+    /// DeleteNetwork would: its endpoints, VXLAN device, bridge and rules,
+    /// and this node's local-space pools of its subnets (rustbridge's IPAM;
+    /// dockerd asks for them again if it ever creates the network here).
+    /// Returns whether it was removed.
+    pub async fn forget_swarm_network(&self, network_id: &str, since: Instant) -> Result<bool> {
+        let mut txn = self.begin().await?;
+        let still_unknown = self.swarm_view().unknown_to_dockerd.get(network_id) == Some(&since);
+        let Some(record) = txn.state().networks.get(network_id).filter(|_| still_unknown).cloned() else {
+            return txn.finish(Ok(false)).await;
+        };
+        let subnets: Vec<ipnet::IpNet> = record.ipv4.iter().chain(&record.ipv6).map(|s| s.pool).collect();
+        let pools: Vec<String> = txn
+            .state()
+            .ipam
+            .pools()
+            .filter(|p| p.address_space == crate::ipam::LOCAL_ADDRESS_SPACE && subnets.contains(&p.pool))
+            .map(|p| p.id.clone())
+            .collect();
+        for pool in pools {
+            txn.record(crate::state::Change::DeletePool(pool.clone()));
+            txn.record(crate::state::Change::DeletePoolAddresses(pool));
+        }
+        let outcome = self.delete_network_in(&mut txn, network_id).await.map(|()| true);
+        let removed = txn.finish(outcome).await?;
+        self.swarm_view().unknown_to_dockerd.remove(network_id);
+        Ok(removed)
     }
 
     /// The VXLAN device of a swarm network (None for a local network).

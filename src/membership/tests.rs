@@ -2,6 +2,7 @@
 //! written to the fake kernel.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -218,7 +219,6 @@ async fn swarm_network(h: &crate::testing::FakePlugin, id: &str, pool: &str, gat
 #[tokio::test]
 async fn a_network_dockerd_no_longer_knows_does_not_hold_back_the_others_members() {
     const KNOWN: &str = "lt58xre1i7zb1r4vvuwia72mv";
-    const STALE: &str = "qk3b0d9x2m1c7v5n8z4w6y0aa";
     // Loopback addresses: the pass reads the peer's directory (refused here, a miss).
     let view = json!({"Peers": [{"IP": "127.0.0.1"}, {"IP": "127.0.0.2"}]});
     let dockerd = FakeDockerd::start(vec![
@@ -242,5 +242,64 @@ async fn a_network_dockerd_no_longer_knows_does_not_hold_back_the_others_members
         Some((47990, vec![ip("127.0.0.2")])),
         "the known network's member is admitted"
     );
-    assert_eq!(h.plugin().swarm_view().unknown_to_dockerd, BTreeSet::from([STALE.to_string()]));
+    let unknown: Vec<String> = h.plugin().swarm_view().unknown_to_dockerd.keys().cloned().collect();
+    assert_eq!(unknown, vec![STALE.to_string()]);
+    assert!(h.plugin().lock_state().await.networks.contains_key(STALE), "kept until forget_after has passed");
+}
+
+const STALE: &str = "qk3b0d9x2m1c7v5n8z4w6y0aa";
+
+/// A plugin whose dockerd answers 404 for STALE, a swarm network it holds
+/// with an endpoint and (rustbridge's IPAM) its local pool, and `forget_after`.
+async fn stale_network(tag: &str, forget_after: Duration) -> (crate::testing::FakePlugin, FakeDockerd) {
+    let dockerd = FakeDockerd::start(vec![
+        ("/info", 200, json!({"Swarm": {"NodeAddr": "127.0.0.1"}})),
+        ("/networks/", 404, json!({"message": "network not found"})),
+    ]);
+    let settings = crate::driver::swarm::SwarmSettings {
+        docker_socket: dockerd.socket.clone(),
+        vxlan_port: 47991,
+        forget_after,
+        ..Default::default()
+    };
+    let h = crate::testing::FakePlugin::with_swarm_settings(tag, settings);
+    let pool = json!({"AddressSpace": crate::ipam::LOCAL_ADDRESS_SPACE, "Pool": "10.0.2.0/24", "V6": false});
+    h.plugin().request_pool(serde_json::from_value(pool).unwrap()).await.unwrap();
+    swarm_network(&h, STALE, "10.0.2.0/24", "10.0.2.1/24").await;
+    let endpoint = json!({"NetworkID": STALE, "EndpointID": "e".repeat(64), "Interface": {"Address": "10.0.2.5/24"}});
+    h.plugin().create_endpoint(serde_json::from_value(endpoint).unwrap()).await.unwrap();
+    (h, dockerd)
+}
+
+fn stale_is_gone(h: &crate::testing::FakePlugin, state: &crate::driver::State) -> bool {
+    let record_gone = !state.networks.contains_key(STALE) && state.endpoints.is_empty();
+    let devices_gone = !h.fake.names().iter().any(|n| n.starts_with("rb"));
+    record_gone && devices_gone && state.ipam.pools().next().is_none()
+}
+
+#[tokio::test]
+async fn a_swarm_network_dockerd_has_not_known_for_forget_after_is_removed_with_its_endpoints_and_local_pool() {
+    let (h, _dockerd) = stale_network("membership-forget", Duration::ZERO).await;
+    let log = Logger::root(slog::Discard, slog::o!());
+    assert!(!stale_is_gone(&h, &*h.plugin().lock_state().await));
+    pass(h.plugin(), &log).await.unwrap();
+    assert!(stale_is_gone(&h, &*h.plugin().lock_state().await), "{:?}", h.fake.names());
+    assert!(h.plugin().swarm_view().unknown_to_dockerd.is_empty());
+}
+
+#[tokio::test]
+async fn a_call_naming_an_unknown_network_keeps_it_and_starts_its_time_again() {
+    let (h, _dockerd) = stale_network("membership-forget-call", Duration::from_secs(3600)).await;
+    let log = Logger::root(slog::Discard, slog::o!());
+    pass(h.plugin(), &log).await.unwrap();
+    assert!(!stale_is_gone(&h, &*h.plugin().lock_state().await), "not before forget_after");
+    let since = h.plugin().swarm_view().unknown_to_dockerd[STALE];
+    // dockerd uses the network after all (a CreateEndpoint naming it) before the forget takes the lock.
+    let endpoint = json!({"NetworkID": STALE, "EndpointID": "f".repeat(64), "Interface": {"Address": "10.0.2.6/24"}});
+    h.plugin().create_endpoint(serde_json::from_value(endpoint).unwrap()).await.unwrap();
+    assert!(!h.plugin().forget_swarm_network(STALE, since).await.unwrap());
+    assert!(h.plugin().lock_state().await.networks.contains_key(STALE));
+    let since = h.plugin().swarm_view().unknown_to_dockerd[STALE];
+    assert!(h.plugin().forget_swarm_network(STALE, since).await.unwrap());
+    assert!(stale_is_gone(&h, &*h.plugin().lock_state().await));
 }
