@@ -234,25 +234,51 @@ impl Unclaimed {
     }
 }
 
-/// Joined endpoints (ID, host veth) whose veth pair is whole in the host
-/// namespace: the host end is there and its peer is in this namespace too
-/// (under whatever name dockerd gave it back).
-fn unclaimed_among(joined: &[(String, String)], links: &[Link]) -> BTreeSet<String> {
-    let named = by_name(links);
-    let at_home = |name: &str| named.get(name).is_some_and(|l| l.kind == LinkKind::Veth && !l.peer_elsewhere);
-    joined.iter().filter(|(_, veth)| at_home(veth)).map(|(id, _)| id.clone()).collect()
+/// A joined endpoint as the passes look at it.
+struct Joined {
+    id: String,
+    host_veth: String,
+    /// On a swarm network (see [`unclaimed_among`]).
+    swarm: bool,
 }
 
-fn joined_endpoints(state: &State) -> Vec<(String, String)> {
-    state.endpoints.values().filter(|e| e.joined).map(|e| (e.id.clone(), e.host_veth.clone())).collect()
+/// Joined endpoints with no container: their veth pair is whole in the host
+/// namespace (the host end is there and its peer is in this namespace too,
+/// under whatever name dockerd gave it back), or, on a swarm network, the
+/// pair is gone. The pair goes with its container's namespace: a dockerd
+/// killed (not stopped) kills its containers at its next start, and on a
+/// swarm network it then knows neither the network nor the endpoint, so it
+/// never sends Leave or DeleteEndpoint; the record would hold its address,
+/// its published ports (a new task of the same service on this node was
+/// refused its host port) and its entry in this node's directory for ever.
+/// On a local network dockerd sends them itself at that start, and a pair
+/// deleted under a running container is dockerd's endpoint still (its
+/// ReleaseAddress would come later): that record stays.
+fn unclaimed_among(joined: &[Joined], links: &[Link]) -> BTreeSet<String> {
+    let named = by_name(links);
+    let unclaimed = |j: &Joined| match named.get(j.host_veth.as_str()) {
+        Some(link) => link.kind == LinkKind::Veth && !link.peer_elsewhere,
+        None => j.swarm,
+    };
+    joined.iter().filter(|j| unclaimed(j)).map(|j| j.id.clone()).collect()
+}
+
+fn joined_endpoints(state: &State) -> Vec<Joined> {
+    let swarm = |network_id: &str| state.networks.get(network_id).is_some_and(|n| n.options.vni.is_some());
+    state
+        .endpoints
+        .values()
+        .filter(|e| e.joined)
+        .map(|e| Joined { id: e.id.clone(), host_veth: e.host_veth.clone(), swarm: swarm(&e.network_id) })
+        .collect()
 }
 
 /// Endpoints dockerd forgot: a container removed while the plugin was away
 /// (dockerd moves the veth back to the host and drops the endpoint although
-/// Leave and DeleteEndpoint failed). A joined endpoint whose pair has stayed
-/// whole in the host for the grace period has no container any more: its
-/// record, veth, address and rules go. Called under the state lock with
-/// links listed under it.
+/// Leave and DeleteEndpoint failed), or a swarm network's container gone with
+/// its dockerd ([`unclaimed_among`]). A joined endpoint unclaimed for the
+/// grace period has no container any more: its record, veth, address and
+/// rules go. Called under the state lock with links listed under it.
 async fn forget_gone_containers(
     plugin: &Plugin,
     state: &mut State,
@@ -274,7 +300,12 @@ async fn forget_gone_containers(
         }
         plugin.dataplane().delete_link(&endpoint.host_veth).await?;
         repaired("forgotten_endpoint_removed", format!("endpoint {} without container", short_id(&endpoint.id)));
-        warn!(log, "removed an endpoint whose container is gone (its interface stayed back in the host)";
+        let why = if links.iter().any(|l| l.name == endpoint.host_veth) {
+            "its interface stayed back in the host"
+        } else {
+            "its veth pair went with the container's namespace; dockerd no longer knows it"
+        };
+        warn!(log, "removed an endpoint whose container is gone"; "why" => why,
             "endpoint" => short_id(&endpoint.id), "veth" => &endpoint.host_veth,
             "addresses_released" => released.len(), "ports_withdrawn" => endpoint.published.len());
     }

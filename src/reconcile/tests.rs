@@ -481,3 +481,63 @@ async fn a_pass_removes_a_swarm_networks_leftover_devices() {
     pass(p.plugin(), &log()).await.unwrap();
     assert!(p.fake.link(&vxlan).is_none(), "{:?}", p.fake.names());
 }
+
+/// A joined endpoint with host port 18080 published on `network` (10.9x.0.5),
+/// its container's namespace then destroyed with the pair in it (dockerd
+/// killed: its next start kills the container).
+async fn joined_endpoint_whose_pair_is_gone(p: &FakePlugin, network: &str, prefix: &str) {
+    call(
+        p,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": network, "EndpointID": ENDPOINT, "Interface": {"Address": format!("{prefix}.5/24")}}),
+    )
+    .await;
+    call(p, "/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": ENDPOINT, "SandboxKey": "/x"})).await;
+    let ports = json!({"com.docker.network.portmap": [
+        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]});
+    call(
+        p,
+        "/NetworkDriver.ProgramExternalConnectivity",
+        json!({"NetworkID": network, "EndpointID": ENDPOINT, "Options": ports}),
+    )
+    .await;
+    let (host_end, peer) = veth_names(ENDPOINT);
+    p.fake.links.lock().unwrap().remove(&host_end);
+    p.fake.links.lock().unwrap().remove(&peer);
+}
+
+fn published_ports(p: &FakePlugin) -> usize {
+    p.fw.applied.lock().unwrap().iter().map(|n| n.ports.len()).sum()
+}
+
+/// A worker's dockerd killed: its swarm network's endpoints never get Leave
+/// or DeleteEndpoint (dockerd knows neither at its next start). Before, the
+/// record held its host port for ever and the service's next task on the
+/// node was refused it ("host port 18080/tcp … already published").
+#[tokio::test]
+async fn a_swarm_endpoint_whose_pair_went_with_its_container_is_forgotten_after_the_grace() {
+    let p = swarm_network("swarm-pair-gone").await;
+    joined_endpoint_whose_pair_is_gone(&p, SWARM_NETWORK, "10.92.0").await;
+    assert_eq!(published_ports(&p), 1);
+    let t0 = Instant::now();
+    pass_at(p.plugin(), &log(), t0).await.unwrap();
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE / 2).await.unwrap();
+    assert_eq!(endpoint_count(&p).await, 1, "kept within the grace");
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE).await.unwrap();
+    assert_eq!(endpoint_count(&p).await, 0, "record kept");
+    assert_eq!(published_ports(&p), 0, "its host port stays published");
+    assert!(crate::membership::local_directory(p.plugin()).await.is_empty(), "still in this node's directory");
+}
+
+/// On a local network dockerd still holds the endpoint (it sends Leave,
+/// DeleteEndpoint and ReleaseAddress itself): the record stays.
+#[tokio::test]
+async fn a_local_endpoint_whose_pair_is_gone_is_left_to_dockerd() {
+    let p = network_with_endpoint("local-pair-gone").await;
+    call(&p, "/NetworkDriver.DeleteEndpoint", json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT})).await;
+    joined_endpoint_whose_pair_is_gone(&p, NETWORK, "10.91.0").await;
+    pass_at(p.plugin(), &log(), Instant::now() + 2 * UNCLAIMED_GRACE).await.unwrap();
+    pass_at(p.plugin(), &log(), Instant::now() + 4 * UNCLAIMED_GRACE).await.unwrap();
+    assert_eq!(endpoint_count(&p).await, 1);
+    assert_eq!(published_ports(&p), 1);
+}
