@@ -55,7 +55,7 @@ leftovers_on() { # NODE: rustbridge devices or rules left in the node's namespac
 # back_on NODE CONTAINER NETWORK: the container runs with an address on NETWORK.
 # dockerd starts a swarm network's --restart always containers once, at its own
 # start, and gives up when the manager's network attachment takes over 20 s
-# ("failed to start swarm container" in its log; Docker's race, with its overlay
+# ("failed to start swarm container" in its log; Docker's race, reported with its overlay
 # too: https://github.com/moby/moby/issues/32607). Then it is started by hand,
 # as its users must: what the plugin answers is checked either way.
 # Each such start is reported after the check (hand_starts).
@@ -75,7 +75,7 @@ hand_starts() { local f; for f in "$LAB_DIR"/started-by-hand.*; do [ -f "$f" ] &
 # Node 1's containers are cut off from the other hosts until Docker's gossip
 # (NetworkDB: each network's peers, and the names) has reconnected to the
 # restarted manager, which starts with no one to call: 18-40 s measured on
-# 26.1, as for Docker's overlay, whose peers come from the same gossip.
+# 20.10, 26.1 and 28.5, as for Docker's overlay, whose peers come from the same gossip.
 across_after_manager_restart() {
   local t0=$SECONDS
   eventually "$2 pings $3 by address across hosts ($4)" 120 ping_on "$1" "$2" "$4"
