@@ -13,10 +13,8 @@
 //! state no call is changing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use slog::{Logger, info, warn};
 use tokio::sync::OwnedMutexGuard;
 
@@ -289,10 +287,8 @@ async fn forget_gone_containers(
     let due = plugin.unclaimed().observe(unclaimed_among(&joined_endpoints(state), links), now);
     for id in due {
         let Some(endpoint) = state.endpoints.get(&id).cloned() else { continue };
-        let released = held_addresses(state, &endpoint);
-        let mut changes = vec![Change::DeleteEndpoint(endpoint.id.clone())];
-        changes.extend(released.iter().map(|(pool, addr)| Change::DeleteAddress(pool.clone(), *addr)));
-        plugin.commit(changes)?;
+        let released = state.held_addresses(&endpoint);
+        plugin.commit(state.forget_endpoint_changes(&endpoint))?;
         state.remove_endpoint(&endpoint.id);
         plugin.unclaimed().forget(&endpoint.id);
         for (pool, addr) in &released {
@@ -310,28 +306,6 @@ async fn forget_gone_containers(
             "addresses_released" => released.len(), "ports_withdrawn" => endpoint.published.len());
     }
     Ok(())
-}
-
-/// The endpoint's addresses as this plugin's IPAM holds them: in the one pool
-/// of the network's subnet that has the address allocated (none when the
-/// network uses another IPAM driver, or when it is ambiguous).
-fn held_addresses(state: &State, endpoint: &EndpointRecord) -> Vec<(String, IpAddr)> {
-    let Some(network) = state.networks.get(&endpoint.network_id) else { return vec![] };
-    let subnets: Vec<IpNet> = network.ipv4.iter().chain(&network.ipv6).map(|s| s.pool).collect();
-    let mut out = Vec::new();
-    for addr in [endpoint.address, endpoint.address_v6].into_iter().flatten().map(|a| a.addr()) {
-        let holders: Vec<&str> = state
-            .ipam
-            .pools()
-            .filter(|p| subnets.contains(&p.pool))
-            .filter(|p| state.ipam.addresses(&p.id).is_some_and(|a| a.is_allocated(addr)))
-            .map(|p| p.id.as_str())
-            .collect();
-        if let [pool] = holders[..] {
-            out.push((pool.to_string(), addr));
-        }
-    }
-    out
 }
 
 /// Removes `rb-` bridges, `rbx-` VXLAN devices (swarm networks') and `rbh-`

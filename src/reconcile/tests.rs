@@ -541,3 +541,52 @@ async fn a_local_endpoint_whose_pair_is_gone_is_left_to_dockerd() {
     assert_eq!(endpoint_count(&p).await, 1);
     assert_eq!(published_ports(&p), 1);
 }
+
+/// ProgramExternalConnectivity of another endpoint asking for host port 18080 (on `network`).
+async fn publish_18080(p: &FakePlugin, network: &str, prefix: &str) -> std::result::Result<Value, String> {
+    const OTHER: &str = "5555555555566666666666666666666666666666666666666666666666666666";
+    call(
+        p,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": network, "EndpointID": OTHER, "Interface": {"Address": format!("{prefix}.6/24")}}),
+    )
+    .await;
+    call(p, "/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": OTHER, "SandboxKey": "/y"})).await;
+    let ports = json!({"com.docker.network.portmap": [
+        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]});
+    let body = json!({"NetworkID": network, "EndpointID": OTHER, "Options": ports});
+    crate::server::answer(p.plugin(), "/NetworkDriver.ProgramExternalConnectivity", body.to_string().as_bytes())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The service's next task on a node whose dockerd was killed gets its host
+/// port at once: the holder, dead with its container, is forgotten by the
+/// call (before, it was refused until the reconciler's grace had passed).
+#[tokio::test]
+async fn a_host_port_held_by_a_dead_swarm_endpoint_goes_to_the_next_task_at_once() {
+    let p = swarm_network("swarm-port-takeover").await;
+    joined_endpoint_whose_pair_is_gone(&p, SWARM_NETWORK, "10.92.0").await;
+    publish_18080(&p, SWARM_NETWORK, "10.92.0").await.unwrap();
+    assert!(!p.plugin().lock_state().await.endpoints.contains_key(ENDPOINT), "the dead holder is kept");
+    assert_eq!(published_ports(&p), 1, "one holder of 18080: the new endpoint");
+}
+
+/// A holder whose veth is there (its container runs), or one on a local
+/// network (dockerd's to remove), keeps the port.
+#[tokio::test]
+async fn a_live_holder_or_a_local_one_keeps_its_host_port() {
+    let p = swarm_network("swarm-port-live").await;
+    joined_endpoint_whose_pair_is_gone(&p, SWARM_NETWORK, "10.92.0").await;
+    let (host_end, _) = veth_names(ENDPOINT);
+    p.fake.links.lock().unwrap().insert(host_end, own_link(&p, LinkKind::Veth));
+    let err = publish_18080(&p, SWARM_NETWORK, "10.92.0").await.unwrap_err();
+    assert!(err.contains("already published by endpoint"), "{err}");
+
+    let p = network_with_endpoint("local-port-dead").await;
+    call(&p, "/NetworkDriver.DeleteEndpoint", json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT})).await;
+    joined_endpoint_whose_pair_is_gone(&p, NETWORK, "10.91.0").await;
+    let err = publish_18080(&p, NETWORK, "10.91.0").await.unwrap_err();
+    assert!(err.contains("already published by endpoint"), "{err}");
+    assert_eq!(endpoint_count(&p).await, 2);
+}
