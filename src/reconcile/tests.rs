@@ -482,25 +482,34 @@ async fn a_pass_removes_a_swarm_networks_leftover_devices() {
     assert!(p.fake.link(&vxlan).is_none(), "{:?}", p.fake.names());
 }
 
+/// Endpoint `id` at `address` on `network`, joined, asking for host port
+/// 18080: ProgramExternalConnectivity's answer.
+async fn joined_asking_for_18080(
+    p: &FakePlugin,
+    network: &str,
+    id: &str,
+    address: String,
+) -> std::result::Result<Value, String> {
+    call(
+        p,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": network, "EndpointID": id, "Interface": {"Address": address}}),
+    )
+    .await;
+    call(p, "/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": id, "SandboxKey": "/x"})).await;
+    let ports = json!({"com.docker.network.portmap": [
+        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]});
+    let body = json!({"NetworkID": network, "EndpointID": id, "Options": ports});
+    crate::server::answer(p.plugin(), "/NetworkDriver.ProgramExternalConnectivity", body.to_string().as_bytes())
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A joined endpoint with host port 18080 published on `network` (10.9x.0.5),
 /// its container's namespace then destroyed with the pair in it (dockerd
 /// killed: its next start kills the container).
 async fn joined_endpoint_whose_pair_is_gone(p: &FakePlugin, network: &str, prefix: &str) {
-    call(
-        p,
-        "/NetworkDriver.CreateEndpoint",
-        json!({"NetworkID": network, "EndpointID": ENDPOINT, "Interface": {"Address": format!("{prefix}.5/24")}}),
-    )
-    .await;
-    call(p, "/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": ENDPOINT, "SandboxKey": "/x"})).await;
-    let ports = json!({"com.docker.network.portmap": [
-        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]});
-    call(
-        p,
-        "/NetworkDriver.ProgramExternalConnectivity",
-        json!({"NetworkID": network, "EndpointID": ENDPOINT, "Options": ports}),
-    )
-    .await;
+    joined_asking_for_18080(p, network, ENDPOINT, format!("{prefix}.5/24")).await.unwrap();
     let (host_end, peer) = veth_names(ENDPOINT);
     p.fake.links.lock().unwrap().remove(&host_end);
     p.fake.links.lock().unwrap().remove(&peer);
@@ -542,22 +551,10 @@ async fn a_local_endpoint_whose_pair_is_gone_is_left_to_dockerd() {
     assert_eq!(published_ports(&p), 1);
 }
 
-/// ProgramExternalConnectivity of another endpoint asking for host port 18080 (on `network`).
+/// Another endpoint (10.9x.0.6) on `network` asking for host port 18080.
 async fn publish_18080(p: &FakePlugin, network: &str, prefix: &str) -> std::result::Result<Value, String> {
     const OTHER: &str = "5555555555566666666666666666666666666666666666666666666666666666";
-    call(
-        p,
-        "/NetworkDriver.CreateEndpoint",
-        json!({"NetworkID": network, "EndpointID": OTHER, "Interface": {"Address": format!("{prefix}.6/24")}}),
-    )
-    .await;
-    call(p, "/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": OTHER, "SandboxKey": "/y"})).await;
-    let ports = json!({"com.docker.network.portmap": [
-        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]});
-    let body = json!({"NetworkID": network, "EndpointID": OTHER, "Options": ports});
-    crate::server::answer(p.plugin(), "/NetworkDriver.ProgramExternalConnectivity", body.to_string().as_bytes())
-        .await
-        .map_err(|e| e.to_string())
+    joined_asking_for_18080(p, network, OTHER, format!("{prefix}.6/24")).await
 }
 
 /// The service's next task on a node whose dockerd was killed gets its host
