@@ -57,19 +57,26 @@ leftovers_on() { # NODE: rustbridge devices or rules left in the node's namespac
 # start, and gives up when the manager's network attachment takes over 20 s
 # ("failed to start swarm container" in its log; Docker's race, reported with its overlay
 # too: https://github.com/moby/moby/issues/32607). Then it is started by hand,
-# as its users must: what the plugin answers is checked either way.
-# Each such start is reported after the check (hand_starts).
+# as its users must (again while it fails: that start may lose a race with
+# dockerd's own detach, "failed to get network during CreateEndpoint",
+# docker/for-linux#888): what the plugin answers is checked either way.
+# The starts are reported after the check (hand_starts).
 back_on() {
   local id; id=$(dk "$1" inspect -f '{{.Id}}' "$2" 2>/dev/null) || return 1
   if [ "$(dk "$1" inspect -f '{{.State.Running}}' "$2")" != true ] &&
-    grep -q "failed to start swarm container.*container=$id" "$LAB_DIR/n$1/log/dockerd.log" 2>/dev/null &&
-    [ ! -e "$LAB_DIR/started-by-hand.$id" ]; then
-    echo "dockerd of node $1 gave up restarting $2 at its start (moby#32607): docker start $2" >"$LAB_DIR/started-by-hand.$id"
+    grep -q "failed to start swarm container.*container=$id" "$LAB_DIR/n$1/log/dockerd.log" 2>/dev/null; then
+    echo "dockerd of node $1 gave up restarting $2 at its start (moby#32607): docker start $2" >>"$LAB_DIR/started-by-hand.$id"
     dk "$1" start "$2" >/dev/null || return 1
   fi
   [ -n "$(dk "$1" inspect -f "{{with index .NetworkSettings.Networks \"$3\"}}{{.IPAddress}}{{end}}" "$2" 2>/dev/null)" ]
 }
-hand_starts() { local f; for f in "$LAB_DIR"/started-by-hand.*; do [ -f "$f" ] && measured "$(cat "$f")" && rm -f "$f"; done; true; }
+hand_starts() {
+  local f
+  for f in "$LAB_DIR"/started-by-hand.*; do
+    [ -f "$f" ] && measured "$(head -n 1 "$f") ($(wc -l <"$f") time(s))" && rm -f "$f"
+  done
+  true
+}
 # across_after_manager_restart NODE FROM NAME ADDR: FROM (on NODE) pings a
 # container of node 1 by ADDR, then by NAME, once node 1's dockerd restarted.
 # Node 1's containers are cut off from the other hosts until Docker's gossip
