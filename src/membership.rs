@@ -292,22 +292,14 @@ fn note_unknown(plugin: &Plugin, unknown: &BTreeSet<String>, log: &Logger) -> Ve
         .collect()
 }
 
-/// The firewall's swarm rule group, written when the members change, and
-/// again every `rules_refresh` (a flush by someone else is mended within it).
+/// The firewall's swarm rule group, written when the members change.
 async fn admit_members(plugin: &Plugin, members: Option<Vec<IpAddr>>) -> Result<(), String> {
-    let refresh = plugin.swarm_settings().rules_refresh;
-    {
-        let view = plugin.swarm_view();
-        let fresh = view.firewall_written.is_some_and(|at| at.elapsed() < refresh);
-        if fresh && view.firewall_members.as_ref() == Some(&members) {
-            return Ok(());
-        }
+    if plugin.swarm_view().firewall_members.as_ref() == Some(&members) {
+        return Ok(());
     }
     let port = plugin.swarm_settings().vxlan_port;
     plugin.firewall().sync_swarm_members(port, members.as_deref()).await.map_err(|e| e.to_string())?;
-    let mut view = plugin.swarm_view();
-    view.firewall_members = Some(members);
-    view.firewall_written = Some(Instant::now());
+    plugin.swarm_view().firewall_members = Some(members);
     Ok(())
 }
 

@@ -13,8 +13,10 @@
 //! state no call is changing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use slog::{Logger, info, warn};
 use tokio::sync::OwnedMutexGuard;
 
@@ -236,36 +238,29 @@ impl Unclaimed {
 struct Joined {
     id: String,
     host_veth: String,
-    /// On a swarm network (see [`vanished_among`]).
+    /// On a swarm network (see [`unclaimed_among`]).
     swarm: bool,
 }
 
-/// Joined endpoints whose veth pair is whole in the host namespace (the host
-/// end is there and its peer is in this namespace too, under whatever name
-/// dockerd gave it back): their container is gone, or Join has just made the
-/// pair (hence the grace).
+/// Joined endpoints with no container: their veth pair is whole in the host
+/// namespace (the host end is there and its peer is in this namespace too,
+/// under whatever name dockerd gave it back), or, on a swarm network, the
+/// pair is gone. The pair goes with its container's namespace: a dockerd
+/// killed (not stopped) kills its containers at its next start, and on a
+/// swarm network it then knows neither the network nor the endpoint, so it
+/// never sends Leave or DeleteEndpoint; the record would hold its address,
+/// its published ports (a new task of the same service on this node was
+/// refused its host port) and its entry in this node's directory for ever.
+/// On a local network dockerd sends them itself at that start, and a pair
+/// deleted under a running container is dockerd's endpoint still (its
+/// ReleaseAddress would come later): that record stays.
 fn unclaimed_among(joined: &[Joined], links: &[Link]) -> BTreeSet<String> {
     let named = by_name(links);
-    let at_home =
-        |j: &Joined| named.get(j.host_veth.as_str()).is_some_and(|l| l.kind == LinkKind::Veth && !l.peer_elsewhere);
-    joined.iter().filter(|j| at_home(j)).map(|j| j.id.clone()).collect()
-}
-
-/// Joined endpoints of swarm networks whose veth pair is gone from the dump.
-/// The pair goes with its container's namespace: a dockerd killed (not
-/// stopped) kills its containers at its next start, and on a swarm network it
-/// then knows neither the network nor the endpoint, so it never sends Leave or
-/// DeleteEndpoint. The record held the address, the host ports (the service's
-/// next task on the node was refused them) and an entry in this node's
-/// directory, which other hosts kept routing to here once the manager gave
-/// the address to another node's container. No grace: under the state lock
-/// no Join or Leave is half done, and a lookup by name confirms what the dump
-/// shows ([`forget_gone_containers`]). On a local network dockerd sends those
-/// calls itself at that start, and a pair deleted under a running container
-/// is still dockerd's endpoint (its ReleaseAddress comes later): kept.
-fn vanished_among(joined: &[Joined], links: &[Link]) -> Vec<String> {
-    let named = by_name(links);
-    joined.iter().filter(|j| j.swarm && !named.contains_key(j.host_veth.as_str())).map(|j| j.id.clone()).collect()
+    let unclaimed = |j: &Joined| match named.get(j.host_veth.as_str()) {
+        Some(link) => link.kind == LinkKind::Veth && !link.peer_elsewhere,
+        None => j.swarm,
+    };
+    joined.iter().filter(|j| unclaimed(j)).map(|j| j.id.clone()).collect()
 }
 
 fn joined_endpoints(state: &State) -> Vec<Joined> {
@@ -280,10 +275,10 @@ fn joined_endpoints(state: &State) -> Vec<Joined> {
 
 /// Endpoints dockerd forgot: a container removed while the plugin was away
 /// (dockerd moves the veth back to the host and drops the endpoint although
-/// Leave and DeleteEndpoint failed): a joined endpoint unclaimed for the
-/// grace period has no container any more; or a swarm network's container
-/// gone with its dockerd ([`vanished_among`]), at once. Their record, veth,
-/// address and rules go. Called under the state lock with links listed under it.
+/// Leave and DeleteEndpoint failed), or a swarm network's container gone with
+/// its dockerd ([`unclaimed_among`]). A joined endpoint unclaimed for the
+/// grace period has no container any more: its record, veth, address and
+/// rules go. Called under the state lock with links listed under it.
 async fn forget_gone_containers(
     plugin: &Plugin,
     state: &mut State,
@@ -291,19 +286,13 @@ async fn forget_gone_containers(
     now: Instant,
     log: &Logger,
 ) -> Result<()> {
-    let joined = joined_endpoints(state);
-    let mut due = plugin.unclaimed().observe(unclaimed_among(&joined, links), now);
-    for id in vanished_among(&joined, links) {
-        // A dump may miss a link that changed meanwhile; a lookup by name may not.
-        let veth = &state.endpoints[&id].host_veth;
-        if plugin.dataplane().link_index(veth).await?.is_none() {
-            due.push(id);
-        }
-    }
+    let due = plugin.unclaimed().observe(unclaimed_among(&joined_endpoints(state), links), now);
     for id in due {
         let Some(endpoint) = state.endpoints.get(&id).cloned() else { continue };
-        let released = state.held_addresses(&endpoint);
-        plugin.commit(state.forget_endpoint_changes(&endpoint))?;
+        let released = held_addresses(state, &endpoint);
+        let mut changes = vec![Change::DeleteEndpoint(endpoint.id.clone())];
+        changes.extend(released.iter().map(|(pool, addr)| Change::DeleteAddress(pool.clone(), *addr)));
+        plugin.commit(changes)?;
         state.remove_endpoint(&endpoint.id);
         plugin.unclaimed().forget(&endpoint.id);
         for (pool, addr) in &released {
@@ -321,6 +310,28 @@ async fn forget_gone_containers(
             "addresses_released" => released.len(), "ports_withdrawn" => endpoint.published.len());
     }
     Ok(())
+}
+
+/// The endpoint's addresses as this plugin's IPAM holds them: in the one pool
+/// of the network's subnet that has the address allocated (none when the
+/// network uses another IPAM driver, or when it is ambiguous).
+fn held_addresses(state: &State, endpoint: &EndpointRecord) -> Vec<(String, IpAddr)> {
+    let Some(network) = state.networks.get(&endpoint.network_id) else { return vec![] };
+    let subnets: Vec<IpNet> = network.ipv4.iter().chain(&network.ipv6).map(|s| s.pool).collect();
+    let mut out = Vec::new();
+    for addr in [endpoint.address, endpoint.address_v6].into_iter().flatten().map(|a| a.addr()) {
+        let holders: Vec<&str> = state
+            .ipam
+            .pools()
+            .filter(|p| subnets.contains(&p.pool))
+            .filter(|p| state.ipam.addresses(&p.id).is_some_and(|a| a.is_allocated(addr)))
+            .map(|p| p.id.as_str())
+            .collect();
+        if let [pool] = holders[..] {
+            out.push((pool.to_string(), addr));
+        }
+    }
+    out
 }
 
 /// Removes `rb-` bridges, `rbx-` VXLAN devices (swarm networks') and `rbh-`
@@ -435,8 +446,7 @@ pub async fn pass_at(plugin: &Plugin, log: &Logger, now: Instant) -> Result<()> 
         (bridges, state.firewall_networks(), joined_endpoints(&state), Known::of(plugin, &state))
     };
     let links = plugin.dataplane().list_links().await?;
-    let forget_due = !plugin.unclaimed().observe(unclaimed_among(&joined, &links), now).is_empty()
-        || !vanished_among(&joined, &links).is_empty();
+    let forget_due = !plugin.unclaimed().observe(unclaimed_among(&joined, &links), now).is_empty();
     let named = by_name(&links);
     let bridge_missing = bridges.iter().any(|b| !named.contains_key(b.as_str()));
     let leftovers = known.leftovers(plugin.instance_id(), &links);

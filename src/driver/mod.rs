@@ -190,38 +190,6 @@ impl State {
         gone
     }
 
-    /// The endpoint's addresses as this plugin's IPAM holds them: in the one pool
-    /// of the network's subnet that has the address allocated (none when the
-    /// network uses another IPAM driver, or when it is ambiguous).
-    pub fn held_addresses(&self, endpoint: &EndpointRecord) -> Vec<(String, std::net::IpAddr)> {
-        let Some(network) = self.networks.get(&endpoint.network_id) else { return vec![] };
-        let subnets: Vec<ipnet::IpNet> = network.ipv4.iter().chain(&network.ipv6).map(|s| s.pool).collect();
-        let mut out = Vec::new();
-        for addr in [endpoint.address, endpoint.address_v6].into_iter().flatten().map(|a| a.addr()) {
-            let holders: Vec<&str> = self
-                .ipam
-                .pools()
-                .filter(|p| subnets.contains(&p.pool))
-                .filter(|p| self.ipam.addresses(&p.id).is_some_and(|a| a.is_allocated(addr)))
-                .map(|p| p.id.as_str())
-                .collect();
-            if let [pool] = holders[..] {
-                out.push((pool.to_string(), addr));
-            }
-        }
-        out
-    }
-
-    /// The changes that forget an endpoint whose container is gone: its
-    /// record (and with it its published ports) and its addresses.
-    pub fn forget_endpoint_changes(&self, endpoint: &EndpointRecord) -> Vec<crate::state::Change> {
-        use crate::state::Change;
-        let released = self.held_addresses(endpoint);
-        std::iter::once(Change::DeleteEndpoint(endpoint.id.clone()))
-            .chain(released.into_iter().map(|(pool, addr)| Change::DeleteAddress(pool, addr)))
-            .collect()
-    }
-
     /// The firewall's view of every network, in a stable order.
     pub fn firewall_networks(&self) -> Vec<FwNetwork> {
         self.networks.values().map(|n| self.firewall_network(n)).collect()

@@ -446,46 +446,12 @@ async fn program_in(txn: &mut Txn<'_>, host: &dyn DataPlane, req: EndpointReques
     let published = if network.options.internal {
         vec![] // nothing enters an internal network, like Docker's bridge
     } else {
-        let gone = forget_dead_holders(txn, host, &bindings, &endpoint.id).await?;
-        ports::resolve_past(&bindings, &endpoint, &network, &txn.state().published, &gone, host)?
+        ports::resolve(&bindings, &endpoint, &network, &state.published, host)?
     };
     let updated =
         EndpointRecord { port_bindings: bindings, exposed_ports: exposed_ports(&options)?, published, ..endpoint };
     txn.record(Change::PutEndpoint(updated));
     txn.sync_firewall().await
-}
-
-/// A swarm network's endpoint whose container died with its dockerd (which
-/// then never sends Leave or DeleteEndpoint) holds its host ports until the
-/// reconciler forgets it (`reconcile::unclaimed_among`, after 30 s), and the
-/// service's next task on the node would be refused them meanwhile. A holder
-/// of a host port asked for here that is such an endpoint (joined, on a
-/// swarm network, its veth gone; under the state lock no Join or Leave is
-/// half done) is forgotten by this call instead. Returns their IDs.
-async fn forget_dead_holders(
-    txn: &mut Txn<'_>,
-    host: &dyn DataPlane,
-    bindings: &[PortBinding],
-    endpoint: &str,
-) -> Result<Vec<String>> {
-    let state = txn.state();
-    let on_swarm = |e: &EndpointRecord| state.networks.get(&e.network_id).is_some_and(|n| n.options.vni.is_some());
-    let suspects: Vec<EndpointRecord> = ports::holders_of(bindings, endpoint, &state.published)
-        .into_iter()
-        .filter_map(|id| state.endpoints.get(id))
-        .filter(|e| e.joined && on_swarm(e))
-        .cloned()
-        .collect();
-    let mut gone = Vec::new();
-    for holder in suspects {
-        if txn.kernel("looking up a port holder's veth", host.link_index(&holder.host_veth)).await?.is_none() {
-            for change in txn.state().forget_endpoint_changes(&holder) {
-                txn.record(change);
-            }
-            gone.push(holder.id);
-        }
-    }
-    Ok(gone)
 }
 
 /// Removes exactly this endpoint's published ports and records it (a no-op when it has none).

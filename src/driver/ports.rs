@@ -22,40 +22,8 @@ pub fn resolve(
     held: &PortIndex,
     host: &dyn DataPlane,
 ) -> Result<Vec<FwPort>> {
-    resolve_past(bindings, endpoint, network, held, &[], host)
-}
-
-/// [`resolve`], with the ports of the endpoints in `gone` (forgotten by the
-/// same call, see `network.rs`) counted as free.
-pub fn resolve_past(
-    bindings: &[PortBinding],
-    endpoint: &EndpointRecord,
-    network: &NetworkRecord,
-    held: &PortIndex,
-    gone: &[String],
-    host: &dyn DataPlane,
-) -> Result<Vec<FwPort>> {
     let mut resolver = Resolver::new(held, &endpoint.id, host.ephemeral_ports(), |p: &FwPort| host.host_port_free(p));
-    resolver.used.gone = gone;
     resolver.resolve(bindings, endpoint, network)
-}
-
-/// The endpoints other than `endpoint` holding one of the fixed host ports
-/// `bindings` ask for (a range or an ephemeral port can go elsewhere), on
-/// any address and in either family.
-pub fn holders_of<'a>(bindings: &[PortBinding], endpoint: &str, held: &'a PortIndex) -> Vec<&'a str> {
-    let mut ids: Vec<&str> = bindings
-        .iter()
-        .filter(|b| b.host_port != 0 && b.host_port_end <= b.host_port)
-        .filter_map(|b| Some((Proto::from_number(b.proto)?, b.host_port)))
-        .flat_map(|(proto, port)| [false, true].map(|v6| held.holders(&(proto, v6, port))))
-        .flatten()
-        .map(|(_, id)| &**id)
-        .filter(|id| *id != endpoint)
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// An endpoint's published ports (none for no endpoint).
@@ -150,7 +118,7 @@ impl<'a, P: FnMut(&FwPort) -> std::io::Result<()>> Resolver<'a, P> {
     /// `held`: the ports published so far; those of `endpoint` (whose
     /// ports the call replaces) do not count.
     pub fn new(held: &'a PortIndex, endpoint: &'a str, ephemeral: RangeInclusive<u16>, probe: P) -> Self {
-        let used = UsedPorts { held, endpoint, gone: &[], this_call: HashMap::new() };
+        let used = UsedPorts { held, endpoint, this_call: HashMap::new() };
         Resolver { used, ephemeral, cursors: HashMap::new(), probe, steps: 0 }
     }
 
@@ -226,8 +194,6 @@ impl<'a, P: FnMut(&FwPort) -> std::io::Result<()>> Resolver<'a, P> {
 struct UsedPorts<'a> {
     held: &'a PortIndex,
     endpoint: &'a str,
-    /// Endpoints whose ports count as free (forgotten by this call).
-    gone: &'a [String],
     this_call: HashMap<PortKey, Vec<Option<IpAddr>>>,
 }
 
@@ -239,8 +205,7 @@ impl UsedPorts<'_> {
         if self.this_call.get(&key).is_some_and(|ips| ips.iter().any(clashes)) {
             return Err(PluginError::new(format!("{} is requested twice", describe(candidate))));
         }
-        let other = |id: &str| id != self.endpoint && !self.gone.iter().any(|g| g == id);
-        match self.held.holders(&key).iter().find(|(ip, id)| other(id) && clashes(ip)) {
+        match self.held.holders(&key).iter().find(|(ip, id)| **id != *self.endpoint && clashes(ip)) {
             None => Ok(()),
             Some((_, id)) => Err(PluginError::new(format!(
                 "{} is already published by endpoint {}",

@@ -30,8 +30,6 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// VNIs below this are left to other users (Docker's overlay starts at 4096 too).
 pub const FIRST_AUTO_VNI: u32 = 4096;
 pub const MAX_VNI: u32 = (1 << 24) - 1;
-/// How often the swarm rule group is written even when its members stay.
-pub const SWARM_RULES_REFRESH: Duration = Duration::from_secs(30);
 /// How long dockerd must not know a swarm network this node holds before the
 /// plugin removes it (a node that missed DeleteNetwork). Long enough for a
 /// restarted dockerd to reach its manager and create the network again.
@@ -45,10 +43,6 @@ pub struct SwarmSettings {
     pub docker_socket: std::path::PathBuf,
     /// How often the membership task reads dockerd's view of each network.
     pub poll: Duration,
-    /// The swarm rule group is written again this often even when the
-    /// members stay: someone flushing INPUT's chains (a firewalld reload, an
-    /// `iptables -F`) would otherwise leave the VXLAN port open to anyone.
-    pub rules_refresh: Duration,
     /// A swarm network dockerd has answered "not found" for this long, with
     /// no protocol call naming it meanwhile, is forgotten ([`Plugin::forget_swarm_network`]).
     pub forget_after: Duration,
@@ -61,7 +55,6 @@ impl Default for SwarmSettings {
             docker_socket: "/var/run/docker.sock".into(),
             poll: Duration::from_secs(2),
             forget_after: FORGET_UNKNOWN_AFTER,
-            rules_refresh: SWARM_RULES_REFRESH,
         }
     }
 }
@@ -77,8 +70,6 @@ pub struct SwarmView {
     pub missed_reads: BTreeMap<IpAddr, u32>,
     /// The members last written to the firewall's swarm rule group (`Some(None)`: removed).
     pub firewall_members: Option<Option<Vec<IpAddr>>>,
-    /// When that group was last written (it is written again every `rules_refresh`).
-    pub firewall_written: Option<Instant>,
     /// dockerd registered the IPAM driver (`/IpamDriver.GetCapabilities`, at
     /// every dockerd start) since the swarm networks' local pools were last
     /// armed for a replay ([`Plugin::arm_local_replay_if_due`]).

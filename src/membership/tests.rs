@@ -303,33 +303,3 @@ async fn a_call_naming_an_unknown_network_keeps_it_and_starts_its_time_again() {
     assert!(h.plugin().forget_swarm_network(STALE, since).await.unwrap());
     assert!(stale_is_gone(&h, &*h.plugin().lock_state().await));
 }
-
-/// Someone flushed the swarm rule group (a firewalld reload, `iptables -F`):
-/// the VXLAN port was open to anyone until the members changed. It is written
-/// again every `rules_refresh` whatever the members.
-#[tokio::test]
-async fn a_flushed_member_group_is_written_again_within_the_refresh() {
-    const KNOWN: &str = "lt58xre1i7zb1r4vvuwia72mv";
-    let dockerd = FakeDockerd::start(vec![
-        ("/info", 200, json!({"Swarm": {"NodeAddr": "127.0.0.1"}})),
-        ("/networks/", 200, json!({"Peers": [{"IP": "127.0.0.1"}, {"IP": "127.0.0.2"}]})),
-    ]);
-    let with_refresh = |rules_refresh| crate::driver::swarm::SwarmSettings {
-        docker_socket: dockerd.socket.clone(),
-        vxlan_port: 47992,
-        rules_refresh,
-        ..Default::default()
-    };
-    let log = Logger::root(slog::Discard, slog::o!());
-    let admitted = Some((47992, vec![ip("127.0.0.2")]));
-    for (refresh, rewritten) in [(Duration::from_secs(3600), false), (Duration::ZERO, true)] {
-        let h = crate::testing::FakePlugin::with_swarm_settings("membership-refresh", with_refresh(refresh));
-        swarm_network(&h, KNOWN, "10.0.1.0/24", "10.0.1.1/24").await;
-        let _ = pass(h.plugin(), &log).await;
-        assert_eq!(*h.fw.swarm.lock().unwrap(), admitted);
-        *h.fw.swarm.lock().unwrap() = None; // flushed by someone
-        let _ = pass(h.plugin(), &log).await;
-        let expected = if rewritten { admitted.clone() } else { None };
-        assert_eq!(*h.fw.swarm.lock().unwrap(), expected, "refresh {refresh:?}");
-    }
-}

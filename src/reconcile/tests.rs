@@ -482,34 +482,25 @@ async fn a_pass_removes_a_swarm_networks_leftover_devices() {
     assert!(p.fake.link(&vxlan).is_none(), "{:?}", p.fake.names());
 }
 
-/// Endpoint `id` at `address` on `network`, joined, asking for host port
-/// 18080: ProgramExternalConnectivity's answer.
-async fn joined_asking_for_18080(
-    p: &FakePlugin,
-    network: &str,
-    id: &str,
-    address: String,
-) -> std::result::Result<Value, String> {
-    call(
-        p,
-        "/NetworkDriver.CreateEndpoint",
-        json!({"NetworkID": network, "EndpointID": id, "Interface": {"Address": address}}),
-    )
-    .await;
-    call(p, "/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": id, "SandboxKey": "/x"})).await;
-    let ports = json!({"com.docker.network.portmap": [
-        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]});
-    let body = json!({"NetworkID": network, "EndpointID": id, "Options": ports});
-    crate::server::answer(p.plugin(), "/NetworkDriver.ProgramExternalConnectivity", body.to_string().as_bytes())
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// A joined endpoint with host port 18080 published on `network` (10.9x.0.5),
 /// its container's namespace then destroyed with the pair in it (dockerd
 /// killed: its next start kills the container).
 async fn joined_endpoint_whose_pair_is_gone(p: &FakePlugin, network: &str, prefix: &str) {
-    joined_asking_for_18080(p, network, ENDPOINT, format!("{prefix}.5/24")).await.unwrap();
+    call(
+        p,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": network, "EndpointID": ENDPOINT, "Interface": {"Address": format!("{prefix}.5/24")}}),
+    )
+    .await;
+    call(p, "/NetworkDriver.Join", json!({"NetworkID": network, "EndpointID": ENDPOINT, "SandboxKey": "/x"})).await;
+    let ports = json!({"com.docker.network.portmap": [
+        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]});
+    call(
+        p,
+        "/NetworkDriver.ProgramExternalConnectivity",
+        json!({"NetworkID": network, "EndpointID": ENDPOINT, "Options": ports}),
+    )
+    .await;
     let (host_end, peer) = veth_names(ENDPOINT);
     p.fake.links.lock().unwrap().remove(&host_end);
     p.fake.links.lock().unwrap().remove(&peer);
@@ -522,16 +513,17 @@ fn published_ports(p: &FakePlugin) -> usize {
 /// A worker's dockerd killed: its swarm network's endpoints never get Leave
 /// or DeleteEndpoint (dockerd knows neither at its next start). Before, the
 /// record held its host port for ever and the service's next task on the
-/// node was refused it ("host port 18080/tcp … already published"), and its
-/// directory entry stayed, routing its address here once the manager gave it
-/// to a container of another node. Now the next periodic pass forgets it.
+/// node was refused it ("host port 18080/tcp … already published").
 #[tokio::test]
-async fn a_swarm_endpoint_whose_pair_went_with_its_container_is_forgotten_at_the_next_pass() {
+async fn a_swarm_endpoint_whose_pair_went_with_its_container_is_forgotten_after_the_grace() {
     let p = swarm_network("swarm-pair-gone").await;
     joined_endpoint_whose_pair_is_gone(&p, SWARM_NETWORK, "10.92.0").await;
     assert_eq!(published_ports(&p), 1);
-    assert!(!crate::membership::local_directory(p.plugin()).await.is_empty());
-    pass_at(p.plugin(), &log(), Instant::now()).await.unwrap();
+    let t0 = Instant::now();
+    pass_at(p.plugin(), &log(), t0).await.unwrap();
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE / 2).await.unwrap();
+    assert_eq!(endpoint_count(&p).await, 1, "kept within the grace");
+    pass_at(p.plugin(), &log(), t0 + UNCLAIMED_GRACE).await.unwrap();
     assert_eq!(endpoint_count(&p).await, 0, "record kept");
     assert_eq!(published_ports(&p), 0, "its host port stays published");
     assert!(crate::membership::local_directory(p.plugin()).await.is_empty(), "still in this node's directory");
@@ -548,41 +540,4 @@ async fn a_local_endpoint_whose_pair_is_gone_is_left_to_dockerd() {
     pass_at(p.plugin(), &log(), Instant::now() + 4 * UNCLAIMED_GRACE).await.unwrap();
     assert_eq!(endpoint_count(&p).await, 1);
     assert_eq!(published_ports(&p), 1);
-}
-
-/// Another endpoint (10.9x.0.6) on `network` asking for host port 18080.
-async fn publish_18080(p: &FakePlugin, network: &str, prefix: &str) -> std::result::Result<Value, String> {
-    const OTHER: &str = "5555555555566666666666666666666666666666666666666666666666666666";
-    joined_asking_for_18080(p, network, OTHER, format!("{prefix}.6/24")).await
-}
-
-/// The service's next task on a node whose dockerd was killed gets its host
-/// port at once: the holder, dead with its container, is forgotten by the
-/// call (before, it was refused until the reconciler's grace had passed).
-#[tokio::test]
-async fn a_host_port_held_by_a_dead_swarm_endpoint_goes_to_the_next_task_at_once() {
-    let p = swarm_network("swarm-port-takeover").await;
-    joined_endpoint_whose_pair_is_gone(&p, SWARM_NETWORK, "10.92.0").await;
-    publish_18080(&p, SWARM_NETWORK, "10.92.0").await.unwrap();
-    assert!(!p.plugin().lock_state().await.endpoints.contains_key(ENDPOINT), "the dead holder is kept");
-    assert_eq!(published_ports(&p), 1, "one holder of 18080: the new endpoint");
-}
-
-/// A holder whose veth is there (its container runs), or one on a local
-/// network (dockerd's to remove), keeps the port.
-#[tokio::test]
-async fn a_live_holder_or_a_local_one_keeps_its_host_port() {
-    let p = swarm_network("swarm-port-live").await;
-    joined_endpoint_whose_pair_is_gone(&p, SWARM_NETWORK, "10.92.0").await;
-    let (host_end, _) = veth_names(ENDPOINT);
-    p.fake.links.lock().unwrap().insert(host_end, own_link(&p, LinkKind::Veth));
-    let err = publish_18080(&p, SWARM_NETWORK, "10.92.0").await.unwrap_err();
-    assert!(err.contains("already published by endpoint"), "{err}");
-
-    let p = network_with_endpoint("local-port-dead").await;
-    call(&p, "/NetworkDriver.DeleteEndpoint", json!({"NetworkID": NETWORK, "EndpointID": ENDPOINT})).await;
-    joined_endpoint_whose_pair_is_gone(&p, NETWORK, "10.91.0").await;
-    let err = publish_18080(&p, NETWORK, "10.91.0").await.unwrap_err();
-    assert!(err.contains("already published by endpoint"), "{err}");
-    assert_eq!(endpoint_count(&p).await, 2);
 }
